@@ -1,0 +1,156 @@
+"""shardprep: `doit` turns tar shards into a SimpleTuner-ready folder (see README.md).
+
+Settings in (dataset.toml, config=FILE, KEY=VALUE), task dicts out; the work is done by
+the plain functions in tasks/ and state/.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+
+from doit import doit_cmd, get_var
+from doit.tools import config_changed
+
+from state.checker import checker_for
+from state.manifest import manifest_path
+from tasks import doit_actions as act
+from tasks.captions import caption_settings_key
+from tasks.dataloader import dataloader_entry
+from tasks.extract import shard_name
+from tasks.partition import partition_path
+from tasks.settings import SettingsError, load_settings
+from tasks.table import table_key
+
+
+def _overrides() -> dict[str, str]:
+    values = dict(getattr(doit_cmd, "_CMDLINE_VARS", None) or {})
+    values.pop("config", None)
+    return values
+
+
+try:
+    SETTINGS = load_settings(get_var("config"), _overrides())
+    SETTINGS_ERROR = None
+    SETTINGS.state_dir.mkdir(parents=True, exist_ok=True)
+except SettingsError as exc:
+    SETTINGS, SETTINGS_ERROR = None, str(exc)
+
+DOIT_CONFIG = {
+    "default_tasks": ["extract", "scan", "captions", "table", "dataloader", "summary"],
+    "dep_file": str(SETTINGS.state_dir / "doit.db") if SETTINGS
+    else os.path.join(tempfile.gettempdir(), "shardprep-unconfigured.doit.db"),
+    "check_file_uptodate": checker_for(SETTINGS.root if SETTINGS else os.getcwd()),
+    "action_string_formatting": "new",
+}
+
+
+def _failing(doc: str) -> dict:
+    return {"doc": doc, "actions": [(act.fail_settings, [SETTINGS_ERROR])], "uptodate": [False]}
+
+
+def _shards() -> dict[str, str]:
+    """shard name -> tar path, for the tars present."""
+    return {shard_name(p): str(p) for p in SETTINGS.shard_paths()}
+
+
+def _known_shards() -> list[str]:
+    """Shards the manifest has a partition for (their tar may be gone)."""
+    if not manifest_path(SETTINGS.root).exists():
+        return []
+    conn = sqlite3.connect(manifest_path(SETTINGS.root))
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM shards WHERE part_xxh3 IS NOT NULL")]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def _all_shards() -> list[str]:
+    return sorted(set(_shards()) | set(_known_shards()))
+
+
+def task_extract():
+    """Read each tar shard once into data/, the manifest and its partition."""
+    if SETTINGS is None:
+        yield {"name": None, **_failing("Read each tar shard once.")}
+        return
+    for name, tar in _shards().items():
+        yield {
+            "name": name,
+            "doc": f"extract {tar}",
+            "actions": [(act.run_extract, [SETTINGS, tar])],
+            "file_dep": [tar],
+            "targets": [str(partition_path(SETTINGS, name))],
+            "uptodate": [(act.shard_is_done, [SETTINGS, name])],
+            "verbosity": 2,
+        }
+
+
+def task_scan():
+    """Pick up JSON files edited in data/ (stat-level); rewrite only their shards' partitions."""
+    if SETTINGS is None:
+        return _failing("Pick up JSON files edited in data/.")
+    return {
+        "actions": [(act.run_scan, [SETTINGS])],
+        "task_dep": ["extract"],
+        "uptodate": [(act.scan_is_up_to_date, [SETTINGS])],
+        "verbosity": 2,
+    }
+
+
+def task_captions():
+    """Write data/<stem>.txt per image (caption_strategy=textfile); only changed files."""
+    if SETTINGS is None:
+        yield {"name": None, **_failing("Write caption files.")}
+        return
+    key = caption_settings_key(SETTINGS)
+    for name in _all_shards():
+        yield {
+            "name": name,
+            "actions": [(act.run_captions, [SETTINGS, name])],
+            "file_dep": [str(partition_path(SETTINGS, name))],
+            "task_dep": ["scan"],
+            "uptodate": [config_changed(key)],
+            "verbosity": 2,
+        }
+
+
+def task_table():
+    """Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here)."""
+    if SETTINGS is None:
+        return _failing("Consolidate the table.")
+    return {
+        "actions": [(act.run_table, [SETTINGS])],
+        "file_dep": [str(partition_path(SETTINGS, n)) for n in _all_shards()],
+        "task_dep": ["scan"],
+        "targets": [str(SETTINGS.table_path)],
+        "uptodate": [config_changed(table_key(SETTINGS, []))],
+        "verbosity": 2,
+    }
+
+
+def task_dataloader():
+    """Write the SimpleTuner entry into <root>/multidatabackend.json."""
+    if SETTINGS is None:
+        return _failing("Write the SimpleTuner entry.")
+    return {
+        "actions": [(act.run_dataloader, [SETTINGS])],
+        "targets": [str(SETTINGS.backend_path)],
+        "uptodate": [config_changed(dataloader_entry(SETTINGS))],
+        "verbosity": 2,
+    }
+
+
+def task_summary():
+    """Print what the build holds and what was kept aside; fail if a shard was unreadable."""
+    if SETTINGS is None:
+        return _failing("Print the build summary.")
+    return {
+        "actions": [(act.run_summary, [SETTINGS])],
+        "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

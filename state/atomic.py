@@ -1,0 +1,64 @@
+"""Writing files so that a killed run never leaves a half-written file under its real name."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+TMP_SUFFIX = ".shardprep-tmp"
+
+
+class DiskFullError(OSError):
+    """No space left while writing; the message names the folder."""
+
+
+def write_new(path: Path, data: bytes | memoryview) -> os.stat_result:
+    """Write `data` to `path` (which must be a temporary name); return its stat."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        fd = -1
+        path.unlink(missing_ok=True)
+        raise_if_disk_full(exc, path.parent)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def move_into_place(src: Path, dest: Path) -> None:
+    """Rename `src` to `dest` (same filesystem), creating `dest`'s folder if needed."""
+    try:
+        os.replace(src, dest)
+    except FileNotFoundError:
+        if not src.exists():
+            raise
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> os.stat_result:
+    """Write `path` through a temporary name beside it; return the final file's stat."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    st = write_new(tmp, data)
+    move_into_place(tmp, path)
+    return st
+
+
+def raise_if_disk_full(exc: OSError, folder: Path) -> None:
+    """Turn ENOSPC/EDQUOT into a DiskFullError that names the folder."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            exc.errno, f"no space left on the device of {folder}: free some space and run "
+            "`doit` again (nothing half-written counts as done)"
+        ) from exc

@@ -1,0 +1,181 @@
+"""The manifest: `<root>/state/manifest.sqlite`, what the build wrote and from where.
+
+Tables (paths are relative to `root`, so the folder can be moved):
+
+- `shards`: one row per tar shard (`name` is the file name without `.tar`).
+- `files`: one row per file the build wrote or tracks (images, JSON, captions,
+  files kept aside), with the tar member and data offset it came from.
+- `quirks`: data problems found in a shard (refused members, invalid JSON, ...).
+- `meta`: small key/value facts (table key, Hub commit, ...).
+- `hub_files`: what `doit download` fetched, with the Hub's size and sha256.
+
+Several processes may write at once (`doit -n 2 -P process`): the database runs in
+WAL mode with a long busy timeout, and writers that must read-then-write take the
+write lock first with `write_transaction`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+MANIFEST_NAME = "manifest.sqlite"
+
+SHARD_COLUMNS = {
+    "name": str,
+    "path": str,
+    "size": int,
+    "mtime_ns": int,
+    "xxh3": str,
+    "status": str,  # done | failed
+    "members": int,
+    "samples": int,
+    "aside": int,
+    "error": str,
+    "part_xxh3": str,
+    "json_digest": str,
+    "captions_key": str,
+}
+
+FILE_COLUMNS = {
+    "path": str,
+    "shard": str,
+    "kind": str,  # image | json | caption | aside
+    "sample": str,
+    "member": str,
+    "offset": int,
+    "size": int,
+    "mtime_ns": int,
+    "xxh3": str,
+    "width": int,
+    "height": int,
+}
+
+FILE_FIELDS = tuple(FILE_COLUMNS)
+
+QUIRK_COLUMNS = {
+    "shard": str,
+    "kind": str,
+    "member": str,
+    "path": str,
+    "detail": str,
+}
+
+HUB_FILE_COLUMNS = {
+    "path": str,
+    "size": int,
+    "sha256": str,
+    "commit": str,
+    "local_path": str,
+}
+
+
+def manifest_path(root: Path) -> Path:
+    """Where the manifest of the dataset under `root` lives."""
+    return Path(root) / "state" / MANIFEST_NAME
+
+
+def open_manifest(root: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the manifest of `root`, ready for concurrent writers."""
+    path = manifest_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=600)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=600000")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ManifestError(
+            f"{path}: not a readable SQLite database ({exc}). Move it away and run "
+            "`doit rebuild_state` to rebuild it from data/ and the tars."
+        ) from exc
+    db = sqlite_utils.Database(conn)
+    _ensure_schema(db)
+    return db
+
+
+class ManifestError(RuntimeError):
+    """The manifest cannot be opened or used."""
+
+
+def _ensure_schema(db: sqlite_utils.Database) -> None:
+    if db["files"].exists() and db["meta"].exists():
+        return
+    with write_transaction(db):
+        db["shards"].create(SHARD_COLUMNS, pk="name", if_not_exists=True)
+        db["files"].create(FILE_COLUMNS, pk="path", if_not_exists=True)
+        db["files"].create_index(["shard", "kind"], if_not_exists=True)
+        db["files"].create_index(["xxh3"], if_not_exists=True)
+        db["quirks"].create(QUIRK_COLUMNS, if_not_exists=True)
+        db["quirks"].create_index(["shard"], if_not_exists=True)
+        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db["hub_files"].create(HUB_FILE_COLUMNS, pk="path", if_not_exists=True)
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """A transaction that holds SQLite's write lock from its first statement.
+
+    Use it where a decision read from the manifest must still hold when the
+    write commits (claiming a path another shard may claim at the same time).
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    else:
+        conn.commit()
+
+
+def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
+    """Insert or replace `files` rows (dicts keyed by FILE_FIELDS) in one statement batch."""
+    cols = ", ".join(f'"{c}"' for c in FILE_FIELDS)
+    marks = ", ".join("?" for _ in FILE_FIELDS)
+    conn.executemany(
+        f"INSERT OR REPLACE INTO files ({cols}) VALUES ({marks})",
+        ([row.get(c) for c in FILE_FIELDS] for row in rows),
+    )
+
+
+def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
+    """Delete the `files` rows of `paths`."""
+    conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
+
+
+def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+    """A value from the `meta` table, or None."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Set a value in the `meta` table (inside the caller's transaction)."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def shard_row(db: sqlite_utils.Database, name: str) -> dict | None:
+    """The `shards` row of `name`, or None."""
+    rows = list(db.query("SELECT * FROM shards WHERE name = ?", [name]))
+    return rows[0] if rows else None
+
+
+def shard_rows(db: sqlite_utils.Database) -> list[dict]:
+    """Every `shards` row, sorted by name (the order that decides ownership)."""
+    return list(db.query("SELECT * FROM shards ORDER BY name"))
+
+
+def files_of_shard(db: sqlite_utils.Database, shard: str, kind: str | None = None) -> list[dict]:
+    """The `files` rows of one shard, optionally of one kind."""
+    if kind is None:
+        return list(db.query("SELECT * FROM files WHERE shard = ?", [shard]))
+    return list(db.query("SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))

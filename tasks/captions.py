@@ -1,0 +1,154 @@
+"""`captions:<shard>`: one `data/<stem>.txt` per image, from the shard's partition.
+
+Only files whose text changes are written (each atomically); switching
+`caption_field` back restores the exact bytes. With `caption_strategy = "parquet"` the
+caption files this build wrote are removed (never a file the manifest does not list,
+nor one changed since we wrote it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from state.atomic import atomic_write
+from state.hashing import file_matches, hash_bytes
+from state.manifest import (
+    delete_files,
+    files_of_shard,
+    open_manifest,
+    shard_row,
+    upsert_files,
+    write_transaction,
+)
+from tasks.partition import partition_path, read_partition
+from tasks.records import CAPTION_COLUMNS, select_caption
+from tasks.settings import Settings
+
+WRITE_BATCH = 2000
+
+
+@dataclass
+class CaptionResult:
+    """What `write_captions` did for one shard."""
+
+    shard: str
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    kept_edited: int = 0
+    up_to_date: bool = False
+
+
+def caption_settings_key(settings: Settings) -> str:
+    """The settings that decide caption text and files, as one comparable string."""
+    return json.dumps([list(settings.caption_field), settings.caption_strategy,
+                       settings.join_caption_lines])
+
+
+def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
+    """The caption of every row of a partition table, per `caption_field`."""
+    fields = settings.caption_field
+    known = {f for f in fields if f in CAPTION_COLUMNS}
+    columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
+    raws = table.column("json").to_pylist() if set(fields) - known else [None] * table.num_rows
+    return [
+        select_caption({f: columns[f][i] for f in known}, raws[i], fields,
+                       settings.join_caption_lines)
+        for i in range(table.num_rows)
+    ]
+
+
+def caption_path(filename: str) -> str:
+    """`data/<stem>.txt` for an image path relative to `data/`."""
+    return f"data/{posixpath.splitext(filename)[0]}.txt"
+
+
+def partition_columns(settings: Settings) -> list[str]:
+    """The partition columns needed to make captions under the current settings."""
+    cols = ["filename", "sample"] + [f"cap_{f}" for f in settings.caption_field
+                                     if f in CAPTION_COLUMNS]
+    if any(f not in CAPTION_COLUMNS for f in settings.caption_field):
+        cols.append("json")
+    return cols
+
+
+def write_captions(settings: Settings, shard: str) -> CaptionResult:
+    """Bring the caption files of one shard in line with its partition and the settings."""
+    result = CaptionResult(shard)
+    db = open_manifest(settings.root)
+    try:
+        row = shard_row(db, shard)
+        if row is None or not partition_path(settings, shard).exists():
+            result.up_to_date = True
+            return result
+        key = f"{row['part_xxh3']} {caption_settings_key(settings)}"
+        if row["captions_key"] == key:
+            result.up_to_date = True
+            return result
+        existing = {r["path"]: r for r in files_of_shard(db, shard, "caption")}
+        wanted: dict[str, tuple[str, str]] = {}
+        if settings.caption_strategy == "textfile":
+            table = read_partition(settings, shard, partition_columns(settings))
+            for filename, sample, text in zip(table.column("filename").to_pylist(),
+                                              table.column("sample").to_pylist(),
+                                              caption_texts(table, settings), strict=True):
+                wanted[caption_path(filename)] = (sample, text)
+        _write_wanted(db, settings, shard, wanted, existing, result)
+        _remove_unwanted(db, settings, existing, wanted, result)
+        with write_transaction(db) as conn:
+            conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
+    finally:
+        db.conn.close()
+    return result
+
+
+def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
+    batch: list[dict] = []
+    for path, (sample, text) in wanted.items():
+        data = text.encode("utf-8", "surrogatepass")
+        digest = hash_bytes(data)
+        old = existing.get(path)
+        if old and old["xxh3"] == digest and file_matches(
+            settings.root / path, old["size"], old["mtime_ns"], old["xxh3"]
+        ):
+            result.unchanged += 1
+            continue
+        st = atomic_write(settings.root / path, data)
+        result.written += 1
+        batch.append({"path": path, "shard": shard, "kind": "caption", "sample": sample,
+                      "size": st.st_size, "mtime_ns": st.st_mtime_ns, "xxh3": digest})
+        if len(batch) >= WRITE_BATCH:
+            _flush(db, batch)
+    _flush(db, batch)
+
+
+def _flush(db, batch: list[dict]) -> None:
+    if batch:
+        with write_transaction(db) as conn:
+            upsert_files(conn, batch)
+        batch.clear()
+
+
+def _remove_unwanted(db, settings, existing, wanted, result) -> None:
+    gone = []
+    for path, r in existing.items():
+        if path in wanted:
+            continue
+        target = settings.root / path
+        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
+            os.unlink(target)
+            result.removed += 1
+        elif target.exists():
+            result.kept_edited += 1
+            print(f"warning: {target} changed since the build wrote it: left in place",
+                  file=sys.stderr)
+        gone.append(path)
+    if gone:
+        with write_transaction(db) as conn:
+            delete_files(conn, gone)

@@ -1,0 +1,127 @@
+"""The functions doit runs: each calls one task's plain function and reports on it.
+
+Module-level functions only (no lambdas or closures), so `doit -P process` can send
+them to worker processes. A known failure becomes a `TaskFailed` with a one-line
+message; doit then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from state.atomic import DiskFullError
+from state.hashing import file_matches
+from state.manifest import ManifestError, open_manifest, shard_row
+from tasks.captions import write_captions
+from tasks.dataloader import write_dataloader
+from tasks.extract import extract_shard
+from tasks.partition import partition_path
+from tasks.scan import is_up_to_date, scan_edits
+from tasks.settings import Settings
+from tasks.summary import format_summary, summarize
+from tasks.table import build_table
+
+KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError)
+
+
+def fail_settings(message: str) -> TaskFailed:
+    """The action of every task when the settings could not be read."""
+    return TaskFailed(message)
+
+
+def shard_is_done(settings: Settings, name: str) -> bool:
+    """uptodate check of `extract:<shard>`: done in the manifest, its partition intact."""
+    try:
+        db = open_manifest(settings.root)
+    except ManifestError:
+        return False
+    try:
+        row = shard_row(db, name)
+        if not row or row["status"] != "done":
+            return False
+        part = os.path.relpath(partition_path(settings, name), settings.root)
+        rec = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [part]).fetchone()
+        return bool(rec) and file_matches(settings.root / part, *rec)
+    finally:
+        db.conn.close()
+
+
+def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
+    """Extract one shard; a shard that cannot be read is reported by `summary` at the end."""
+    try:
+        r = extract_shard(settings, Path(tar))
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"{tar}: {exc}")
+    if r.status == "failed":
+        print(f"ERROR {r.error}", flush=True)
+    elif r.status == "extracted":
+        print(f"{r.shard}: {r.samples} samples, {r.aside} file(s) kept aside, "
+              f"{r.written} file(s) written", flush=True)
+    elif r.status == "renamed":
+        print(f"{r.shard}: same bytes as an extracted shard that was renamed: nothing to extract")
+    return None
+
+
+def scan_is_up_to_date(settings: Settings) -> bool:
+    """uptodate check of `scan`."""
+    try:
+        return is_up_to_date(settings)
+    except ManifestError:
+        return False
+
+
+def run_scan(settings: Settings) -> TaskFailed | None:
+    """Pick up edited JSON files; fail naming any JSON that cannot be used."""
+    r = scan_edits(settings)
+    if r.edited:
+        print(f"{len(r.edited)} edited JSON file(s) picked up; partitions rewritten: "
+              f"{', '.join(r.rebuilt)}", flush=True)
+    elif r.rebuilt:
+        print(f"partitions rebuilt from data/: {', '.join(r.rebuilt)}", flush=True)
+    if r.errors:
+        return TaskFailed("\n".join(r.errors))
+    return None
+
+
+def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
+    """Write or remove the caption files of one shard."""
+    try:
+        r = write_captions(settings, shard)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"captions of {shard}: {exc}")
+    if not r.up_to_date and (r.written or r.removed):
+        print(f"{shard}: {r.written} caption file(s) written, {r.removed} removed, "
+              f"{r.unchanged} unchanged", flush=True)
+    return None
+
+
+def run_table(settings: Settings) -> TaskFailed | None:
+    """Consolidate the partitions into the table."""
+    try:
+        r = build_table(settings)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"{settings.table_path}: {exc}")
+    if not r.up_to_date:
+        print(f"{settings.table_path.name}: {r.rows} rows from {r.shards} shard(s)", flush=True)
+    return None
+
+
+def run_dataloader(settings: Settings) -> TaskFailed | None:
+    """Write the SimpleTuner dataloader entry."""
+    try:
+        write_dataloader(settings)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(str(exc))
+    return None
+
+
+def run_summary(settings: Settings) -> TaskFailed | None:
+    """Print the build summary; fail when a shard could not be read to its end."""
+    s = summarize(settings)
+    print(format_summary(s, settings), flush=True)
+    if not s.ok:
+        return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
+    return None

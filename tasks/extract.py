@@ -1,0 +1,472 @@
+"""`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
+
+The pass reads each member once, hashes it (XXH3-128), writes it to a temporary file
+under `state/tmp/<shard>/`, parses JSON and reads image headers. When the tar has been
+read to its end-of-archive marker, samples are decided (complete, or kept aside under
+`incomplete/<shard>/`) and committed in batches: each batch claims its paths, renames
+its files into place and records them in one write transaction. The shard is marked
+done last, so a killed run redoes the shard and nothing half-done counts as done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from state.atomic import raise_if_disk_full, write_new
+from state.hashing import file_matches, hash_bytes, hash_file
+from state.manifest import (
+    delete_files,
+    files_of_shard,
+    open_manifest,
+    shard_row,
+    upsert_files,
+    write_transaction,
+)
+from tasks.imagesize import image_size
+from tasks.partition import digest_pairs, json_digest, partition_path, write_partition
+from tasks.progress import Progress
+from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
+from tasks.settings import Settings
+from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
+
+COMMIT_BATCH = 1000
+
+
+@dataclass
+class Member:
+    """A regular file member of the shard, staged to a temporary file (or already in place)."""
+
+    path: str  # normalized, relative to data/
+    member: str  # name as written in the tar
+    offset: int
+    size: int
+    xxh3: str
+    tmp: Path | None  # None: an identical committed copy is already in place
+    header: tuple[int, int] | None = None
+    obj: dict | None = None
+    raw: str | None = None
+    json_error: str | None = None
+
+
+@dataclass
+class Sample:
+    key: str
+    json: Member | None = None
+    images: list[Member] = field(default_factory=list)
+    others: list[Member] = field(default_factory=list)
+
+
+@dataclass
+class Placement:
+    """Where one member ends up: `dest` relative to root, and its manifest kind."""
+
+    member: Member
+    dest: str
+    kind: str
+    sample: str
+
+
+@dataclass
+class ExtractResult:
+    """What `extract_shard` did."""
+
+    shard: str
+    status: str  # extracted | up-to-date | renamed | failed
+    samples: int = 0
+    aside: int = 0
+    written: int = 0
+    error: str | None = None
+
+
+def shard_name(tar_path: Path) -> str:
+    """A shard's name: its file name without `.tar`."""
+    name = tar_path.name
+    return name[:-4] if name.endswith(".tar") else name
+
+
+def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
+    """Bring the manifest, `data/` and the partition of one shard up to date with its tar."""
+    db = open_manifest(settings.root)
+    try:
+        return _extract_shard(db, settings, Path(tar_path))
+    finally:
+        db.conn.close()
+
+
+def _extract_shard(db: sqlite_utils.Database, settings: Settings, tar_path: Path) -> ExtractResult:
+    name = shard_name(tar_path)
+    st = os.stat(tar_path)
+    rel = os.path.relpath(tar_path, settings.root)
+    row = shard_row(db, name)
+    if row and row["status"] == "done" and row["size"] == st.st_size:
+        same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
+        if same_stat or hash_file(tar_path) == row["xxh3"]:
+            if not same_stat:
+                with write_transaction(db) as conn:
+                    conn.execute(
+                        "UPDATE shards SET mtime_ns = ?, path = ? WHERE name = ?",
+                        (st.st_mtime_ns, rel, name),
+                    )
+            return ExtractResult(name, "up-to-date", samples=row["samples"] or 0)
+    renamed_from = _find_renamed(db, settings, name, tar_path, st)
+    if renamed_from:
+        _adopt_renamed(db, settings, renamed_from, name, rel, st)
+        return ExtractResult(name, "renamed", samples=(shard_row(db, name) or {}).get("samples", 0))
+    return _extract(db, settings, name, tar_path, rel, st)
+
+
+def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
+    """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
+    candidates = [
+        r for r in db.query(
+            "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
+            [st.st_size, name],
+        )
+        if not (settings.root / r["path"]).exists()
+    ]
+    if not candidates:
+        return None
+    digest = hash_file(tar_path)
+    for r in candidates:
+        if r["xxh3"] == digest:
+            return r["name"]
+    return None
+
+
+def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> None:
+    old_part = settings.parts_dir / f"shard={old}"
+    new_part = settings.parts_dir / f"shard={new}"
+    with write_transaction(db) as conn:
+        conn.execute("DELETE FROM shards WHERE name = ?", (new,))
+        conn.execute(
+            "UPDATE shards SET name = ?, path = ?, mtime_ns = ?, captions_key = NULL "
+            "WHERE name = ?", (new, rel, st.st_mtime_ns, old),
+        )
+        conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
+        conn.execute("UPDATE quirks SET shard = ? WHERE shard = ?", (new, old))
+        if old_part.exists():
+            shutil.rmtree(new_part, ignore_errors=True)
+            old_part.rename(new_part)
+            old_rel = os.path.relpath(old_part, settings.root)
+            new_rel = os.path.relpath(new_part, settings.root)
+            conn.execute(
+                "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
+                "AND path LIKE ?", (new_rel, len(old_rel) + 1, old_rel + "/%"),
+            )
+
+
+def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
+    tmp_dir = settings.state_dir / "tmp" / name
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    previous = {r["path"]: r for r in files_of_shard(db, name)}
+    quirks: list[dict] = []
+    try:
+        samples, duplicates, digest = _read_shard(
+            settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
+        )
+    except ShardReadError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _record_failure(db, settings, name, rel, st, str(exc))
+        return ExtractResult(name, "failed", error=str(exc))
+    placements, rows = _decide(name, samples, duplicates, quirks)
+    try:
+        placed, rows, written = _commit(db, settings, name, placements, rows, quirks)
+        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    aside = sum(1 for p in placed.values() if p.kind == "aside")
+    return ExtractResult(name, "extracted", samples=len(rows), aside=aside, written=written)
+
+
+def _read_shard(settings, name, tar_path, total, tmp_dir, previous, quirks):
+    """Stream the tar: stage every regular member, collect samples by key."""
+    samples: dict[str, Sample] = {}
+    seen: dict[str, Member] = {}
+    duplicates: list[Member] = []
+    reader = HashingReader(tar_path)
+    progress = Progress(f"extract {name}", total)
+    try:
+        for n, (tm, data) in enumerate(iter_members(reader, tar_path)):
+            progress.update(reader.tell())
+            if tm.kind == "dir":
+                continue
+            path = normalize_member_name(tm.name)
+            if path is None or tm.kind != "file":
+                why = "unsafe path" if path is None else f"{tm.kind} member"
+                quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
+                continue
+            m = _stage(settings, data, path, tm, tmp_dir / str(n), previous)
+            kind = member_kind(path)
+            if kind == "image":
+                m.header = image_size(data)
+            elif kind == "json":
+                m.obj, m.json_error = parse_json(data)
+                if m.obj is not None:
+                    m.raw = data.decode("utf-8")
+            if path in seen:
+                duplicates.append(_drop_member(samples, seen[path]))
+                quirks.append(_quirk(name, "duplicate_member", tm.name, None,
+                                     "a later member of the same name replaces it (as tar xf)"))
+            seen[path] = m
+            sample = samples.setdefault(sample_key(path), Sample(sample_key(path)))
+            if kind == "json":
+                sample.json = m
+            elif kind == "image":
+                sample.images.append(m)
+            else:
+                sample.others.append(m)
+        digest, _ = reader.finish()
+    finally:
+        reader.close()
+        progress.close()
+    return samples, duplicates, digest
+
+
+def _stage(settings, data: bytes, path: str, tm, tmp: Path, previous: dict) -> Member:
+    """Hash a member and write it to `tmp`, unless the committed copy already holds it."""
+    xxh3 = hash_bytes(data)
+    old = previous.get(f"data/{path}")
+    if old and old["xxh3"] == xxh3 and file_matches(
+        settings.root / old["path"], old["size"], old["mtime_ns"], old["xxh3"]
+    ):
+        return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
+    try:
+        write_new(tmp, data)
+    except OSError as exc:
+        raise_if_disk_full(exc, settings.root)
+        raise
+    return Member(path, tm.name, tm.offset_data, tm.size, xxh3, tmp)
+
+
+def _drop_member(samples: dict[str, Sample], m: Member) -> Member:
+    s = samples[sample_key(m.path)]
+    if s.json is m:
+        s.json = None
+    s.images = [x for x in s.images if x is not m]
+    s.others = [x for x in s.others if x is not m]
+    return m
+
+
+def _quirk(shard: str, kind: str, member: str | None, path: str | None, detail: str) -> dict:
+    return {"shard": shard, "kind": kind, "member": member, "path": path, "detail": detail}
+
+
+def _winner(sample: Sample) -> Member:
+    """Of several images for one key, the one `image_name` names, else png, jpg, jpeg."""
+    wanted = sample.json.obj.get("image_name") if sample.json and sample.json.obj else None
+    for m in sample.images:
+        if isinstance(wanted, str) and os.path.basename(m.path) == wanted:
+            return m
+
+    def rank(m: Member) -> int:
+        ext = os.path.splitext(m.path)[1].lower()
+        return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
+
+    return min(sample.images, key=rank)
+
+
+def _aside(shard: str, m: Member, sample: str, sub: str = "") -> Placement:
+    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", "aside", sample)
+
+
+def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], quirks: list[dict]):
+    """Placements of every member and the partition row of every complete sample."""
+    placements: list[Placement] = []
+    rows: dict[str, dict] = {}
+    for i, m in enumerate(duplicates):
+        placements.append(_aside(name, m, sample_key(m.path), f"duplicate-members/{i}/"))
+    for key, s in samples.items():
+        for m in s.others:
+            quirks.append(_quirk(name, "unexpected_member", m.member, None,
+                                 "not an image (.png/.jpg/.jpeg) or .json: kept aside"))
+            placements.append(_aside(name, m, key))
+        members = ([s.json] if s.json else []) + s.images
+        if not members:
+            continue
+        problem = None
+        if s.json is None:
+            problem = ("image_without_json", "image has no JSON")
+        elif not s.images:
+            problem = ("json_without_image", "JSON has no image")
+        elif s.json.obj is None:
+            problem = ("invalid_json", s.json.json_error)
+        if problem is None:
+            image = _winner(s)
+            if image.header is None:
+                problem = ("bad_image", f"{image.member}: not a readable PNG/JPEG header "
+                           f"({image.size} bytes)")
+        if problem:
+            for m in members:
+                quirks.append(_quirk(name, problem[0], m.member, None, problem[1]))
+                placements.append(_aside(name, m, key))
+            continue
+        for m in s.images:
+            if m is not image:
+                quirks.append(_quirk(name, "second_image", m.member, None,
+                                     f"another image of sample {key!r} was kept"))
+                placements.append(_aside(name, m, key))
+        placements.append(Placement(s.json, f"data/{s.json.path}", "json", key))
+        placements.append(Placement(image, f"data/{image.path}", "image", key))
+        rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
+        s.json.obj = None  # the row holds what is needed now
+    return placements, rows
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _commit(db, settings: Settings, name: str, placements: list[Placement], rows: dict,
+            quirks: list[dict]):
+    """Claim paths, rename staged files into place and record them, batch by batch."""
+    placed: dict[str, Placement] = {}
+    written = 0
+    for batch in _batches(placements, COMMIT_BATCH):
+        with write_transaction(db) as conn:
+            lost = _claim(conn, settings, name, batch, quirks)
+            file_rows = []
+            for p in batch:
+                if p.sample in lost and p.kind != "aside":
+                    p = _aside(name, p.member, p.sample)
+                    rows.pop(p.sample, None)
+                written += _place(settings, p)
+                file_rows.append(_file_row(settings, name, p))
+                placed[p.dest] = p
+            upsert_files(conn, file_rows)
+    return placed, rows, written
+
+
+def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]) -> set:
+    """Samples of this batch whose paths a shard sorting earlier owns (they go aside).
+
+    Paths owned by a shard sorting later are taken over: that shard's copies go aside.
+    """
+    dests = [p.dest for p in batch if p.kind != "aside"]
+    owners: dict[str, str] = {}
+    for chunk in _batches(dests, 500):
+        marks = ",".join("?" * len(chunk))
+        for path, shard in conn.execute(
+            f"SELECT path, shard FROM files WHERE path IN ({marks}) AND shard != ? "
+            "AND kind IN ('image', 'json')", (*chunk, name),
+        ):
+            owners[path] = shard
+    lost: set[str] = set()
+    for p in batch:
+        other = owners.get(p.dest)
+        if other is None:
+            continue
+        if other < name:
+            lost.add(p.sample)
+            quirks.append(_quirk(name, "duplicate_across_shards", p.member.member, p.dest,
+                                 f"{p.dest} belongs to shard {other} (it sorts first): kept aside"))
+        else:
+            _displace(conn, settings, other, p.dest, name)
+            quirks.append(_quirk(other, "duplicate_across_shards", None, p.dest,
+                                 f"{p.dest} taken by shard {name} (it sorts first): kept aside"))
+    return lost
+
+
+def _displace(conn, settings: Settings, other: str, dest: str, winner: str) -> None:
+    """Move another shard's copy of `dest` aside so that `winner` can own the path."""
+    old = conn.execute("SELECT * FROM files WHERE path = ?", (dest,)).fetchone()
+    cols = [d[0] for d in conn.execute("SELECT * FROM files LIMIT 0").description]
+    row = dict(zip(cols, old, strict=True))
+    aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
+    src = settings.root / dest
+    if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
+        (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, settings.root / aside)
+    row.update(path=aside, kind="aside")
+    delete_files(conn, [dest])
+    upsert_files(conn, [row])
+    conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
+
+
+def _place(settings: Settings, p: Placement) -> int:
+    """Rename a staged member to its destination; 1 if a file was written, else 0."""
+    if p.member.tmp is None and p.dest == f"data/{p.member.path}":
+        return 0
+    dest = settings.root / p.dest
+    if p.member.tmp is None:  # committed copy in place, but this member now goes elsewhere
+        src = settings.root / "data" / p.member.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return 0
+    try:
+        os.replace(p.member.tmp, dest)
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p.member.tmp, dest)
+    return 1
+
+
+def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
+    st = os.stat(settings.root / p.dest)
+    m = p.member
+    width, height = m.header if m.header else (None, None)
+    return {
+        "path": p.dest, "shard": shard, "kind": p.kind, "sample": p.sample,
+        "member": m.member, "offset": m.offset, "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns, "xxh3": m.xxh3, "width": width, "height": height,
+    }
+
+
+def _finish(db, settings: Settings, name: str, rel: str, st, digest: str, placed: dict,
+            previous: dict, rows: dict, quirks: list[dict]) -> None:
+    """Drop what this shard no longer holds, write its partition, mark it done."""
+    stale = [
+        r for path, r in previous.items()
+        if path not in placed and r["kind"] in ("image", "json", "aside")
+    ]
+    for r in stale:
+        target = settings.root / r["path"]
+        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
+            target.unlink(missing_ok=True)
+    part_row = write_partition(settings, name, rows.values())
+    with write_transaction(db) as conn:
+        delete_files(conn, [r["path"] for r in stale])
+        conn.execute("DELETE FROM quirks WHERE shard = ?", (name,))
+        conn.executemany(
+            "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
+            [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
+        )
+        upsert_files(conn, [part_row])
+        current = json_digest(conn, name)
+        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
+        conn.execute("DELETE FROM shards WHERE name = ?", (name,))
+        conn.execute(
+            "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
+            "aside, error, part_xxh3, json_digest, captions_key) "
+            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?, ?, NULL)",
+            (name, rel, st.st_size, st.st_mtime_ns, digest, len(placed), len(rows),
+             sum(1 for p in placed.values() if p.kind == "aside"), part_row["xxh3"],
+             current if current == expected else None),
+        )
+
+
+def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:
+    """Mark the shard failed; files and partition of an earlier good read stay as they were."""
+    part = partition_path(settings, name)
+    part_row = None if part.exists() else write_partition(settings, name, [])
+    with write_transaction(db) as conn:
+        if part_row:
+            upsert_files(conn, [part_row])
+        existing = conn.execute("SELECT status FROM shards WHERE name = ?", (name,)).fetchone()
+        if not existing:
+            conn.execute(
+                "INSERT INTO shards (name, path, size, mtime_ns, samples) VALUES (?, ?, ?, ?, 0)",
+                (name, rel, st.st_size, st.st_mtime_ns),
+            )
+        conn.execute(
+            "UPDATE shards SET status = 'failed', error = ?, path = ?, "
+            "part_xxh3 = coalesce(?, part_xxh3) WHERE name = ?",
+            (error, rel, part_row["xxh3"] if part_row else None, name),
+        )

@@ -1,0 +1,69 @@
+"""`summary`: what the build holds, what was kept aside, and whether any shard failed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from state.manifest import open_manifest
+from tasks.settings import Settings
+
+
+@dataclass
+class BuildSummary:
+    """Counts from the manifest after a build."""
+
+    shards: int = 0
+    samples: int = 0
+    aside_files: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    tars_gone: list[str] = field(default_factory=list)
+    quirks: Counter = field(default_factory=Counter)
+    quirk_examples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def summarize(settings: Settings) -> BuildSummary:
+    """Read the manifest into a BuildSummary."""
+    s = BuildSummary()
+    db = open_manifest(settings.root)
+    try:
+        for row in db.query("SELECT name, path, status, samples, error FROM shards"):
+            present = (settings.root / row["path"]).exists()
+            if row["status"] == "failed" and present:
+                s.failed[row["name"]] = row["error"]
+                continue
+            s.shards += 1
+            s.samples += row["samples"] or 0
+            if not present:
+                s.tars_gone.append(row["path"])
+        s.aside_files = db.execute("SELECT count(*) FROM files WHERE kind = 'aside'").fetchone()[0]
+        for kind, shard, member, path, detail in db.execute(
+            "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
+        ):
+            s.quirks[kind] += 1
+            s.quirk_examples.setdefault(kind, f"{shard}: {member or path}: {detail}")
+    finally:
+        db.conn.close()
+    return s
+
+
+def format_summary(s: BuildSummary, settings: Settings) -> str:
+    """The human summary printed at the end of `doit`."""
+    lines = [
+        f"shardprep: {s.shards} shard(s), {s.samples} sample(s) in {settings.table_path.name}"
+        f" ({settings.root})",
+    ]
+    if s.aside_files:
+        lines.append(f"  kept aside: {s.aside_files} file(s) under "
+                     f"{settings.incomplete_dir}/ (see `doit audit`)")
+    for kind, count in sorted(s.quirks.items()):
+        lines.append(f"  warning: {count} x {kind}, e.g. {s.quirk_examples[kind]}")
+    for path in s.tars_gone:
+        lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
+    for name, error in sorted(s.failed.items()):
+        lines.append(f"  ERROR: shard {name}: {error}")
+    return "\n".join(lines)
