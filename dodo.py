@@ -16,12 +16,12 @@ from doit.tools import config_changed
 from state.checker import checker_for
 from state.manifest import manifest_path
 from tasks import doit_actions as act
-from tasks.captions import caption_settings_key
+from tasks.captions import captions_are_current
 from tasks.dataloader import dataloader_entry
 from tasks.extract import shard_name
 from tasks.partition import partition_path
 from tasks.settings import SettingsError, load_settings
-from tasks.table import table_key
+from tasks.table import table_is_current
 
 
 def _overrides() -> dict[str, str]:
@@ -39,7 +39,8 @@ except SettingsError as exc:
 
 DOIT_CONFIG = {
     "default_tasks": ["extract", "scan", "captions", "table", "dataloader", "summary"],
-    "dep_file": str(SETTINGS.state_dir / "doit.db") if SETTINGS
+    "dep_file": str(SETTINGS.state_dir / "doit.db")
+    if SETTINGS
     else os.path.join(tempfile.gettempdir(), "shardprep-unconfigured.doit.db"),
     "check_file_uptodate": checker_for(SETTINGS.root if SETTINGS else os.getcwd()),
     "action_string_formatting": "new",
@@ -106,14 +107,14 @@ def task_captions():
     if SETTINGS is None:
         yield {"name": None, **_failing("Write caption files.")}
         return
-    key = caption_settings_key(SETTINGS)
+    present = _shards()
     for name in _all_shards():
         yield {
             "name": name,
             "actions": [(act.run_captions, [SETTINGS, name])],
-            "file_dep": [str(partition_path(SETTINGS, name))],
+            "file_dep": [str(partition_path(SETTINGS, name))] if name in present else [],
             "task_dep": ["scan"],
-            "uptodate": [config_changed(key)],
+            "uptodate": [(captions_are_current, [SETTINGS, name])],
             "verbosity": 2,
         }
 
@@ -124,10 +125,10 @@ def task_table():
         return _failing("Consolidate the table.")
     return {
         "actions": [(act.run_table, [SETTINGS])],
-        "file_dep": [str(partition_path(SETTINGS, n)) for n in _all_shards()],
+        "file_dep": [str(partition_path(SETTINGS, n)) for n in _shards()],
         "task_dep": ["scan"],
         "targets": [str(SETTINGS.table_path)],
-        "uptodate": [config_changed(table_key(SETTINGS, []))],
+        "uptodate": [(table_is_current, [SETTINGS])],
         "verbosity": 2,
     }
 
@@ -151,6 +152,17 @@ def task_summary():
     return {
         "actions": [(act.run_summary, [SETTINGS])],
         "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_download():
+    """Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/."""
+    if SETTINGS is None:
+        return _failing("Fetch shards from the Hub.")
+    return {
+        "actions": [(act.run_download, [SETTINGS])],
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -47,9 +47,16 @@ def move_into_place(src: Path, dest: Path) -> None:
         os.replace(src, dest)
 
 
-def atomic_write(path: Path, data: bytes | memoryview) -> os.stat_result:
-    """Write `path` through a temporary name beside it; return the final file's stat."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+def atomic_write(
+    path: Path, data: bytes | memoryview, tmp_dir: Path | None = None
+) -> os.stat_result:
+    """Write `path` through a temporary name (beside it, or in `tmp_dir` on the same
+    filesystem) and rename it into place; return the final file's stat.
+
+    The temporary name is fixed, so a write killed half-way leaves at most one
+    leftover, which the next write of the same file replaces.
+    """
+    tmp = (tmp_dir or path.parent) / f".{path.name}{TMP_SUFFIX}"
     st = write_new(tmp, data)
     move_into_place(tmp, path)
     return st
@@ -59,6 +66,7 @@ def raise_if_disk_full(exc: OSError, folder: Path) -> None:
     """Turn ENOSPC/EDQUOT into a DiskFullError that names the folder."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFullError(
-            exc.errno, f"no space left on the device of {folder}: free some space and run "
-            "`doit` again (nothing half-written counts as done)"
+            exc.errno,
+            f"no space left on the device of {folder}: free some space and run "
+            "`doit` again (nothing half-written counts as done)",
         ) from exc

@@ -51,8 +51,10 @@ class Xxh3Checker(FileChangedChecker):
             if self._conn is None:
                 self._conn = sqlite3.connect(manifest_path(self.root), timeout=60)
             rel = os.path.relpath(os.path.abspath(path), self.root)
-            for sql in ("SELECT xxh3 FROM shards WHERE path = ? AND size = ? AND mtime_ns = ?",
-                        "SELECT xxh3 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?"):
+            for sql in (
+                "SELECT xxh3 FROM shards WHERE path = ? AND size = ? AND mtime_ns = ?",
+                "SELECT xxh3 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?",
+            ):
                 row = self._conn.execute(sql, (rel, st.st_size, st.st_mtime_ns)).fetchone()
                 if row and row[0]:
                     return row[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -47,8 +48,9 @@ class CaptionResult:
 
 def caption_settings_key(settings: Settings) -> str:
     """The settings that decide caption text and files, as one comparable string."""
-    return json.dumps([list(settings.caption_field), settings.caption_strategy,
-                       settings.join_caption_lines])
+    return json.dumps(
+        [list(settings.caption_field), settings.caption_strategy, settings.join_caption_lines]
+    )
 
 
 def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
@@ -58,8 +60,9 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
     columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
     raws = table.column("json").to_pylist() if set(fields) - known else [None] * table.num_rows
     return [
-        select_caption({f: columns[f][i] for f in known}, raws[i], fields,
-                       settings.join_caption_lines)
+        select_caption(
+            {f: columns[f][i] for f in known}, raws[i], fields, settings.join_caption_lines
+        )
         for i in range(table.num_rows)
     ]
 
@@ -71,11 +74,26 @@ def caption_path(filename: str) -> str:
 
 def partition_columns(settings: Settings) -> list[str]:
     """The partition columns needed to make captions under the current settings."""
-    cols = ["filename", "sample"] + [f"cap_{f}" for f in settings.caption_field
-                                     if f in CAPTION_COLUMNS]
+    cols = ["filename", "sample"] + [
+        f"cap_{f}" for f in settings.caption_field if f in CAPTION_COLUMNS
+    ]
     if any(f not in CAPTION_COLUMNS for f in settings.caption_field):
         cols.append("json")
     return cols
+
+
+def _captions_key(row: dict, settings: Settings) -> str:
+    return f"{row['part_xxh3']} {caption_settings_key(settings)}"
+
+
+def captions_are_current(settings: Settings, shard: str) -> bool:
+    """True when the manifest says this shard's captions match its partition and settings."""
+    db = open_manifest(settings.root)
+    try:
+        row = shard_row(db, shard)
+        return row is None or row["captions_key"] == _captions_key(row, settings)
+    finally:
+        db.conn.close()
 
 
 def write_captions(settings: Settings, shard: str) -> CaptionResult:
@@ -87,42 +105,60 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         if row is None or not partition_path(settings, shard).exists():
             result.up_to_date = True
             return result
-        key = f"{row['part_xxh3']} {caption_settings_key(settings)}"
+        key = _captions_key(row, settings)
         if row["captions_key"] == key:
             result.up_to_date = True
             return result
         existing = {r["path"]: r for r in files_of_shard(db, shard, "caption")}
+        tmp_dir = settings.state_dir / "tmp" / f"captions-{shard}"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
             table = read_partition(settings, shard, partition_columns(settings))
-            for filename, sample, text in zip(table.column("filename").to_pylist(),
-                                              table.column("sample").to_pylist(),
-                                              caption_texts(table, settings), strict=True):
+            for filename, sample, text in zip(
+                table.column("filename").to_pylist(),
+                table.column("sample").to_pylist(),
+                caption_texts(table, settings),
+                strict=True,
+            ):
                 wanted[caption_path(filename)] = (sample, text)
-        _write_wanted(db, settings, shard, wanted, existing, result)
+        _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir)
         _remove_unwanted(db, settings, existing, wanted, result)
         with write_transaction(db) as conn:
             conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     finally:
         db.conn.close()
     return result
 
 
-def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
+def _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir) -> None:
     batch: list[dict] = []
     for path, (sample, text) in wanted.items():
         data = text.encode("utf-8", "surrogatepass")
         digest = hash_bytes(data)
         old = existing.get(path)
-        if old and old["xxh3"] == digest and file_matches(
-            settings.root / path, old["size"], old["mtime_ns"], old["xxh3"]
+        if (
+            old
+            and old["xxh3"] == digest
+            and file_matches(settings.root / path, old["size"], old["mtime_ns"], old["xxh3"])
         ):
             result.unchanged += 1
             continue
-        st = atomic_write(settings.root / path, data)
+        st = atomic_write(settings.root / path, data, tmp_dir)
         result.written += 1
-        batch.append({"path": path, "shard": shard, "kind": "caption", "sample": sample,
-                      "size": st.st_size, "mtime_ns": st.st_mtime_ns, "xxh3": digest})
+        batch.append(
+            {
+                "path": path,
+                "shard": shard,
+                "kind": "caption",
+                "sample": sample,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "xxh3": digest,
+            }
+        )
         if len(batch) >= WRITE_BATCH:
             _flush(db, batch)
     _flush(db, batch)
@@ -146,8 +182,10 @@ def _remove_unwanted(db, settings, existing, wanted, result) -> None:
             result.removed += 1
         elif target.exists():
             result.kept_edited += 1
-            print(f"warning: {target} changed since the build wrote it: left in place",
-                  file=sys.stderr)
+            print(
+                f"warning: {target} changed since the build wrote it: left in place",
+                file=sys.stderr,
+            )
         gone.append(path)
     if gone:
         with write_transaction(db) as conn:

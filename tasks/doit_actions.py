@@ -17,6 +17,7 @@ from state.hashing import file_matches
 from state.manifest import ManifestError, open_manifest, shard_row
 from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
+from tasks.download import DownloadError, download_shards
 from tasks.extract import extract_shard
 from tasks.partition import partition_path
 from tasks.scan import is_up_to_date, scan_edits
@@ -58,8 +59,11 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     if r.status == "failed":
         print(f"ERROR {r.error}", flush=True)
     elif r.status == "extracted":
-        print(f"{r.shard}: {r.samples} samples, {r.aside} file(s) kept aside, "
-              f"{r.written} file(s) written", flush=True)
+        print(
+            f"{r.shard}: {r.samples} samples, {r.aside} file(s) kept aside, "
+            f"{r.written} file(s) written",
+            flush=True,
+        )
     elif r.status == "renamed":
         print(f"{r.shard}: same bytes as an extracted shard that was renamed: nothing to extract")
     return None
@@ -77,8 +81,11 @@ def run_scan(settings: Settings) -> TaskFailed | None:
     """Pick up edited JSON files; fail naming any JSON that cannot be used."""
     r = scan_edits(settings)
     if r.edited:
-        print(f"{len(r.edited)} edited JSON file(s) picked up; partitions rewritten: "
-              f"{', '.join(r.rebuilt)}", flush=True)
+        print(
+            f"{len(r.edited)} edited JSON file(s) picked up; partitions rewritten: "
+            f"{', '.join(r.rebuilt)}",
+            flush=True,
+        )
     elif r.rebuilt:
         print(f"partitions rebuilt from data/: {', '.join(r.rebuilt)}", flush=True)
     if r.errors:
@@ -93,8 +100,11 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"captions of {shard}: {exc}")
     if not r.up_to_date and (r.written or r.removed):
-        print(f"{shard}: {r.written} caption file(s) written, {r.removed} removed, "
-              f"{r.unchanged} unchanged", flush=True)
+        print(
+            f"{shard}: {r.written} caption file(s) written, {r.removed} removed, "
+            f"{r.unchanged} unchanged",
+            flush=True,
+        )
     return None
 
 
@@ -124,4 +134,16 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     print(format_summary(s, settings), flush=True)
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
+    return None
+
+
+def run_download(settings: Settings) -> TaskFailed | None:
+    """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured)."""
+    try:
+        summary = download_shards(
+            settings.root, settings.repo_id, settings.revision, settings.allow_patterns
+        )
+    except DownloadError as exc:
+        return TaskFailed(str(exc))
+    print(summary.describe(), flush=True)
     return None

@@ -124,7 +124,8 @@ def _extract_shard(db: sqlite_utils.Database, settings: Settings, tar_path: Path
 def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
     """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
     candidates = [
-        r for r in db.query(
+        r
+        for r in db.query(
             "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
             [st.st_size, name],
         )
@@ -146,7 +147,8 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
         conn.execute("DELETE FROM shards WHERE name = ?", (new,))
         conn.execute(
             "UPDATE shards SET name = ?, path = ?, mtime_ns = ?, captions_key = NULL "
-            "WHERE name = ?", (new, rel, st.st_mtime_ns, old),
+            "WHERE name = ?",
+            (new, rel, st.st_mtime_ns, old),
         )
         conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
         conn.execute("UPDATE quirks SET shard = ? WHERE shard = ?", (new, old))
@@ -157,7 +159,8 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
             new_rel = os.path.relpath(new_part, settings.root)
             conn.execute(
                 "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
-                "AND path LIKE ?", (new_rel, len(old_rel) + 1, old_rel + "/%"),
+                "AND path LIKE ?",
+                (new_rel, len(old_rel) + 1, old_rel + "/%"),
             )
 
 
@@ -212,8 +215,15 @@ def _read_shard(settings, name, tar_path, total, tmp_dir, previous, quirks):
                     m.raw = data.decode("utf-8")
             if path in seen:
                 duplicates.append(_drop_member(samples, seen[path]))
-                quirks.append(_quirk(name, "duplicate_member", tm.name, None,
-                                     "a later member of the same name replaces it (as tar xf)"))
+                quirks.append(
+                    _quirk(
+                        name,
+                        "duplicate_member",
+                        tm.name,
+                        None,
+                        "a later member of the same name replaces it (as tar xf)",
+                    )
+                )
             seen[path] = m
             sample = samples.setdefault(sample_key(path), Sample(sample_key(path)))
             if kind == "json":
@@ -233,8 +243,10 @@ def _stage(settings, data: bytes, path: str, tm, tmp: Path, previous: dict) -> M
     """Hash a member and write it to `tmp`, unless the committed copy already holds it."""
     xxh3 = hash_bytes(data)
     old = previous.get(f"data/{path}")
-    if old and old["xxh3"] == xxh3 and file_matches(
-        settings.root / old["path"], old["size"], old["mtime_ns"], old["xxh3"]
+    if (
+        old
+        and old["xxh3"] == xxh3
+        and file_matches(settings.root / old["path"], old["size"], old["mtime_ns"], old["xxh3"])
     ):
         return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
     try:
@@ -284,8 +296,15 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
         placements.append(_aside(name, m, sample_key(m.path), f"duplicate-members/{i}/"))
     for key, s in samples.items():
         for m in s.others:
-            quirks.append(_quirk(name, "unexpected_member", m.member, None,
-                                 "not an image (.png/.jpg/.jpeg) or .json: kept aside"))
+            quirks.append(
+                _quirk(
+                    name,
+                    "unexpected_member",
+                    m.member,
+                    None,
+                    "not an image (.png/.jpg/.jpeg) or .json: kept aside",
+                )
+            )
             placements.append(_aside(name, m, key))
         members = ([s.json] if s.json else []) + s.images
         if not members:
@@ -300,8 +319,10 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
         if problem is None:
             image = _winner(s)
             if image.header is None:
-                problem = ("bad_image", f"{image.member}: not a readable PNG/JPEG header "
-                           f"({image.size} bytes)")
+                problem = (
+                    "bad_image",
+                    f"{image.member}: not a readable PNG/JPEG header ({image.size} bytes)",
+                )
         if problem:
             for m in members:
                 quirks.append(_quirk(name, problem[0], m.member, None, problem[1]))
@@ -309,8 +330,15 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
             continue
         for m in s.images:
             if m is not image:
-                quirks.append(_quirk(name, "second_image", m.member, None,
-                                     f"another image of sample {key!r} was kept"))
+                quirks.append(
+                    _quirk(
+                        name,
+                        "second_image",
+                        m.member,
+                        None,
+                        f"another image of sample {key!r} was kept",
+                    )
+                )
                 placements.append(_aside(name, m, key))
         placements.append(Placement(s.json, f"data/{s.json.path}", "json", key))
         placements.append(Placement(image, f"data/{image.path}", "image", key))
@@ -324,8 +352,9 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
-def _commit(db, settings: Settings, name: str, placements: list[Placement], rows: dict,
-            quirks: list[dict]):
+def _commit(
+    db, settings: Settings, name: str, placements: list[Placement], rows: dict, quirks: list[dict]
+):
     """Claim paths, rename staged files into place and record them, batch by batch."""
     placed: dict[str, Placement] = {}
     written = 0
@@ -355,7 +384,8 @@ def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: 
         marks = ",".join("?" * len(chunk))
         for path, shard in conn.execute(
             f"SELECT path, shard FROM files WHERE path IN ({marks}) AND shard != ? "
-            "AND kind IN ('image', 'json')", (*chunk, name),
+            "AND kind IN ('image', 'json')",
+            (*chunk, name),
         ):
             owners[path] = shard
     lost: set[str] = set()
@@ -365,12 +395,26 @@ def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: 
             continue
         if other < name:
             lost.add(p.sample)
-            quirks.append(_quirk(name, "duplicate_across_shards", p.member.member, p.dest,
-                                 f"{p.dest} belongs to shard {other} (it sorts first): kept aside"))
+            quirks.append(
+                _quirk(
+                    name,
+                    "duplicate_across_shards",
+                    p.member.member,
+                    p.dest,
+                    f"{p.dest} belongs to shard {other} (it sorts first): kept aside",
+                )
+            )
         else:
             _displace(conn, settings, other, p.dest, name)
-            quirks.append(_quirk(other, "duplicate_across_shards", None, p.dest,
-                                 f"{p.dest} taken by shard {name} (it sorts first): kept aside"))
+            quirks.append(
+                _quirk(
+                    other,
+                    "duplicate_across_shards",
+                    None,
+                    p.dest,
+                    f"{p.dest} taken by shard {name} (it sorts first): kept aside",
+                )
+            )
     return lost
 
 
@@ -413,17 +457,36 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     m = p.member
     width, height = m.header if m.header else (None, None)
     return {
-        "path": p.dest, "shard": shard, "kind": p.kind, "sample": p.sample,
-        "member": m.member, "offset": m.offset, "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns, "xxh3": m.xxh3, "width": width, "height": height,
+        "path": p.dest,
+        "shard": shard,
+        "kind": p.kind,
+        "sample": p.sample,
+        "member": m.member,
+        "offset": m.offset,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "xxh3": m.xxh3,
+        "width": width,
+        "height": height,
     }
 
 
-def _finish(db, settings: Settings, name: str, rel: str, st, digest: str, placed: dict,
-            previous: dict, rows: dict, quirks: list[dict]) -> None:
+def _finish(
+    db,
+    settings: Settings,
+    name: str,
+    rel: str,
+    st,
+    digest: str,
+    placed: dict,
+    previous: dict,
+    rows: dict,
+    quirks: list[dict],
+) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     stale = [
-        r for path, r in previous.items()
+        r
+        for path, r in previous.items()
         if path not in placed and r["kind"] in ("image", "json", "aside")
     ]
     for r in stale:
@@ -446,9 +509,18 @@ def _finish(db, settings: Settings, name: str, rel: str, st, digest: str, placed
             "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
             "aside, error, part_xxh3, json_digest, captions_key) "
             "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?, ?, NULL)",
-            (name, rel, st.st_size, st.st_mtime_ns, digest, len(placed), len(rows),
-             sum(1 for p in placed.values() if p.kind == "aside"), part_row["xxh3"],
-             current if current == expected else None),
+            (
+                name,
+                rel,
+                st.st_size,
+                st.st_mtime_ns,
+                digest,
+                len(placed),
+                len(rows),
+                sum(1 for p in placed.values() if p.kind == "aside"),
+                part_row["xxh3"],
+                current if current == expected else None,
+            ),
         )
 
 

@@ -39,9 +39,17 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
     path.parent.mkdir(parents=True, exist_ok=True)
     st = atomic_write(path, data)
     return {
-        "path": os.path.relpath(path, settings.root), "shard": shard, "kind": "partition",
-        "sample": None, "member": None, "offset": None, "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns, "xxh3": hash_bytes(data), "width": None, "height": None,
+        "path": os.path.relpath(path, settings.root),
+        "shard": shard,
+        "kind": "partition",
+        "sample": None,
+        "member": None,
+        "offset": None,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "xxh3": hash_bytes(data),
+        "width": None,
+        "height": None,
     }
 
 

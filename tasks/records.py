@@ -13,8 +13,13 @@ from typing import Any
 import pyarrow as pa
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-CAPTION_COLUMNS = ("short_caption", "long_caption", "short_caption2", "long_caption2",
-                   "original_prompt")
+CAPTION_COLUMNS = (
+    "short_caption",
+    "long_caption",
+    "short_caption2",
+    "long_caption2",
+    "original_prompt",
+)
 
 PARTITION_SCHEMA = pa.schema(
     [
@@ -126,8 +131,12 @@ def partition_row(
     return row
 
 
-def select_caption(row_captions: dict[str, str | None], raw: str | None, fields: tuple[str, ...],
-                   join_lines: bool = False) -> str:
+def select_caption(
+    row_captions: dict[str, str | None],
+    raw: str | None,
+    fields: tuple[str, ...],
+    join_lines: bool = False,
+) -> str:
     """The caption of one sample for `caption_field` (a tuple tried in order).
 
     The first field with a non-empty caption wins, else the caption is "" (an empty

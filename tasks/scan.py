@@ -104,8 +104,10 @@ def scan_edits(settings: Settings) -> ScanResult:
         if untouched:  # touched without a content change: remember the new stat
             with write_transaction(db) as conn:
                 for path, _shard, size, mtime_ns, _xxh3, _ in untouched:
-                    conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                                 (size, mtime_ns, path))
+                    conn.execute(
+                        "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
+                        (size, mtime_ns, path),
+                    )
     finally:
         db.conn.close()
     return result
@@ -121,8 +123,9 @@ def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
     return rows
 
 
-def _row_from_json(settings: Settings, json_path: str, image_path: str,
-                   header: tuple[int, int]) -> dict:
+def _row_from_json(
+    settings: Settings, json_path: str, image_path: str, header: tuple[int, int]
+) -> dict:
     file = settings.root / "data" / json_path
     try:
         raw = file.read_bytes()
@@ -152,7 +155,8 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
     samples: dict[str, dict] = {}
     for r in db.query(
         "SELECT path, kind, sample, width, height FROM files WHERE shard = ? "
-        "AND kind IN ('image', 'json')", [shard],
+        "AND kind IN ('image', 'json')",
+        [shard],
     ):
         samples.setdefault(r["sample"], {})[r["kind"]] = r
     rows = []
@@ -160,8 +164,12 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
         if "image" not in parts or "json" not in parts:
             continue
         image = parts["image"]
-        rows.append(_row_from_json(
-            settings, parts["json"]["path"].removeprefix("data/"),
-            image["path"].removeprefix("data/"), (image["width"], image["height"]),
-        ))
+        rows.append(
+            _row_from_json(
+                settings,
+                parts["json"]["path"].removeprefix("data/"),
+                image["path"].removeprefix("data/"),
+                (image["width"], image["height"]),
+            )
+        )
     return write_partition(settings, shard, rows)

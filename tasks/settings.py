@@ -71,7 +71,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "revision": ((str,), "a string"),
     "allow_patterns": ((list, str), "a list of glob strings"),
     "caption_field": ((list, str), "a field name or a list of field names"),
-    "caption_strategy": ((str,), "\"textfile\" or \"parquet\""),
+    "caption_strategy": ((str,), '"textfile" or "parquet"'),
     "join_caption_lines": ((bool,), "true or false"),
     "expected_samples": ((int,), "an integer"),
     "dataloader": ((dict,), "a table"),

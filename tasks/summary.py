@@ -58,8 +58,10 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         f" ({settings.root})",
     ]
     if s.aside_files:
-        lines.append(f"  kept aside: {s.aside_files} file(s) under "
-                     f"{settings.incomplete_dir}/ (see `doit audit`)")
+        lines.append(
+            f"  kept aside: {s.aside_files} file(s) under "
+            f"{settings.incomplete_dir}/ (see `doit audit`)"
+        )
     for kind, count in sorted(s.quirks.items()):
         lines.append(f"  warning: {count} x {kind}, e.g. {s.quirk_examples[kind]}")
     for path in s.tars_gone:

@@ -21,8 +21,12 @@ from tasks.partition import partition_path
 from tasks.settings import Settings
 
 TABLE_SCHEMA = pa.schema(
-    [("width", pa.int64()), ("height", pa.int64()), ("caption", pa.string()),
-     ("filename", pa.string())]
+    [
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("caption", pa.string()),
+        ("filename", pa.string()),
+    ]
 )
 
 
@@ -38,7 +42,8 @@ class TableResult:
 def table_shards(db) -> list[tuple[str, str]]:
     """(shard, partition hash) of every shard that has a partition, in name order."""
     return [
-        (name, part) for name, part in db.execute(
+        (name, part)
+        for name, part in db.execute(
             "SELECT name, part_xxh3 FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
         )
     ]
@@ -49,6 +54,25 @@ def table_key(settings: Settings, shards: list[tuple[str, str]]) -> str:
     return json.dumps([shards, list(settings.caption_field), settings.join_caption_lines])
 
 
+def _is_current(db, settings: Settings, key: str) -> bool:
+    rel = os.path.relpath(settings.table_path, settings.root)
+    recorded = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [rel]).fetchone()
+    return (
+        get_meta(db, f"table_key:{rel}") == key
+        and bool(recorded)
+        and file_matches(settings.table_path, *recorded)
+    )
+
+
+def table_is_current(settings: Settings) -> bool:
+    """True when the table on disk was made from the current partitions and settings."""
+    db = open_manifest(settings.root)
+    try:
+        return _is_current(db, settings, table_key(settings, table_shards(db)))
+    finally:
+        db.conn.close()
+
+
 def build_table(settings: Settings) -> TableResult:
     """Write `<id>.parquet` from the partitions, unless the manifest says it is current."""
     db = open_manifest(settings.root)
@@ -56,20 +80,23 @@ def build_table(settings: Settings) -> TableResult:
         shards = table_shards(db)
         key = table_key(settings, shards)
         rel = os.path.relpath(settings.table_path, settings.root)
-        recorded = db.execute(
-            "SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [rel]
-        ).fetchone()
-        if get_meta(db, f"table_key:{rel}") == key and recorded and file_matches(
-            settings.table_path, *recorded
-        ):
+        if _is_current(db, settings, key):
             return TableResult(int(get_meta(db, f"table_rows:{rel}") or 0), len(shards), True)
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
-            upsert_files(conn, [{
-                "path": rel, "kind": "table", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "xxh3": hash_file(settings.table_path),
-            }])
+            upsert_files(
+                conn,
+                [
+                    {
+                        "path": rel,
+                        "kind": "table",
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "xxh3": hash_file(settings.table_path),
+                    }
+                ],
+            )
             set_meta(conn, f"table_key:{rel}", key)
             set_meta(conn, f"table_rows:{rel}", str(rows))
         return TableResult(rows, len(shards), False)
@@ -88,10 +115,17 @@ def _write(settings: Settings, shards: list[str]) -> int:
                 continue
             table = pq.read_table(part, columns=columns)
             captions = pa.array(caption_texts(table, settings), type=pa.string())
-            writer.write_table(pa.table(
-                [table.column("width"), table.column("height"), captions,
-                 table.column("filename")], schema=TABLE_SCHEMA,
-            ))
+            writer.write_table(
+                pa.table(
+                    [
+                        table.column("width"),
+                        table.column("height"),
+                        captions,
+                        table.column("filename"),
+                    ],
+                    schema=TABLE_SCHEMA,
+                )
+            )
             rows += table.num_rows
     os.replace(tmp, settings.table_path)
     return rows

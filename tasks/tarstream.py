@@ -154,7 +154,8 @@ def iter_members(reader: HashingReader, shard: Path) -> Iterator[tuple[TarMember
             data = reader.read(info.size)
             if len(data) != info.size:
                 raise ShardReadError(
-                    shard, f"member {info.name!r} is cut short ({len(data)} of {info.size} bytes)",
+                    shard,
+                    f"member {info.name!r} is cut short ({len(data)} of {info.size} bytes)",
                     last,
                 )
         last = info.name
