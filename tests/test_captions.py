@@ -1,0 +1,121 @@
+"""Switching caption_field / caption_strategy: exact, cheap, reversible (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from conftest import images_in, run_doit, snapshot, table_rows
+from tasks.records import caption_value, join_caption_lines, select_caption
+
+
+def _jsons(root: Path) -> dict[Path, dict]:
+    return {
+        img: json.loads(img.with_suffix(".json").read_text(encoding="utf-8"))
+        for img in images_in(root / "data")
+    }
+
+
+def _scramble_keeping_stat(path: Path) -> None:
+    """Overwrite a file with junk of the same size and restore its mtime: only a reader sees it."""
+    st = path.stat()
+    path.write_bytes(b"#" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _expected(content: dict, fields: list[str]) -> str:
+    """The caption rule, written out independently: first non-empty, else ""."""
+    for field in fields:
+        value = content.get(field)
+        if isinstance(value, list):
+            value = next((v for v in value if isinstance(v, str) and v), None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def test_switch_reads_no_tar_and_no_json_and_switching_back_restores_bytes(built: Path):
+    contents = _jsons(built)
+    original = {img: img.with_suffix(".txt").read_bytes() for img in contents}
+    hub = built / "hub"
+    hub.rename(built / "hub-away")  # no tar to read
+    for img in contents:  # a JSON read now would give junk
+        _scramble_keeping_stat(img.with_suffix(".json"))
+    media = {k: v for k, v in snapshot(built, "data").items() if not k.endswith(".txt")}
+
+    proc = run_doit(built, "caption_field=long_caption")
+    assert "extract" not in " ".join(line for line in proc.stdout.splitlines() if line[:1] == ".")
+    for img, content in contents.items():
+        assert img.with_suffix(".txt").read_bytes() == content["long_caption"].encode("utf-8")
+    rows = {r["filename"]: r["caption"] for r in table_rows(built)}
+    for img, content in contents.items():
+        assert rows[img.name] == content["long_caption"]
+    assert {k: v for k, v in snapshot(built, "data").items() if not k.endswith(".txt")} == media
+
+    run_doit(built)  # dataset.toml still says short_caption
+    for img in contents:
+        assert img.with_suffix(".txt").read_bytes() == original[img]
+
+
+def test_only_changed_caption_files_are_rewritten(built: Path):
+    contents = _jsons(built)
+    before = snapshot(built, "data")
+    run_doit(built, 'caption_field=["short_caption2", "short_caption"]')
+    after = snapshot(built, "data")
+    for img, content in contents.items():
+        txt = img.with_suffix(".txt")
+        expected = _expected(content, ["short_caption2", "short_caption"])
+        assert txt.read_text(encoding="utf-8") == expected
+        key = str(txt.relative_to(built))
+        assert (after[key] != before[key]) == (expected != content["short_caption"])
+
+
+def test_a_list_of_fields_falls_through_absent_values(built: Path):
+    contents = _jsons(built)
+    run_doit(built, 'caption_field=["long_caption2", "no_such_field", "long_caption"]')
+    for img, content in contents.items():
+        expected = _expected(content, ["long_caption2", "long_caption"])
+        assert img.with_suffix(".txt").read_text(encoding="utf-8") == expected
+
+
+def test_parquet_strategy_removes_only_our_caption_files(built: Path):
+    user_file = built / "data" / "my-notes.txt"
+    user_file.write_text("mine")
+    run_doit(built, "caption_strategy=parquet")
+    assert sorted(p.name for p in (built / "data").glob("*.txt")) == ["my-notes.txt"]
+    entry = json.loads((built / "multidatabackend.json").read_text())[0]
+    assert entry["caption_strategy"] == "parquet"
+    assert entry["parquet"]["caption_column"] == "caption"
+    run_doit(built)
+    for img in images_in(built / "data"):
+        assert img.with_suffix(".txt").exists()
+    assert json.loads((built / "multidatabackend.json").read_text())[0][
+        "caption_strategy"
+    ] == "textfile"
+
+
+def test_join_caption_lines_joins_multiline_captions(built: Path):
+    contents = _jsons(built)
+    multiline = [img for img, c in contents.items() if "\n" in c["short_caption"]]
+    assert multiline
+    run_doit(built, "join_caption_lines=true")
+    for img in multiline:
+        text = img.with_suffix(".txt").read_text(encoding="utf-8")
+        assert "\n" not in text
+        assert text == " ".join(
+            line.strip() for line in contents[img]["short_caption"].splitlines() if line.strip()
+        )
+
+
+def test_caption_rules():
+    assert caption_value(["", "b"]) == "b"
+    assert caption_value("") == ""
+    assert caption_value(None) is None
+    assert caption_value(3) is None
+    known = {"short_caption": "", "long_caption": "long"}
+    assert select_caption(known, None, ("short_caption", "long_caption")) == "long"
+    assert select_caption(known, None, ("short_caption",)) == ""
+    raw = json.dumps({"custom": ["", "c"]})
+    assert select_caption({}, raw, ("custom",)) == "c"
+    assert join_caption_lines("a\n\n b \r\nc") == "a b c"
