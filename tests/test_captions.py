@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from conftest import images_in, run_doit, snapshot, table_rows
+
 from tasks.records import caption_value, join_caption_lines, select_caption
 
 
@@ -90,9 +91,10 @@ def test_parquet_strategy_removes_only_our_caption_files(built: Path):
     run_doit(built)
     for img in images_in(built / "data"):
         assert img.with_suffix(".txt").exists()
-    assert json.loads((built / "multidatabackend.json").read_text())[0][
-        "caption_strategy"
-    ] == "textfile"
+    assert (
+        json.loads((built / "multidatabackend.json").read_text())[0]["caption_strategy"]
+        == "textfile"
+    )
 
 
 def test_join_caption_lines_joins_multiline_captions(built: Path):
