@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import tempfile
+from pathlib import Path
 
 from doit import doit_cmd, get_var
 from doit.tools import config_changed
 
 from state.checker import checker_for
 from state.manifest import manifest_path
+from state.recovery import quarantine_dep_file
 from tasks import doit_actions as act
 from tasks.captions import captions_are_current
 from tasks.dataloader import dataloader_entry
@@ -37,11 +40,21 @@ try:
 except SettingsError as exc:
     SETTINGS, SETTINGS_ERROR = None, str(exc)
 
+DEP_FILE = (
+    SETTINGS.state_dir / "doit.db"
+    if SETTINGS
+    else Path(tempfile.gettempdir()) / "shardprep-unconfigured.doit.db"
+)
+if (moved := quarantine_dep_file(DEP_FILE)) is not None:
+    print(
+        f"warning: doit's state file {DEP_FILE} was damaged and has been moved to {moved}; "
+        "the manifest still knows what is done, so nothing is redone",
+        file=sys.stderr,
+    )
+
 DOIT_CONFIG = {
     "default_tasks": ["extract", "scan", "captions", "table", "dataloader", "summary"],
-    "dep_file": str(SETTINGS.state_dir / "doit.db")
-    if SETTINGS
-    else os.path.join(tempfile.gettempdir(), "shardprep-unconfigured.doit.db"),
+    "dep_file": str(DEP_FILE),
     "check_file_uptodate": checker_for(SETTINGS.root if SETTINGS else os.getcwd()),
     "action_string_formatting": "new",
 }
@@ -152,6 +165,17 @@ def task_summary():
     return {
         "actions": [(act.run_summary, [SETTINGS])],
         "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_reset_state():
+    """Move a damaged manifest aside; the next doit rebuilds it from the tars and data/."""
+    if SETTINGS is None:
+        return _failing("Move damaged state aside.")
+    return {
+        "actions": [(act.run_reset_state, [SETTINGS])],
         "uptodate": [False],
         "verbosity": 2,
     }

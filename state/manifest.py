@@ -91,8 +91,8 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise ManifestError(
-            f"{path}: not a readable SQLite database ({exc}). Move it away and run "
-            "`doit rebuild_state` to rebuild it from data/ and the tars."
+            f"{path}: not a readable SQLite database ({exc}); run `doit reset_state` to "
+            "move it aside, then `doit` to rebuild it from the tars and data/"
         ) from exc
     db = sqlite_utils.Database(conn)
     _ensure_schema(db)

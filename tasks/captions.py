@@ -139,15 +139,20 @@ def _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir) -> Non
         data = text.encode("utf-8", "surrogatepass")
         digest = hash_bytes(data)
         old = existing.get(path)
-        if (
+        target = settings.root / path
+        if old is None and _holds(target, data):  # written before the state was reset
+            st = target.stat()
+            result.unchanged += 1
+        elif (
             old
             and old["xxh3"] == digest
-            and file_matches(settings.root / path, old["size"], old["mtime_ns"], old["xxh3"])
+            and file_matches(target, old["size"], old["mtime_ns"], old["xxh3"])
         ):
             result.unchanged += 1
             continue
-        st = atomic_write(settings.root / path, data, tmp_dir)
-        result.written += 1
+        else:
+            st = atomic_write(target, data, tmp_dir)
+            result.written += 1
         batch.append(
             {
                 "path": path,
@@ -162,6 +167,14 @@ def _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir) -> Non
         if len(batch) >= WRITE_BATCH:
             _flush(db, batch)
     _flush(db, batch)
+
+
+def _holds(path, data: bytes) -> bool:
+    """Whether `path` is a file holding exactly `data`."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except FileNotFoundError:
+        return False
 
 
 def _flush(db, batch: list[dict]) -> None:

@@ -8,6 +8,7 @@ message; doit then exits non-zero.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
@@ -15,6 +16,7 @@ from doit.exceptions import TaskFailed
 from state.atomic import DiskFullError
 from state.hashing import file_matches
 from state.manifest import ManifestError, open_manifest, shard_row
+from state.recovery import reset_state
 from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
 from tasks.download import DownloadError, download_shards
@@ -25,7 +27,17 @@ from tasks.settings import Settings
 from tasks.summary import format_summary, summarize
 from tasks.table import build_table
 
-KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError)
+KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError, sqlite3.Error)
+
+
+def describe_failure(exc: BaseException, settings: Settings) -> str:
+    """One line for a known failure; SQLite's "disk is full" names the folder."""
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return (
+            f"no space left on the device of {settings.state_dir} (writing the manifest): "
+            "free some space and run `doit` again (nothing half-written counts as done)"
+        )
+    return str(exc)
 
 
 def fail_settings(message: str) -> TaskFailed:
@@ -55,7 +67,7 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     try:
         r = extract_shard(settings, Path(tar))
     except KNOWN_FAILURES as exc:
-        return TaskFailed(f"{tar}: {exc}")
+        return TaskFailed(f"{tar}: {describe_failure(exc, settings)}")
     if r.status == "failed":
         print(f"ERROR {r.error}", flush=True)
     elif r.status == "extracted":
@@ -79,7 +91,10 @@ def scan_is_up_to_date(settings: Settings) -> bool:
 
 def run_scan(settings: Settings) -> TaskFailed | None:
     """Pick up edited JSON files; fail naming any JSON that cannot be used."""
-    r = scan_edits(settings)
+    try:
+        r = scan_edits(settings)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"scan of data/: {describe_failure(exc, settings)}")
     if r.edited:
         print(
             f"{len(r.edited)} edited JSON file(s) picked up; partitions rewritten: "
@@ -98,7 +113,7 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     try:
         r = write_captions(settings, shard)
     except KNOWN_FAILURES as exc:
-        return TaskFailed(f"captions of {shard}: {exc}")
+        return TaskFailed(f"captions of {shard}: {describe_failure(exc, settings)}")
     if not r.up_to_date and (r.written or r.removed):
         print(
             f"{shard}: {r.written} caption file(s) written, {r.removed} removed, "
@@ -113,7 +128,7 @@ def run_table(settings: Settings) -> TaskFailed | None:
     try:
         r = build_table(settings)
     except KNOWN_FAILURES as exc:
-        return TaskFailed(f"{settings.table_path}: {exc}")
+        return TaskFailed(f"{settings.table_path}: {describe_failure(exc, settings)}")
     if not r.up_to_date:
         print(f"{settings.table_path.name}: {r.rows} rows from {r.shards} shard(s)", flush=True)
     return None
@@ -124,7 +139,7 @@ def run_dataloader(settings: Settings) -> TaskFailed | None:
     try:
         write_dataloader(settings)
     except KNOWN_FAILURES as exc:
-        return TaskFailed(str(exc))
+        return TaskFailed(describe_failure(exc, settings))
     return None
 
 
@@ -135,6 +150,18 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
     return None
+
+
+def run_reset_state(settings: Settings) -> None:
+    """Move the manifest aside, saying where it went."""
+    moved = reset_state(settings.root)
+    if moved is None:
+        print("no manifest to move aside")
+    else:
+        print(
+            f"moved the manifest to {moved}; run `doit` to rebuild it "
+            "(every tar is read again; files already in data/ are not rewritten)"
+        )
 
 
 def run_download(settings: Settings) -> TaskFailed | None:

@@ -52,6 +52,7 @@ class Member:
     obj: dict | None = None
     raw: str | None = None
     json_error: str | None = None
+    stale_stat: bool = False  # kept a differing file on disk: make the next scan hash it
 
 
 @dataclass
@@ -172,14 +173,17 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     quirks: list[dict] = []
     try:
         samples, duplicates, digest = _read_shard(
-            settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
+            db, settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
         )
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
-    placements, rows = _decide(name, samples, duplicates, quirks)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     try:
+        placements, rows = _decide(name, samples, duplicates, quirks)
         placed, rows, written = _commit(db, settings, name, placements, rows, quirks)
         _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
     finally:
@@ -188,7 +192,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     return ExtractResult(name, "extracted", samples=len(rows), aside=aside, written=written)
 
 
-def _read_shard(settings, name, tar_path, total, tmp_dir, previous, quirks):
+def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
     """Stream the tar: stage every regular member, collect samples by key."""
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
@@ -205,7 +209,7 @@ def _read_shard(settings, name, tar_path, total, tmp_dir, previous, quirks):
                 why = "unsafe path" if path is None else f"{tm.kind} member"
                 quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
                 continue
-            m = _stage(settings, data, path, tm, tmp_dir / str(n), previous)
+            m = _stage(db, settings, data, path, tm, tmp_dir / str(n), previous)
             kind = member_kind(path)
             if kind == "image":
                 m.header = image_size(data)
@@ -239,22 +243,38 @@ def _read_shard(settings, name, tar_path, total, tmp_dir, previous, quirks):
     return samples, duplicates, digest
 
 
-def _stage(settings, data: bytes, path: str, tm, tmp: Path, previous: dict) -> Member:
-    """Hash a member and write it to `tmp`, unless the committed copy already holds it."""
+def _stage(db, settings, data: bytes, path: str, tm, tmp: Path, previous: dict) -> Member:
+    """Hash a member and write it to `tmp`, unless the committed copy already holds it.
+
+    A file already at its path that no manifest row claims (the state was reset) is kept
+    when it holds the same bytes, and so is a JSON that differs (the user's edit: its
+    row gets an impossible mtime, so the next scan picks the edit up).
+    """
     xxh3 = hash_bytes(data)
-    old = previous.get(f"data/{path}")
+    dest = f"data/{path}"
+    old = previous.get(dest)
     if (
         old
         and old["xxh3"] == xxh3
         and file_matches(settings.root / old["path"], old["size"], old["mtime_ns"], old["xxh3"])
     ):
         return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
+    on_disk = settings.root / dest
+    if old is None and on_disk.is_file() and not _claimed(db, dest):
+        if hash_file(on_disk) == xxh3:
+            return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
+        if member_kind(path) == "json":
+            return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None, stale_stat=True)
     try:
         write_new(tmp, data)
     except OSError as exc:
         raise_if_disk_full(exc, settings.root)
         raise
     return Member(path, tm.name, tm.offset_data, tm.size, xxh3, tmp)
+
+
+def _claimed(db, path: str) -> bool:
+    return db.execute("SELECT 1 FROM files WHERE path = ?", [path]).fetchone() is not None
 
 
 def _drop_member(samples: dict[str, Sample], m: Member) -> Member:
@@ -464,7 +484,7 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
         "member": m.member,
         "offset": m.offset,
         "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        "mtime_ns": -1 if m.stale_stat else st.st_mtime_ns,
         "xxh3": m.xxh3,
         "width": width,
         "height": height,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from state.manifest import open_manifest
 from tasks.settings import Settings
 
+EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
+
 
 @dataclass
 class BuildSummary:
@@ -19,7 +21,8 @@ class BuildSummary:
     failed: dict[str, str] = field(default_factory=dict)
     tars_gone: list[str] = field(default_factory=list)
     quirks: Counter = field(default_factory=Counter)
-    quirk_examples: dict[str, str] = field(default_factory=dict)
+    quirk_examples: dict[str, list[str]] = field(default_factory=dict)
+    shard_names: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -31,7 +34,8 @@ def summarize(settings: Settings) -> BuildSummary:
     s = BuildSummary()
     db = open_manifest(settings.root)
     try:
-        for row in db.query("SELECT name, path, status, samples, error FROM shards"):
+        for row in db.query("SELECT name, path, status, samples, error FROM shards ORDER BY name"):
+            s.shard_names.append(row["name"])
             present = (settings.root / row["path"]).exists()
             if row["status"] == "failed" and present:
                 s.failed[row["name"]] = row["error"]
@@ -45,7 +49,9 @@ def summarize(settings: Settings) -> BuildSummary:
             "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
         ):
             s.quirks[kind] += 1
-            s.quirk_examples.setdefault(kind, f"{shard}: {member or path}: {detail}")
+            examples = s.quirk_examples.setdefault(kind, [])
+            if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
+                examples.append(f"{shard}: {member or path}: {detail}")
     finally:
         db.conn.close()
     return s
@@ -63,7 +69,10 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
             f"{settings.incomplete_dir}/ (see `doit audit`)"
         )
     for kind, count in sorted(s.quirks.items()):
-        lines.append(f"  warning: {count} x {kind}, e.g. {s.quirk_examples[kind]}")
+        lines.append(f"  warning: {count} x {kind}:")
+        lines.extend(f"    {example}" for example in s.quirk_examples[kind])
+        if count > len(s.quirk_examples[kind]):
+            lines.append(f"    ... and {count - len(s.quirk_examples[kind])} more (`doit audit`)")
     for path in s.tars_gone:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
     for name, error in sorted(s.failed.items()):
