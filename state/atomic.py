@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -13,12 +14,12 @@ class DiskFullError(OSError):
     """No space left while writing; the message names the folder."""
 
 
-def write_new(path: Path, data: bytes | memoryview) -> os.stat_result:
+def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
     """Write `data` to `path` (which must be a temporary name); return its stat."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -28,8 +29,9 @@ def write_new(path: Path, data: bytes | memoryview) -> os.stat_result:
     except OSError as exc:
         os.close(fd)
         fd = -1
-        path.unlink(missing_ok=True)
-        raise_if_disk_full(exc, path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise_if_disk_full(exc, Path(path).parent)
         raise
     finally:
         if fd >= 0:

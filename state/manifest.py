@@ -24,6 +24,9 @@ from pathlib import Path
 import sqlite_utils
 
 MANIFEST_NAME = "manifest.sqlite"
+# set when the manifest is created over a data/ that already holds files (state reset):
+# extraction then keeps files that already hold the right bytes instead of rewriting them
+ADOPT_KEY = "adopt_existing_files"
 
 SHARD_COLUMNS = {
     "name": str,
@@ -95,7 +98,7 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
             "move it aside, then `doit` to rebuild it from the tars and data/"
         ) from exc
     db = sqlite_utils.Database(conn)
-    _ensure_schema(db)
+    _ensure_schema(db, Path(root))
     return db
 
 
@@ -103,10 +106,12 @@ class ManifestError(RuntimeError):
     """The manifest cannot be opened or used."""
 
 
-def _ensure_schema(db: sqlite_utils.Database) -> None:
+def _ensure_schema(db: sqlite_utils.Database, root: Path) -> None:
     if db["files"].exists() and db["meta"].exists():
         return
-    with write_transaction(db):
+    data = root / "data"
+    adopt = data.is_dir() and any(data.iterdir())
+    with write_transaction(db) as conn:
         db["shards"].create(SHARD_COLUMNS, pk="name", if_not_exists=True)
         db["files"].create(FILE_COLUMNS, pk="path", if_not_exists=True)
         db["files"].create_index(["shard", "kind"], if_not_exists=True)
@@ -115,6 +120,8 @@ def _ensure_schema(db: sqlite_utils.Database) -> None:
         db["quirks"].create_index(["shard"], if_not_exists=True)
         db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
         db["hub_files"].create(HUB_FILE_COLUMNS, pk="path", if_not_exists=True)
+        if adopt:
+            set_meta(conn, ADOPT_KEY, "1")
 
 
 @contextmanager

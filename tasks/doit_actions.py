@@ -174,3 +174,33 @@ def run_download(settings: Settings) -> TaskFailed | None:
         return TaskFailed(str(exc))
     print(summary.describe(), flush=True)
     return None
+
+
+def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
+    """Check the disk against the manifest, write state/audit.json; fail on damage."""
+    from tasks.audit import audit, format_report, write_report
+
+    try:
+        report = audit(settings, deep=deep)
+        write_report(settings, report)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"audit: {exc}")
+    print(format_report(report, settings), flush=True)
+    if not report.ok:
+        damage = sum(1 for f in report.findings if f.severity == "damage")
+        return TaskFailed(f"audit: {damage} damaged or missing file(s); see above")
+    return None
+
+
+def run_repair(settings: Settings) -> TaskFailed | None:
+    """Restore what the audit finds damaged; fail naming what could not be restored."""
+    from tasks.repair import format_repair, repair
+
+    try:
+        result = repair(settings)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"repair: {exc}")
+    print(format_repair(result, settings), flush=True)
+    if not result.ok:
+        return TaskFailed(f"repair: {len(result.failed)} problem(s) could not be repaired")
+    return None

@@ -21,8 +21,10 @@ import sqlite_utils
 from state.atomic import raise_if_disk_full, write_new
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
+    ADOPT_KEY,
     delete_files,
     files_of_shard,
+    get_meta,
     open_manifest,
     shard_row,
     upsert_files,
@@ -47,7 +49,8 @@ class Member:
     offset: int
     size: int
     xxh3: str
-    tmp: Path | None  # None: an identical committed copy is already in place
+    tmp: str | None  # None: an identical committed copy is already in place
+    mtime_ns: int | None = None  # of the staged file (a rename keeps it)
     header: tuple[int, int] | None = None
     obj: dict | None = None
     raw: str | None = None
@@ -194,6 +197,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
 
 def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
     """Stream the tar: stage every regular member, collect samples by key."""
+    adopt = get_meta(db, ADOPT_KEY) == "1"
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
     duplicates: list[Member] = []
@@ -209,7 +213,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 why = "unsafe path" if path is None else f"{tm.kind} member"
                 quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
                 continue
-            m = _stage(db, settings, data, path, tm, tmp_dir / str(n), previous)
+            m = _stage(db, settings, data, path, tm, f"{tmp_dir}/{n}", previous, adopt)
             kind = member_kind(path)
             if kind == "image":
                 m.header = image_size(data)
@@ -243,12 +247,15 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
     return samples, duplicates, digest
 
 
-def _stage(db, settings, data: bytes, path: str, tm, tmp: Path, previous: dict) -> Member:
+def _stage(
+    db, settings, data: bytes, path: str, tm, tmp: str, previous: dict, adopt: bool
+) -> Member:
     """Hash a member and write it to `tmp`, unless the committed copy already holds it.
 
     A file already at its path that no manifest row claims (the state was reset) is kept
     when it holds the same bytes, and so is a JSON that differs (the user's edit: its
-    row gets an impossible mtime, so the next scan picks the edit up).
+    row gets an impossible mtime, so the next scan picks the edit up). Only looked for
+    when `adopt` is set: the manifest was created over an existing `data/`.
     """
     xxh3 = hash_bytes(data)
     dest = f"data/{path}"
@@ -260,17 +267,17 @@ def _stage(db, settings, data: bytes, path: str, tm, tmp: Path, previous: dict) 
     ):
         return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
     on_disk = settings.root / dest
-    if old is None and on_disk.is_file() and not _claimed(db, dest):
+    if adopt and old is None and on_disk.is_file() and not _claimed(db, dest):
         if hash_file(on_disk) == xxh3:
             return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
         if member_kind(path) == "json":
             return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None, stale_stat=True)
     try:
-        write_new(tmp, data)
+        st = write_new(tmp, data)
     except OSError as exc:
         raise_if_disk_full(exc, settings.root)
         raise
-    return Member(path, tm.name, tm.offset_data, tm.size, xxh3, tmp)
+    return Member(path, tm.name, tm.offset_data, tm.size, xxh3, tmp, st.st_mtime_ns)
 
 
 def _claimed(db, path: str) -> bool:
@@ -376,6 +383,7 @@ def _commit(
     db, settings: Settings, name: str, placements: list[Placement], rows: dict, quirks: list[dict]
 ):
     """Claim paths, rename staged files into place and record them, batch by batch."""
+    made_dirs: set[str] = set()
     placed: dict[str, Placement] = {}
     written = 0
     for batch in _batches(placements, COMMIT_BATCH):
@@ -386,7 +394,7 @@ def _commit(
                 if p.sample in lost and p.kind != "aside":
                     p = _aside(name, p.member, p.sample)
                     rows.pop(p.sample, None)
-                written += _place(settings, p)
+                written += _place(settings, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
             upsert_files(conn, file_rows)
@@ -454,27 +462,30 @@ def _displace(conn, settings: Settings, other: str, dest: str, winner: str) -> N
     conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
 
 
-def _place(settings: Settings, p: Placement) -> int:
+def _place(settings: Settings, p: Placement, made_dirs: set[str]) -> int:
     """Rename a staged member to its destination; 1 if a file was written, else 0."""
-    if p.member.tmp is None and p.dest == f"data/{p.member.path}":
+    m = p.member
+    if m.tmp is None and p.dest == f"data/{m.path}":
         return 0
-    dest = settings.root / p.dest
-    if p.member.tmp is None:  # committed copy in place, but this member now goes elsewhere
-        src = settings.root / "data" / p.member.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+    dest = f"{settings.root}/{p.dest}"
+    folder = os.path.dirname(dest)
+    if folder not in made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        made_dirs.add(folder)
+    if m.tmp is None:  # committed copy in place, but this member now goes elsewhere
+        os.replace(f"{settings.root}/data/{m.path}", dest)
         return 0
-    try:
-        os.replace(p.member.tmp, dest)
-    except FileNotFoundError:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(p.member.tmp, dest)
+    os.replace(m.tmp, dest)
     return 1
 
 
 def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
-    st = os.stat(settings.root / p.dest)
     m = p.member
+    if m.mtime_ns is None or m.stale_stat:
+        st = os.stat(f"{settings.root}/{p.dest}")
+        size, mtime_ns = st.st_size, (-1 if m.stale_stat else st.st_mtime_ns)
+    else:
+        size, mtime_ns = m.size, m.mtime_ns
     width, height = m.header if m.header else (None, None)
     return {
         "path": p.dest,
@@ -483,8 +494,8 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
         "sample": p.sample,
         "member": m.member,
         "offset": m.offset,
-        "size": st.st_size,
-        "mtime_ns": -1 if m.stale_stat else st.st_mtime_ns,
+        "size": size,
+        "mtime_ns": mtime_ns,
         "xxh3": m.xxh3,
         "width": width,
         "height": height,
