@@ -38,6 +38,15 @@ def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_resu
             os.close(fd)
 
 
+def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
+    """Write `path` directly (created or truncated); return its stat.
+
+    For files whose manifest row is committed only after the write completes: a
+    killed write leaves a file that no row vouches for, and the next run rewrites it.
+    """
+    return write_new(path, data)
+
+
 def move_into_place(src: Path, dest: Path) -> None:
     """Rename `src` to `dest` (same filesystem), creating `dest`'s folder if needed."""
     try:

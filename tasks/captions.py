@@ -1,6 +1,7 @@
 """`captions:<shard>`: one `data/<stem>.txt` per image, from the shard's partition.
 
-Only files whose text changes are written (each atomically); switching
+Only files whose text changes are written (in place: a caption's manifest row is
+committed after its file is complete, so a killed write is redone); switching
 `caption_field` back restores the exact bytes. With `caption_strategy = "parquet"` the
 caption files this build wrote are removed (never a file the manifest does not list,
 nor one changed since we wrote it).
@@ -11,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import sys
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from state.atomic import atomic_write
+from state.atomic import write_in_place
 from state.hashing import file_matches, hash_bytes
 from state.manifest import (
     delete_files,
@@ -110,9 +110,6 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
             result.up_to_date = True
             return result
         existing = {r["path"]: r for r in files_of_shard(db, shard, "caption")}
-        tmp_dir = settings.state_dir / "tmp" / f"captions-{shard}"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
             table = read_partition(settings, shard, partition_columns(settings))
@@ -123,17 +120,16 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
                 strict=True,
             ):
                 wanted[caption_path(filename)] = (sample, text)
-        _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir)
+        _write_wanted(db, settings, shard, wanted, existing, result)
         _remove_unwanted(db, settings, existing, wanted, result)
         with write_transaction(db) as conn:
             conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     finally:
         db.conn.close()
     return result
 
 
-def _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir) -> None:
+def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
     batch: list[dict] = []
     for path, (sample, text) in wanted.items():
         data = text.encode("utf-8", "surrogatepass")
@@ -151,7 +147,7 @@ def _write_wanted(db, settings, shard, wanted, existing, result, tmp_dir) -> Non
             result.unchanged += 1
             continue
         else:
-            st = atomic_write(target, data, tmp_dir)
+            st = write_in_place(target, data)
             result.written += 1
         batch.append(
             {

@@ -1,11 +1,12 @@
 """`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
 
-The pass reads each member once, hashes it (XXH3-128), writes it to a temporary file
-under `state/tmp/<shard>/`, parses JSON and reads image headers. When the tar has been
-read to its end-of-archive marker, samples are decided (complete, or kept aside under
-`incomplete/<shard>/`) and committed in batches: each batch claims its paths, renames
-its files into place and records them in one write transaction. The shard is marked
-done last, so a killed run redoes the shard and nothing half-done counts as done.
+The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
+and writes it under its claim (see tasks/claims.py: straight into `data/`, or staged when
+another shard owns the path). When the tar has been read to its end-of-archive marker,
+samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
+in batches: each batch settles contested paths, moves what goes aside and records final
+rows in one write transaction. The shard is marked done last, so a killed run redoes
+the shard and nothing half-done counts as done.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from state.atomic import raise_if_disk_full, write_new
+from state.atomic import atomic_write
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
     ADOPT_KEY,
@@ -30,6 +31,7 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
+from tasks.claims import Member, MemberWriter, owners_of
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, partition_path, write_partition
 from tasks.progress import Progress
@@ -38,24 +40,6 @@ from tasks.settings import Settings
 from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
 
 COMMIT_BATCH = 1000
-
-
-@dataclass
-class Member:
-    """A regular file member of the shard, staged to a temporary file (or already in place)."""
-
-    path: str  # normalized, relative to data/
-    member: str  # name as written in the tar
-    offset: int
-    size: int
-    xxh3: str
-    tmp: str | None  # None: an identical committed copy is already in place
-    mtime_ns: int | None = None  # of the staged file (a rename keeps it)
-    header: tuple[int, int] | None = None
-    obj: dict | None = None
-    raw: str | None = None
-    json_error: str | None = None
-    stale_stat: bool = False  # kept a differing file on disk: make the next scan hash it
 
 
 @dataclass
@@ -175,7 +159,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     previous = {r["path"]: r for r in files_of_shard(db, name)}
     quirks: list[dict] = []
     try:
-        samples, duplicates, digest = _read_shard(
+        samples, duplicates, digest, streamed = _read_shard(
             db, settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
         )
     except ShardReadError as exc:
@@ -187,24 +171,28 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         raise
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
-        placed, rows, written = _commit(db, settings, name, placements, rows, quirks)
+        placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
         _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == "aside")
-    return ExtractResult(name, "extracted", samples=len(rows), aside=aside, written=written)
+    return ExtractResult(
+        name, "extracted", samples=len(rows), aside=aside, written=streamed + written
+    )
 
 
 def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
-    """Stream the tar: stage every regular member, collect samples by key."""
-    adopt = get_meta(db, ADOPT_KEY) == "1"
+    """Stream the tar: write every regular member under the shard's claims, collect samples."""
+    writer = MemberWriter(
+        db, settings.root, name, tmp_dir, previous, get_meta(db, ADOPT_KEY) == "1"
+    )
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
     duplicates: list[Member] = []
     reader = HashingReader(tar_path)
     progress = Progress(f"extract {name}", total)
     try:
-        for n, (tm, data) in enumerate(iter_members(reader, tar_path)):
+        for tm, data in iter_members(reader, tar_path):
             progress.update(reader.tell())
             if tm.kind == "dir":
                 continue
@@ -213,7 +201,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 why = "unsafe path" if path is None else f"{tm.kind} member"
                 quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
                 continue
-            m = _stage(db, settings, data, path, tm, f"{tmp_dir}/{n}", previous, adopt)
+            m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data))
             kind = member_kind(path)
             if kind == "image":
                 m.header = image_size(data)
@@ -221,8 +209,11 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 m.obj, m.json_error = parse_json(data)
                 if m.obj is not None:
                     m.raw = data.decode("utf-8")
-            if path in seen:
-                duplicates.append(_drop_member(samples, seen[path]))
+            if path in seen:  # the later member wins, as with tar xf
+                earlier = _drop_member(samples, seen[path])
+                writer.flush()
+                writer.move(earlier, _duplicate_dest(name, earlier, len(duplicates)))
+                duplicates.append(earlier)
                 quirks.append(
                     _quirk(
                         name,
@@ -233,6 +224,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                     )
                 )
             seen[path] = m
+            writer.add(m, data)
             sample = samples.setdefault(sample_key(path), Sample(sample_key(path)))
             if kind == "json":
                 sample.json = m
@@ -240,48 +232,16 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 sample.images.append(m)
             else:
                 sample.others.append(m)
+        writer.flush()
         digest, _ = reader.finish()
     finally:
         reader.close()
         progress.close()
-    return samples, duplicates, digest
+    return samples, duplicates, digest, writer.written
 
 
-def _stage(
-    db, settings, data: bytes, path: str, tm, tmp: str, previous: dict, adopt: bool
-) -> Member:
-    """Hash a member and write it to `tmp`, unless the committed copy already holds it.
-
-    A file already at its path that no manifest row claims (the state was reset) is kept
-    when it holds the same bytes, and so is a JSON that differs (the user's edit: its
-    row gets an impossible mtime, so the next scan picks the edit up). Only looked for
-    when `adopt` is set: the manifest was created over an existing `data/`.
-    """
-    xxh3 = hash_bytes(data)
-    dest = f"data/{path}"
-    old = previous.get(dest)
-    if (
-        old
-        and old["xxh3"] == xxh3
-        and file_matches(settings.root / old["path"], old["size"], old["mtime_ns"], old["xxh3"])
-    ):
-        return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
-    on_disk = settings.root / dest
-    if adopt and old is None and on_disk.is_file() and not _claimed(db, dest):
-        if hash_file(on_disk) == xxh3:
-            return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None)
-        if member_kind(path) == "json":
-            return Member(path, tm.name, tm.offset_data, tm.size, xxh3, None, stale_stat=True)
-    try:
-        st = write_new(tmp, data)
-    except OSError as exc:
-        raise_if_disk_full(exc, settings.root)
-        raise
-    return Member(path, tm.name, tm.offset_data, tm.size, xxh3, tmp, st.st_mtime_ns)
-
-
-def _claimed(db, path: str) -> bool:
-    return db.execute("SELECT 1 FROM files WHERE path = ?", [path]).fetchone() is not None
+def _duplicate_dest(shard: str, m: Member, index: int) -> str:
+    return f"incomplete/{shard}/duplicate-members/{index}/{m.path}"
 
 
 def _drop_member(samples: dict[str, Sample], m: Member) -> Member:
@@ -319,8 +279,8 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
     """Placements of every member and the partition row of every complete sample."""
     placements: list[Placement] = []
     rows: dict[str, dict] = {}
-    for i, m in enumerate(duplicates):
-        placements.append(_aside(name, m, sample_key(m.path), f"duplicate-members/{i}/"))
+    for m in duplicates:
+        placements.append(Placement(m, m.loc, "aside", sample_key(m.path)))
     for key, s in samples.items():
         for m in s.others:
             quirks.append(
@@ -380,42 +340,48 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def _commit(
-    db, settings: Settings, name: str, placements: list[Placement], rows: dict, quirks: list[dict]
+    db,
+    settings: Settings,
+    name: str,
+    tar_path: Path,
+    placements: list[Placement],
+    rows: dict,
+    quirks: list[dict],
 ):
-    """Claim paths, rename staged files into place and record them, batch by batch."""
-    made_dirs: set[str] = set()
+    """Settle contested paths, move members to their places and record them, batch by batch."""
     placed: dict[str, Placement] = {}
+    made_dirs: set[str] = set()
     written = 0
     for batch in _batches(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
-            lost = _claim(conn, settings, name, batch, quirks)
-            file_rows = []
+            lost = _settle(conn, settings, name, batch, quirks)
+            file_rows, vacated = [], []
             for p in batch:
                 if p.sample in lost and p.kind != "aside":
                     p = _aside(name, p.member, p.sample)
                     rows.pop(p.sample, None)
-                written += _place(settings, p, made_dirs)
+                m = p.member
+                if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
+                    vacated.append(m.loc)
+                written += _place(settings, tar_path, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
+            conn.executemany(
+                "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
+            )
             upsert_files(conn, file_rows)
     return placed, rows, written
 
 
-def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]) -> set:
+def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
     """Samples of this batch whose paths a shard sorting earlier owns (they go aside).
 
     Paths owned by a shard sorting later are taken over: that shard's copies go aside.
+    A member this shard wrote straight into `data/` whose path was taken meanwhile (by
+    a shard sorting earlier) finds its bytes where that shard put them, else in the tar.
     """
     dests = [p.dest for p in batch if p.kind != "aside"]
-    owners: dict[str, str] = {}
-    for chunk in _batches(dests, 500):
-        marks = ",".join("?" * len(chunk))
-        for path, shard in conn.execute(
-            f"SELECT path, shard FROM files WHERE path IN ({marks}) AND shard != ? "
-            "AND kind IN ('image', 'json')",
-            (*chunk, name),
-        ):
-            owners[path] = shard
+    owners = {k: v for k, v in owners_of(conn, dests).items() if v != name}
     lost: set[str] = set()
     for p in batch:
         other = owners.get(p.dest)
@@ -433,7 +399,7 @@ def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: 
                 )
             )
         else:
-            _displace(conn, settings, other, p.dest, name)
+            _displace(conn, settings, other, p.dest)
             quirks.append(
                 _quirk(
                     other,
@@ -443,11 +409,16 @@ def _claim(conn, settings: Settings, name: str, batch: list[Placement], quirks: 
                     f"{p.dest} taken by shard {name} (it sorts first): kept aside",
                 )
             )
+    for p in batch:
+        m = p.member
+        if p.sample in lost and m.loc == p.dest:  # our direct copy was replaced
+            moved = f"incomplete/{name}/{m.path}"
+            m.loc = moved if file_matches(settings.root / moved, m.size, None, m.xxh3) else None
     return lost
 
 
-def _displace(conn, settings: Settings, other: str, dest: str, winner: str) -> None:
-    """Move another shard's copy of `dest` aside so that `winner` can own the path."""
+def _displace(conn, settings: Settings, other: str, dest: str) -> None:
+    """Move another shard's copy of `dest` aside so that this shard can own the path."""
     old = conn.execute("SELECT * FROM files WHERE path = ?", (dest,)).fetchone()
     cols = [d[0] for d in conn.execute("SELECT * FROM files LIMIT 0").description]
     row = dict(zip(cols, old, strict=True))
@@ -462,20 +433,28 @@ def _displace(conn, settings: Settings, other: str, dest: str, winner: str) -> N
     conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
 
 
-def _place(settings: Settings, p: Placement, made_dirs: set[str]) -> int:
-    """Rename a staged member to its destination; 1 if a file was written, else 0."""
+def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]) -> int:
+    """Move a member's bytes to its destination; 1 if a file was written, else 0."""
     m = p.member
-    if m.tmp is None and p.dest == f"data/{m.path}":
+    if m.loc == p.dest:
         return 0
     dest = f"{settings.root}/{p.dest}"
     folder = os.path.dirname(dest)
     if folder not in made_dirs:
         os.makedirs(folder, exist_ok=True)
         made_dirs.add(folder)
-    if m.tmp is None:  # committed copy in place, but this member now goes elsewhere
-        os.replace(f"{settings.root}/data/{m.path}", dest)
-        return 0
-    os.replace(m.tmp, dest)
+    if m.tmp is not None:
+        os.replace(m.tmp, dest)
+    elif m.loc is not None:
+        os.replace(f"{settings.root}/{m.loc}", dest)
+    else:  # bytes no longer on disk: read the member again from the tar
+        with open(tar_path, "rb") as f:
+            f.seek(m.offset)
+            data = f.read(m.size)
+        if hash_bytes(data) != m.xxh3:
+            raise ShardReadError(tar_path, f"member {m.member!r} changed during extraction", None)
+        m.mtime_ns = atomic_write(Path(dest), data).st_mtime_ns
+    m.loc, m.tmp = p.dest, None
     return 1
 
 
@@ -518,7 +497,7 @@ def _finish(
     stale = [
         r
         for path, r in previous.items()
-        if path not in placed and r["kind"] in ("image", "json", "aside")
+        if path not in placed and r["kind"] in ("image", "json", "aside", "pending")
     ]
     for r in stale:
         target = settings.root / r["path"]
