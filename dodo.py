@@ -190,3 +190,34 @@ def task_download():
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def task_audit():
+    """Check data/, the table and kept-aside files against the manifest (--deep: re-hash all)."""
+    if SETTINGS is None:
+        return _failing("Check the disk against the manifest.")
+    return {
+        "actions": [(act.run_audit, [SETTINGS])],
+        "params": [
+            {
+                "name": "deep",
+                "long": "deep",
+                "type": bool,
+                "default": False,
+                "help": "re-hash every file and check images against the JSON's md5/sha512",
+            }
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_repair():
+    """Restore damaged or missing files from the tars and partitions; move strays aside."""
+    if SETTINGS is None:
+        return _failing("Restore damaged files.")
+    return {
+        "actions": [(act.run_repair, [SETTINGS])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

@@ -178,12 +178,14 @@ def run_download(settings: Settings) -> TaskFailed | None:
 
 def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
     """Check the disk against the manifest, write state/audit.json; fail on damage."""
+    import sqlite3
+
     from tasks.audit import audit, format_report, write_report
 
     try:
         report = audit(settings, deep=deep)
         write_report(settings, report)
-    except KNOWN_FAILURES as exc:
+    except (*KNOWN_FAILURES, sqlite3.Error) as exc:
         return TaskFailed(f"audit: {exc}")
     print(format_report(report, settings), flush=True)
     if not report.ok:
@@ -194,11 +196,13 @@ def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
 
 def run_repair(settings: Settings) -> TaskFailed | None:
     """Restore what the audit finds damaged; fail naming what could not be restored."""
+    import sqlite3
+
     from tasks.repair import format_repair, repair
 
     try:
         result = repair(settings)
-    except KNOWN_FAILURES as exc:
+    except (*KNOWN_FAILURES, sqlite3.Error) as exc:
         return TaskFailed(f"repair: {exc}")
     print(format_repair(result, settings), flush=True)
     if not result.ok:
