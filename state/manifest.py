@@ -115,7 +115,7 @@ def _ensure_schema(db: sqlite_utils.Database, root: Path) -> None:
         db["shards"].create(SHARD_COLUMNS, pk="name", if_not_exists=True)
         db["files"].create(FILE_COLUMNS, pk="path", if_not_exists=True)
         db["files"].create_index(["shard", "kind"], if_not_exists=True)
-        db["files"].create_index(["xxh3"], if_not_exists=True)
+        db["files"].create_index(["kind"], if_not_exists=True)
         db["quirks"].create(QUIRK_COLUMNS, if_not_exists=True)
         db["quirks"].create_index(["shard"], if_not_exists=True)
         db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)

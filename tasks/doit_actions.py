@@ -19,7 +19,6 @@ from state.manifest import ManifestError, open_manifest, shard_row
 from state.recovery import reset_state
 from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
-from tasks.download import DownloadError, download_shards
 from tasks.extract import extract_shard
 from tasks.partition import partition_path
 from tasks.scan import is_up_to_date, scan_edits
@@ -166,6 +165,8 @@ def run_reset_state(settings: Settings) -> None:
 
 def run_download(settings: Settings) -> TaskFailed | None:
     """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured)."""
+    from tasks.download import DownloadError, download_shards  # huggingface_hub: ~0.2 s
+
     try:
         summary = download_shards(
             settings.root, settings.repo_id, settings.revision, settings.allow_patterns

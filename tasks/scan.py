@@ -37,17 +37,19 @@ class ScanResult:
 def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
     """JSON rows whose file changed on disk: ([(path, shard, size, mtime_ns, xxh3)], missing)."""
     changed, missing = [], []
+    root = str(settings.root)
+    stat = os.stat
     for path, shard, size, mtime_ns, xxh3 in db.execute(
         "SELECT path, shard, size, mtime_ns, xxh3 FROM files WHERE kind = 'json'"
     ):
         try:
-            st = os.stat(settings.root / path)
+            st = stat(f"{root}/{path}")
         except FileNotFoundError:
             missing.append(path)
             continue
-        if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+        if st.st_mtime_ns == mtime_ns and st.st_size == size:
             continue
-        new = hash_file(settings.root / path)
+        new = hash_file(f"{root}/{path}")
         changed.append((path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
     return changed, missing
 
