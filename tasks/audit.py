@@ -1071,9 +1071,10 @@ def write_report(settings: Settings, report: AuditReport) -> Path:
     data = report.to_dict()
     findings = data.pop("findings")
     head = json.dumps(data, ensure_ascii=False, indent=1)  # ends with "\n}"
-    encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-    rows = ",\n".join(["  " + encode(f) for f in findings])
-    text = head[:-2] + ',\n "findings": [' + (f"\n{rows}\n ]" if rows else "]") + "\n}\n"
+    # one finding per line: inside a JSON string every quote is escaped, so the text
+    # '}, {"kind": ' only ever occurs between two findings
+    rows = json.dumps(findings, ensure_ascii=False)[1:-1].replace('}, {"kind": ', '},\n  {"kind": ')
+    text = head[:-2] + ',\n "findings": [' + (f"\n  {rows}\n ]" if rows else "]") + "\n}\n"
     atomic_write(path, text.encode("utf-8"))
     return path
 

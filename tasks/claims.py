@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from state.atomic import raise_if_disk_full, write_new
 from state.hashing import file_matches, hash_file
 from state.manifest import upsert_files, write_transaction
-from tasks.records import member_kind
 
 BATCH_MEMBERS = 512
 BATCH_BYTES = 32 << 20
@@ -33,6 +32,7 @@ class Member:
     offset: int
     size: int
     xxh3: str
+    kind: str = "other"  # image | json | other, from the extension
     loc: str | None = None  # where the bytes are, relative to root (None: staged or lost)
     tmp: str | None = None  # staging file, when the path was not ours to write
     mtime_ns: int | None = None  # of the written file (a rename keeps it)
@@ -66,7 +66,7 @@ class MemberWriter:
         """Claim the queued members' paths, then write each member."""
         if not self.batch:
             return
-        claimed = self._claim([m for m, _ in self.batch if member_kind(m.path) in DIRECT_KINDS])
+        claimed = self._claim([m for m, _ in self.batch if m.kind in DIRECT_KINDS])
         for m, data in self.batch:
             if m.path in claimed:
                 self._write_direct(m, data)
@@ -117,7 +117,7 @@ class MemberWriter:
             return
         if self.adopt and old is None and os.path.isfile(target):
             on_disk = hash_file(target)
-            if on_disk == m.xxh3 or member_kind(m.path) == "json":  # a JSON: the user's edit
+            if on_disk == m.xxh3 or m.kind == "json":  # a differing JSON: the user's edit
                 m.loc, m.stale_stat = dest, on_disk != m.xxh3
                 return
         try:

@@ -201,8 +201,8 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 why = "unsafe path" if path is None else f"{tm.kind} member"
                 quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
                 continue
-            m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data))
             kind = member_kind(path)
+            m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
             if kind == "image":
                 m.header = image_size(data)
             elif kind == "json":
@@ -225,7 +225,10 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 )
             seen[path] = m
             writer.add(m, data)
-            sample = samples.setdefault(sample_key(path), Sample(sample_key(path)))
+            key = sample_key(path)
+            sample = samples.get(key)
+            if sample is None:
+                sample = samples[key] = Sample(key)
             if kind == "json":
                 sample.json = m
             elif kind == "image":

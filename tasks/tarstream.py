@@ -113,6 +113,8 @@ def normalize_member_name(name: str) -> str | None:
     """The member's path under `data/` (leading `./` removed), or None if it would escape."""
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
         return None
+    if "." not in name.partition("/")[0][:1] and "/." not in name and "//" not in name:
+        return name.rstrip("/") or None  # the common case: nothing to normalize
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
         return None
@@ -200,13 +202,15 @@ def iter_members(reader: HashingReader, shard: Path) -> Iterator[tuple[TarMember
         pending = {}
         data = None
         if kind == "file":
-            data = reader.read(size)
-            if len(data) != size:
+            data = reader.read(padded)
+            if len(data) < size:
                 raise ShardReadError(
                     shard, f"member {name!r} is cut short ({len(data)} of {size} bytes)", last
                 )
-            if padded > size and len(reader.read(padded - size)) != padded - size:
+            if len(data) != padded:
                 raise ShardReadError(shard, f"member {name!r} is cut short (padding)", last)
+            if padded != size:
+                data = data[:size]
         elif kind != "dir" and size and typeflag not in (b"1", b"2"):
             skipped = reader.read(padded)  # data of a special member: read, never written
             if len(skipped) != padded:
