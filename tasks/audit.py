@@ -4,6 +4,8 @@ Fast (the default) is stat-level: a file whose size and mtime_ns match its manif
 is not read; only a file whose stat differs is hashed (XXH3-128). `--deep` reads and
 hashes every file the manifest lists (bit rot that kept size and mtime) and checks each
 image against its JSON's own `md5_file_hash` / `sha512_hash`; it reports its read speed.
+Where an image fails those, the tar's own members (read at their recorded offsets) tell
+an edited checksum (a note) from a replaced image (damage).
 
 Facts come from the manifest (`files`, `quirks`, `shards`), a walk of `data/`, the
 partitions (one at a time, a few columns) and the table (in batches). The manifest is
@@ -16,7 +18,7 @@ the report, written atomically to `state/audit.json`:
      "counts": {"<kind>": n, ...},             # findings per kind (kinds found only)
      "stats": {"files_checked", "bytes_read", "seconds", "mb_per_s",
                "checksums_checked", "samples"},
-     "findings": [{"kind", "severity": "damage" | "note",
+     "findings": [{"kind", "severity": "damage" | "note",   # one finding per line
                    "path",      # relative to root, or null
                    "shard",     # shard name, or null when not tied to one shard
                    "detail"}]}  # one line for a human
@@ -288,13 +290,14 @@ def walk_data(settings: Settings) -> dict[str, int]:
             it = os.scandir(folder)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        top = rel == "data"
         with it:
             for entry in it:
-                path = f"{rel}/{entry.name}"
+                name = entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, path))
-                elif rel != "data" or not is_trainer_file(entry.name):
-                    out[path] = 0
+                    stack.append((entry.path, f"{rel}/{name}"))
+                elif not (top and name.startswith(TRAINER_FILE_PREFIX) and is_trainer_file(name)):
+                    out[f"{rel}/{name}"] = 0
     return out
 
 
@@ -1019,22 +1022,14 @@ def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
 
 
 def _check_duplicates(conn, report: AuditReport) -> None:
-    """Images with the same content under several names (hashes from the xxh3 index)."""
-    shared = [
-        r[0] for r in conn.execute("SELECT xxh3 FROM files GROUP BY xxh3 HAVING count(*) > 1")
-    ]
+    """Images with the same content under several names (one grouped scan of the images)."""
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for i in range(0, len(shared), 500):
-        chunk = shared[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        for digest, path, shard in conn.execute(
-            f"SELECT xxh3, path, shard FROM files WHERE kind = 'image' AND xxh3 IN ({marks})",
-            chunk,
-        ):
-            groups[digest].append((path, shard))
+    for digest, path, shard in conn.execute(
+        "SELECT xxh3, path, shard FROM files WHERE kind = 'image' AND xxh3 IN "
+        "(SELECT xxh3 FROM files WHERE kind = 'image' GROUP BY xxh3 HAVING count(*) > 1)"
+    ):
+        groups[digest].append((path, shard))
     for members in groups.values():
-        if len(members) < 2:
-            continue
         members.sort()
         (first, shard), others = members[0], [p for p, _ in members[1:]]
         report.add("duplicate_content", first, shard, "same bytes as " + ", ".join(others))
@@ -1122,6 +1117,6 @@ def format_report(report: AuditReport, settings: Settings | None = None) -> str:
         )
     if settings is not None:
         lines.append(f"  full list: {report_path(settings)}")
-    if not report.ok:
+    if not report.ok and not report.of("no_manifest"):
         lines.append("  run `doit repair` to restore what the build wrote")
     return "\n".join(lines)
