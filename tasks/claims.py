@@ -168,8 +168,9 @@ def owners_of(conn, paths: list[str]) -> dict[str, str]:
         marks = ",".join("?" * len(chunk))
         owners.update(
             conn.execute(
+                # `+kind`: look rows up by path; an index on kind here scans every file
                 f"SELECT path, shard FROM files WHERE path IN ({marks}) "
-                "AND kind IN ('image', 'json', 'pending')",
+                "AND +kind IN ('image', 'json', 'pending')",
                 chunk,
             ).fetchall()
         )
