@@ -1,0 +1,934 @@
+"""Benchmark shardprep against GNU `tar xf` and the manual preset, in one run at one scale.
+
+    python bench/run.py --samples 30000 --shards 10 [--large] [--quirks] [--jobs N]
+                        [--flat] [--out bench/results-<name>.json] [--workdir DIR] [--keep]
+
+Every timed step runs as a child process: wall time, CPU time (user+sys of the child and
+every descendant it waited for, from `os.wait4`), peak memory, and disk blocks read and
+written. See bench/README.md for what each step, figure and target means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sample.generate import make_dataset, plan_shard, write_config  # noqa: E402
+
+MB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MARKER = ".shardprep-bench"
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+LAUNCHER = REPO / "bench" / "launch.py"
+CODE_WARMUP = "import pyarrow.parquet, pyarrow, doit, xxhash, sqlite_utils, json, tarfile"
+
+
+# ----------------------------------------------------------------------- measuring
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS (/proc/<pid>/statm resident pages) of a process tree.
+
+    The tree is found from the ppid of every process in /proc, every `interval` s.
+    Summed RSS counts pages shared between processes (forked workers) once per process,
+    so for `-P process` it is an upper bound.
+    """
+
+    def __init__(self, root_pid: int, interval: float = 0.05, skip_root: bool = False):
+        super().__init__(daemon=True)
+        self.root_pid = root_pid
+        self.skip_root = skip_root
+        self.interval = interval
+        self.peak = 0
+        self.peak_procs = 0
+        self.peak_pss = 0
+        self.pss = os.path.exists("/proc/self/smaps_rollup")
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(b")") + 2 :].split(maxsplit=2)[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        total, pss, procs, todo = 0, 0, 0, [self.root_pid]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, ()))
+            if pid == self.root_pid and self.skip_root:
+                continue
+            try:
+                with open(f"/proc/{pid}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * PAGE
+                procs += 1
+                if self.pss:
+                    pss += _pss_kb(pid) * 1024
+            except (OSError, IndexError, ValueError):
+                pass
+        self.samples += 1
+        if total > self.peak:
+            self.peak, self.peak_procs = total, procs
+        self.peak_pss = max(self.peak_pss, pss)
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size of a process (shared pages split between their users)."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK  # minus idle and iowait
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of every child it waited for."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def drop_caches() -> bool:
+    """sync, then drop the page cache, dentries and inodes; False if not permitted."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_through(paths: list[Path]) -> None:
+    """Read files once (warm-up when the page cache cannot be dropped)."""
+    buf = bytearray(1 << 20)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> dict:
+    """Run `cmd` once through bench/launch.py: wall, CPU and max RSS from its `wait4`,
+    plus the summed RSS of the command's process tree sampled every 50 ms."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    usage_file = log.with_suffix(".usage.json")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
+    busy0, own0, load0 = busy_cpu_s(), own_cpu_s(), os.getloadavg()[0]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            launcher + cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+        sampler = TreeSampler(proc.pid, skip_root=True)
+        sampler.start()
+        proc.wait()
+        sampler.stop()
+    other_cpu = (busy_cpu_s() - busy0) - (own_cpu_s() - own0)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
+    usage = json.loads(usage_file.read_text())
+    t = time.perf_counter()
+    os.sync()  # untimed: the next step must not pay for this one's writeback
+    sync_s = time.perf_counter() - t
+    text = log.read_text(errors="replace")
+    result = {
+        "step": name,
+        "cmd": [str(c) for c in cmd],
+        "rc": usage["rc"],
+        "wall_s": usage["wall_s"],
+        "cpu_s": usage["user_s"] + usage["sys_s"],
+        "user_s": usage["user_s"],
+        "sys_s": usage["sys_s"],
+        "tree_rss_peak_mb": sampler.peak / MB,
+        "tree_procs_at_peak": sampler.peak_procs,
+        "tree_pss_peak_mb": sampler.peak_pss / MB,  # shared pages split: fair for -P
+        "max_proc_rss_mb": usage["maxrss_kb"] / 1024,  # biggest single process
+        "launcher_rss_mb": usage["launcher_rss_kb"] / 1024,
+        "disk_read_mb": usage["inblock"] * 512 / MB,
+        "disk_write_mb": usage["oublock"] * 512 / MB,
+        "sync_after_s": sync_s,
+        "other_cpu_s": max(0.0, other_cpu),  # other processes on the machine meanwhile
+        "loadavg_before": load0,
+        "log": str(log),
+        **extra,
+    }
+    result["peak_mb"] = max(result["tree_rss_peak_mb"], result["max_proc_rss_mb"])
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if lines and lines[-1].startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):
+            result["phases"] = json.loads(lines[-1])
+    wall, rc = result["wall_s"], result["rc"]
+    status_txt = "ok" if rc == 0 else f"EXIT {rc}"
+    print(
+        f"  {name:<28} {wall:9.2f} s wall {result['cpu_s']:9.2f} s cpu "
+        f"{result['peak_mb']:7.1f} MB  [{status_txt}]",
+        flush=True,
+    )
+    if rc != 0:
+        print("    " + "\n    ".join(lines[-15:]), flush=True)
+    return result
+
+
+# ----------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.workdir).resolve()
+        self.logs = self.work / "logs"
+        self.per_shard = args.samples // args.shards
+        self.steps: list[dict] = []
+        self.checks: list[dict] = []
+        self.notes: list[str] = []
+        self.can_drop = False
+        self.python = sys.executable
+        # The generator's small images (8-64 px) are all under SimpleTuner's default
+        # minimum_image_size (0.75 MP): the audit would note every one of them, which the
+        # real dataset (1024 px and up) never causes. "auto" turns the rule off for them.
+        size = args.min_image_size
+        if size == "auto":
+            self.min_image_size = None if args.large else 0
+        else:
+            self.min_image_size = None if size == "keep" else float(size)
+
+    # -- helpers
+
+    def doit_cmd(self, root: Path, *extra: str, jobs: int = 1) -> list[str]:
+        cmd = [self.python, "-m", "doit"]
+        if jobs > 1:
+            cmd += ["-n", str(jobs), "-P", "process"]
+        return cmd + [f"config={root / 'dataset.toml'}", *extra]
+
+    def prepare_cold(self, tars: list[Path]) -> str:
+        """Make the next step start from a cold page cache (or an equally warm one)."""
+        if self.can_drop:
+            drop_caches()
+            # Code warm, data cold: a build is judged on its data, not on loading pyarrow.
+            subprocess.run([self.python, "-c", CODE_WARMUP], check=True, cwd=REPO)
+            return "data cold (caches dropped), code warm"
+        read_through(tars)
+        return "warm (shards read once before the step)"
+
+    def step(self, name: str, cmd: list[str], **extra) -> dict:
+        r = measure(name, cmd, self.logs / f"{len(self.steps):02d}-{name}.log", **extra)
+        self.steps.append(r)
+        return r
+
+    def repeated(self, name: str, cmd: list[str], times: int, **extra) -> dict:
+        """An idempotent step run `times` times: the median run, all walls kept."""
+        runs = [
+            measure(f"{name}#{i + 1}", cmd, self.logs / f"{len(self.steps):02d}-{name}-{i}.log")
+            for i in range(times)
+        ]
+        return self.keep_median(name, runs, **extra)
+
+    def keep_median(self, name: str, runs: list[dict], **extra) -> dict:
+        """Record the run with the median wall time (peak: the max of all runs)."""
+        ordered = sorted(runs, key=lambda r: r["wall_s"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median.update(step=name, **extra)
+        if len(runs) > 1:
+            median["runs_wall_s"] = [r["wall_s"] for r in runs]
+            median["peak_mb"] = max(r["peak_mb"] for r in runs)
+        self.steps.append(median)
+        return median
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        if not ok:
+            print(f"  CHECK FAILED: {name}: {detail}", flush=True)
+
+    def rmtree(self, path: Path) -> None:
+        t = time.perf_counter()
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"  (removed {path.name} in {time.perf_counter() - t:.1f} s)", flush=True)
+
+    def config_settings(self) -> dict:
+        """dataset.toml settings besides root (the same for every root of the run)."""
+        if self.min_image_size is None:
+            return {}
+        return {"dataloader": {"minimum_image_size": self.min_image_size}}
+
+    def link_root(self, name: str, tars: list[Path]) -> Path:
+        """A fresh dataset root whose hub/data holds hard links to `tars`."""
+        root = self.work / name
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "hub" / "data").mkdir(parents=True)
+        for t in tars:
+            os.link(t, root / "hub" / "data" / t.name)
+        write_config(root, **self.config_settings())
+        return root
+
+    # -- phases
+
+    def setup(self) -> None:
+        if self.work.exists() and any(self.work.iterdir()):
+            if not (self.work / MARKER).exists():
+                sys.exit(f"{self.work} is not empty and not a bench workdir: refusing to clear it")
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / MARKER).write_text("scratch folder of bench/run.py\n")
+        self.can_drop = drop_caches()
+        if not self.can_drop:
+            self.notes.append("page cache cannot be dropped here: all steps are warm-cache runs")
+
+    def generate(self) -> list[Path]:
+        a = self.args
+        root = self.work / "ds"
+        t = time.perf_counter()
+        tars = make_dataset(
+            root,
+            shards=a.shards,
+            samples_per_shard=self.per_shard,
+            seed=a.seed,
+            large=a.large,
+            quirks=a.quirks,
+            jobs=a.gen_jobs,
+        )
+        write_config(root, **self.config_settings())
+        self.gen_s = time.perf_counter() - t
+        self.root = root
+        self.tars = tars
+        self.tar_bytes = sum(p.stat().st_size for p in tars)
+        print(
+            f"generated {len(tars)} shards x {self.per_shard} samples, "
+            f"{self.tar_bytes / MB:.1f} MB in {self.gen_s:.1f} s (not counted)",
+            flush=True,
+        )
+        return tars
+
+    def tar_floor(self) -> None:
+        script = 'd=$1; shift; for f in "$@"; do tar xf "$f" -C "$d" || exit 1; done'
+        runs = []
+        for i in range(self.args.cold_repeat):
+            dest = self.work / "tarfloor" / "data"
+            dest.mkdir(parents=True)
+            cache = self.prepare_cold(self.tars)
+            runs.append(
+                measure(
+                    f"tar_xf#{i + 1}",
+                    ["bash", "-c", script, "tarxf", str(dest), *map(str, self.tars)],
+                    self.logs / f"{len(self.steps):02d}-tar_xf-{i}.log",
+                )
+            )
+            self.rmtree(dest.parent)
+        self.keep_median("tar_xf", runs, input_bytes=self.tar_bytes, cache=cache)
+
+    def preset(self) -> None:
+        self.preset_dir = self.work / "preset"
+        runs = []
+        for i in range(self.args.cold_repeat):
+            if i:
+                self.rmtree(self.preset_dir)
+            self.preset_dir.mkdir()
+            cache = self.prepare_cold(self.tars)
+            cmd = [
+                self.python,
+                str(REPO / "bench" / "preset_steps.py"),
+                "pipeline",
+                str(self.preset_dir / "data"),
+                str(self.preset_dir / "dalle3.parquet"),
+                *map(str, self.tars),
+            ]
+            runs.append(
+                measure(f"preset#{i + 1}", cmd, self.logs / f"{len(self.steps):02d}-preset-{i}.log")
+            )
+        self.keep_median("preset", runs, input_bytes=self.tar_bytes, cache=cache)
+
+    def preset_captions(self) -> None:
+        """extract-captions.py alone, switching to long_caption (re-parses every JSON)."""
+        data = self.preset_dir / "data"
+        json_bytes = sum(e.stat().st_size for e in os.scandir(data) if e.name.endswith(".json"))
+        self.step(
+            "preset_extract_captions",
+            [
+                self.python,
+                str(REPO / "bench" / "preset_steps.py"),
+                "captions",
+                str(data),
+                "long_caption",
+            ],
+            input_bytes=json_bytes,
+            cache="warm",
+        )
+
+    def expected_rows(self, shards: int) -> int:
+        if not self.args.quirks:
+            return shards * self.per_shard
+        plan = [s for n in range(shards) for s in plan_shard(n, self.per_shard, self.args.seed)]
+        return sum(1 for s in plan if s.complete)
+
+    def shardprep(self) -> None:
+        import pyarrow.parquet as pq
+
+        root, a = self.root, self.args
+        runs = []
+        for i in range(1, a.cold_repeat):  # extra cold builds in throwaway roots
+            extra_root = self.link_root(f"ds-cold{i}", self.tars)
+            self.prepare_cold(self.tars)
+            log = self.logs / f"{len(self.steps):02d}-cold-{i}.log"
+            runs.append(measure(f"cold#{i}", self.doit_cmd(extra_root), log))
+            self.rmtree(extra_root)
+        cache = self.prepare_cold(self.tars)
+        log = self.logs / f"{len(self.steps):02d}-cold.log"
+        runs.append(measure(f"cold#{a.cold_repeat}", self.doit_cmd(root), log))
+        self.keep_median("cold", runs, input_bytes=self.tar_bytes, cache=cache, shards=a.shards)
+        self.check("cold builds exit 0", all(r["rc"] == 0 for r in runs))
+        rows = pq.read_metadata(root / "dalle3.parquet").num_rows
+        want = self.expected_rows(a.shards)
+        self.check("cold: table rows", rows == want, f"{rows} rows, expected {want}")
+        if "preset" not in a.skip:
+            self.compare_with_preset("short_caption")
+        self.cold_table = self.work / "cold-table.parquet"
+        shutil.copyfile(root / "dalle3.parquet", self.cold_table)
+
+        self.repeated("noop", self.doit_cmd(root), a.repeat, input_bytes=0, cache="warm")
+
+        new = make_dataset(
+            root,
+            shards=1,
+            samples_per_shard=self.per_shard,
+            seed=a.seed,
+            large=a.large,
+            quirks=a.quirks,
+            start=a.shards,
+        )[0]
+        r = self.step(
+            "new_shard", self.doit_cmd(root), input_bytes=new.stat().st_size, cache="warm"
+        )
+        rows = pq.read_metadata(root / "dalle3.parquet").num_rows
+        want = self.expected_rows(a.shards + 1)
+        self.check("new shard: table rows", r["rc"] == 0 and rows == want, f"{rows}, want {want}")
+
+        self.edit_json()
+        if "switch" not in a.skip:
+            self.caption_switch()
+        if "audit" not in a.skip:
+            self.audit()
+
+    def edit_json(self) -> None:
+        import pyarrow.parquet as pq
+
+        root = self.root
+        spec = plan_shard(0, self.per_shard, self.args.seed, self.args.large, self.args.quirks)[
+            self.per_shard // 2
+        ]
+        path = root / "data" / (spec.key + ".json")
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj["short_caption"] = "EDITED by bench: " + obj["short_caption"]
+        path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+        r = self.step(
+            "edit_json", self.doit_cmd(root), input_bytes=path.stat().st_size, cache="warm"
+        )
+        txt = (root / "data" / (spec.key + ".txt")).read_text(encoding="utf-8")
+        self.check(
+            "edited JSON: caption file updated",
+            r["rc"] == 0 and txt == obj["short_caption"],
+            repr(txt[:60]),
+        )
+        table = pq.read_table(root / "dalle3.parquet", columns=["filename", "caption"])
+        caps = dict(
+            zip(*(table.column(c).to_pylist() for c in ("filename", "caption")), strict=True)
+        )
+        self.check(
+            "edited JSON: table row updated",
+            caps.get(spec.image_name) == obj["short_caption"],
+            repr(caps.get(spec.image_name, "<no row>"))[:60],
+        )
+        self.edited = (spec, obj)
+
+    def caption_switch(self) -> None:
+        root = self.root
+        parts = root / "state" / "parts"
+        part_bytes = sum(p.stat().st_size for p in parts.rglob("*.parquet"))
+        r = self.step(
+            "caption_switch",
+            self.doit_cmd(root, "caption_field=long_caption"),
+            input_bytes=part_bytes,
+            cache="warm",
+        )
+        self.check("caption switch exits 0", r["rc"] == 0)
+        self.sample_captions("after switch to long_caption", "long_caption")
+        r = self.step("caption_switch_back", self.doit_cmd(root), input_bytes=part_bytes)
+        self.check("caption switch back exits 0", r["rc"] == 0)
+        self.sample_captions("after switch back to short_caption", "short_caption")
+
+    def audit(self) -> None:
+        listing = subprocess.run(
+            self.doit_cmd(self.root, "list"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        ).stdout
+        if not any(line.split()[:1] == ["audit"] for line in listing.splitlines()):
+            self.notes.append("`doit list` shows no `audit` task: audit not measured")
+            print("  audit: no such task yet, skipped", flush=True)
+            return
+        r = self.repeated(
+            "audit", self.doit_cmd(self.root, "audit", *self.args.audit_args), self.args.repeat
+        )
+        self.check("audit exits 0 on a clean build", r["rc"] == 0, f"rc={r['rc']}")
+
+    def parallel(self) -> None:
+        jobs = self.args.jobs
+        root = self.link_root("ds-par", self.tars)
+        cache = self.prepare_cold(self.tars)
+        r = self.step(
+            f"cold_P{jobs}",
+            self.doit_cmd(root, jobs=jobs),
+            input_bytes=self.tar_bytes,
+            cache=cache,
+            shards=self.args.shards,
+        )
+        self.check(f"cold -n {jobs} -P process exits 0", r["rc"] == 0)
+        self.same_table(root, f"-n {jobs} table equals the serial cold build's")
+        self.repeated(f"noop_P{jobs}", self.doit_cmd(root, jobs=jobs), 1, input_bytes=0)
+        self.rmtree(root)
+
+    def flat(self) -> None:
+        """Cold build with half the shards (same shard size): memory must not grow."""
+        half = max(1, self.args.shards // 2)
+        root = self.link_root("ds-flat", self.tars[:half])
+        cache = self.prepare_cold(self.tars[:half])
+        r = self.step(
+            "cold_half_shards",
+            self.doit_cmd(root),
+            input_bytes=sum(p.stat().st_size for p in self.tars[:half]),
+            cache=cache,
+            shards=half,
+        )
+        self.check("cold (half the shards) exits 0", r["rc"] == 0)
+        self.rmtree(root)
+
+    # -- correctness cross-checks (untimed)
+
+    def compare_with_preset(self, field: str) -> None:
+        """Every row compile.py makes is ours exactly; ours has more only for JSONs without
+        width/height (the preset drops them, shardprep takes the image header's size)."""
+        import pyarrow.parquet as pq
+
+        cols = ["width", "height", "caption", "filename"]
+        ours = pq.read_table(self.root / "dalle3.parquet", columns=cols)
+        theirs = pq.read_table(self.preset_dir / "dalle3.parquet", columns=cols)
+        mine = set(zip(*(ours.column(c).to_pylist() for c in cols), strict=True))
+        data = self.preset_dir / "data"
+        preset = {
+            row
+            for row in zip(*(theirs.column(c).to_pylist() for c in cols), strict=True)
+            # the preset keeps rows whose image is missing; shardprep keeps those aside
+            if not self.args.quirks or (data / row[3]).exists()
+        }
+        missing, extra = preset - mine, mine - preset
+        no_size = 0
+        if self.args.quirks:
+            no_size = sum(
+                1
+                for n in range(self.args.shards)
+                for spec in plan_shard(n, self.per_shard, self.args.seed)
+                if spec.quirk == "no_size" and spec.complete
+            )
+        self.check(
+            "table: every compile.py row is ours, extras are JSONs without width",
+            not missing and len(extra) == no_size,
+            f"{len(mine)} rows; {len(missing)} preset rows missing (e.g. {sorted(missing)[:2]}),"
+            f" {len(extra)} extra (expected {no_size})",
+        )
+        self.sample_captions("caption files equal the preset's", field, self.preset_dir / "data")
+
+    def same_table(self, other: Path, label: str) -> None:
+        import pyarrow.parquet as pq
+
+        mine = pq.read_table(self.cold_table).sort_by("filename")
+        theirs = pq.read_table(other / "dalle3.parquet").sort_by("filename")
+        self.check(label, mine.equals(theirs), f"{theirs.num_rows} rows")
+
+    def sample_captions(self, label: str, field: str, reference: Path | None = None) -> None:
+        """Up to 500 sampled caption files: equal to the JSON field (or the preset's file)."""
+        data = self.root / "data"
+        specs = [
+            s
+            for n in range(self.args.shards)
+            for s in plan_shard(
+                n, self.per_shard, self.args.seed, self.args.large, self.args.quirks
+            )
+            if s.has_size and s.complete and s.quirk not in ("dot_slash",)
+        ]
+        step = max(1, len(specs) // 500)
+        bad = []
+        for spec in specs[::step]:
+            mine = (data / (spec.key + ".txt")).read_bytes()
+            if reference is not None:
+                want = (reference / (spec.key + ".txt")).read_bytes()
+            else:
+                obj = json.loads((data / (spec.key + ".json")).read_text(encoding="utf-8"))
+                want = obj[field].encode("utf-8")
+            if mine != want:
+                bad.append(spec.key)
+        self.check(
+            f"{label} ({len(specs[::step])} sampled)", not bad, f"differ: {bad[:5]}" if bad else ""
+        )
+
+    # -- the whole run
+
+    def run(self) -> dict:
+        a = self.args
+        self.code = code_fingerprint()
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.setup()
+        self.generate()
+        print(
+            f"timed steps ({'cache dropped before cold steps' if self.can_drop else 'warm'}):",
+            flush=True,
+        )
+        if "tar" not in a.skip:
+            self.tar_floor()
+        if "preset" not in a.skip:
+            self.preset()
+        self.shardprep()
+        if "preset" not in a.skip:
+            self.preset_captions()
+            self.rmtree(self.preset_dir)
+        if a.jobs > 1:
+            self.parallel()
+        if a.flat:
+            self.flat()
+        result = self.report()
+        if not a.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return result
+
+    # -- report
+
+    def by_name(self) -> dict[str, dict]:
+        return {s["step"]: s for s in self.steps}
+
+    def report(self) -> dict:
+        a = self.args
+        s = self.by_name()
+        w = {k: v["wall_s"] for k, v in s.items()}
+        ratios = {}
+
+        def ratio(key: str, num: str, den: str) -> None:
+            if num in w and den in w and w[den] > 0:
+                ratios[key] = w[num] / w[den]
+
+        cpu = {k: v["cpu_s"] for k, v in s.items()}
+        cpu_ratios = {
+            f"{a_} / {b_}": cpu[a_] / cpu[b_]
+            for a_, b_ in [
+                ("cold", "tar_xf"),
+                ("cold", "preset"),
+                ("noop", "cold"),
+                ("new_shard", "cold"),
+                ("caption_switch", "preset_extract_captions"),
+                ("audit", "cold"),
+            ]
+            if a_ in cpu and cpu.get(b_)
+        }
+        ratio("cold / tar_xf", "cold", "tar_xf")
+        ratio("cold / preset", "cold", "preset")
+        ratio("preset / tar_xf", "preset", "tar_xf")
+        ratio("noop / cold", "noop", "cold")
+        ratio("new_shard / cold", "new_shard", "cold")
+        ratio("edit_json / cold", "edit_json", "cold")
+        ratio(
+            "caption_switch / preset_extract_captions", "caption_switch", "preset_extract_captions"
+        )
+        ratio(
+            "caption_switch_back / preset_extract_captions",
+            "caption_switch_back",
+            "preset_extract_captions",
+        )
+        ratio("audit / cold", "audit", "cold")
+        par = f"cold_P{a.jobs}"
+        ratio(f"{par} / tar_xf", par, "tar_xf")
+        ratio(f"{par} / preset", par, "preset")
+        ratio(f"{par} / cold", par, "cold")
+        serial = [
+            "cold",
+            "noop",
+            "new_shard",
+            "edit_json",
+            "caption_switch",
+            "caption_switch_back",
+            "audit",
+        ]
+        peak = max(s[k]["peak_mb"] for k in serial if k in s)
+        total = a.samples
+        targets = []
+
+        def target(issue: str, what: str, value, limit, applies: bool, unit: str = "x") -> None:
+            if value is None:
+                targets.append(dict(issue=issue, target=what, verdict="SKIP", applies=applies))
+                return
+            targets.append(
+                dict(
+                    issue=issue,
+                    target=what,
+                    value=value,
+                    limit=limit,
+                    unit=unit,
+                    applies=applies,
+                    verdict="PASS" if value <= limit else "FAIL",
+                )
+            )
+
+        small = not a.large
+        target(
+            "3,8", "cold <= 0.5 x preset (small images)", ratios.get("cold / preset"), 0.5, small
+        )
+        target(
+            "8", "cold <= 1.3 x tar xf (large images)", ratios.get("cold / tar_xf"), 1.3, a.large
+        )
+        target("3", "no-op <= 0.05 x cold", ratios.get("noop / cold"), 0.05, True)
+        target(
+            "8",
+            "no-op <= 0.02 x cold (100k samples)",
+            ratios.get("noop / cold"),
+            0.02,
+            total >= 100_000,
+        )
+        target(
+            "3", "new shard <= 0.15 x cold (1 of 10)", ratios.get("new_shard / cold"), 0.15, True
+        )
+        target(
+            "8",
+            "new shard <= 0.1 x cold (1 of 20)",
+            ratios.get("new_shard / cold"),
+            0.1,
+            a.shards >= 20,
+        )
+        target(
+            "4",
+            "caption switch <= 0.5 x preset extract-captions",
+            ratios.get("caption_switch / preset_extract_captions"),
+            0.5,
+            True,
+        )
+        target("5", "audit <= 0.05 x cold", ratios.get("audit / cold"), 0.05, True)
+        target("3,8", "peak memory <= 300 MB (serial doit)", peak, 300, True, "MB")
+        if par in s:
+            target(
+                "-",
+                f"peak memory <= 300 MB ({par}, summed RSS)",
+                s[par]["peak_mb"],
+                300,
+                True,
+                "MB",
+            )
+        if "cold_half_shards" in s:
+            half, full = s["cold_half_shards"]["peak_mb"], s["cold"]["peak_mb"]
+            growth = full - half
+            target(
+                "3",
+                f"memory flat: peak({a.shards} shards) - peak({s['cold_half_shards']['shards']})",
+                growth,
+                max(16.0, 0.1 * half),
+                True,
+                "MB",
+            )
+        result = {
+            "args": {k: v for k, v in vars(a).items()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "mem_gb": os.sysconf("SC_PHYS_PAGES") * PAGE / (1 << 30),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+                "tar": subprocess.run(
+                    ["tar", "--version"], capture_output=True, text=True
+                ).stdout.splitlines()[0],
+                "loadavg_at_end": os.getloadavg(),
+            },
+            "dataset": {
+                "shards": a.shards,
+                "samples_per_shard": self.per_shard,
+                "samples": a.shards * self.per_shard,
+                "tar_bytes": self.tar_bytes,
+                "large": a.large,
+                "quirks": a.quirks,
+                "generation_s": self.gen_s,
+                "dataset_toml": self.config_settings(),
+            },
+            "code": self.code,
+            "started": self.started,
+            "cache": "dropped before cold steps" if self.can_drop else "warm",
+            "steps": self.steps,
+            "ratios": ratios,
+            "cpu_ratios": cpu_ratios,
+            "peak_memory_mb_serial": peak,
+            "targets": targets,
+            "checks": self.checks,
+            "notes": self.notes,
+        }
+        print_report(result)
+        return result
+
+
+def code_fingerprint() -> dict:
+    """Which build code was measured (the code changes under the benchmark; no git here)."""
+    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/*.py"), *REPO.glob("state/*.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    newest = max(files, key=lambda f: f.stat().st_mtime)
+    return {
+        "sha256": h.hexdigest()[:16],
+        "newest_file": newest.relative_to(REPO).as_posix(),
+        "newest_mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest.stat().st_mtime)),
+    }
+
+
+def print_report(r: dict) -> None:
+    d = r["dataset"]
+    print()
+    print(
+        f"== {d['samples']:,} samples in {d['shards']} shards, "
+        f"{d['tar_bytes'] / MB:,.1f} MB of tars, {'large' if d['large'] else 'small'} images, "
+        f"quirks {'on' if d['quirks'] else 'off'}; cache: {r['cache']}"
+    )
+    print(
+        f"   code {r['code']['sha256']} (newest {r['code']['newest_file']} "
+        f"{r['code']['newest_mtime']}), run started {r['started']}"
+    )
+    head = (
+        f"{'step':<26}{'wall s':>9}{'cpu s':>9}{'peak MB':>9}{'tree MB':>9}{'PSS MB':>8}"
+        f"{'proc MB':>9}{'input MB':>10}{'read MB':>9}{'write MB':>9}{'sync s':>8}"
+        f"{'other cpu':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for s in r["steps"]:
+        print(
+            f"{s['step']:<26}{s['wall_s']:9.2f}{s['cpu_s']:9.2f}{s['peak_mb']:9.1f}"
+            f"{s['tree_rss_peak_mb']:9.1f}{s.get('tree_pss_peak_mb', 0):8.1f}"
+            f"{s['max_proc_rss_mb']:9.1f}"
+            f"{s.get('input_bytes', 0) / MB:10.1f}{s['disk_read_mb']:9.1f}"
+            f"{s['disk_write_mb']:9.1f}{s['sync_after_s']:8.2f}{s['other_cpu_s']:10.2f}"
+            + ("" if s["rc"] == 0 else f"  EXIT {s['rc']}")
+        )
+        if "phases" in s:
+            print(
+                "    "
+                + ", ".join(f"{k} {v:.2f}" for k, v in s["phases"].items() if k.endswith("_s"))
+            )
+        if "runs_wall_s" in s and len(s["runs_wall_s"]) > 1:
+            print(
+                "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
+            )
+    print()
+    print("ratios (wall time):")
+    for k, v in r["ratios"].items():
+        print(f"  {k:<48} {v:8.3f}")
+    print()
+    print("ratios (CPU time: less sensitive to other load on the machine, blind to I/O wait):")
+    for k, v in r["cpu_ratios"].items():
+        print(f"  {k:<48} {v:8.3f}")
+    print()
+    print("targets:")
+    for t in r["targets"]:
+        scope = "" if t["applies"] else "   (issue's scale differs from this run)"
+        if t["verdict"] == "SKIP":
+            print(f"  SKIP  issue {t['issue']:<4} {t['target']}{scope}")
+            continue
+        print(
+            f"  {t['verdict']}  issue {t['issue']:<4} {t['target']:<60} "
+            f"{t['value']:8.3f} {t['unit']} (limit {t['limit']:g}){scope}"
+        )
+    print()
+    failed = [c for c in r["checks"] if not c["ok"]]
+    print(f"correctness checks: {len(r['checks']) - len(failed)}/{len(r['checks'])} passed")
+    for c in failed:
+        print(f"  FAILED {c['check']}: {c['detail']}")
+    for n in r["notes"]:
+        print(f"note: {n}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n")[0])
+    p.add_argument("--samples", type=int, default=30000, help="total samples (default 30000)")
+    p.add_argument("--shards", type=int, default=10, help="number of shards (default 10)")
+    p.add_argument("--large", action="store_true", help="1024x1024/1792x1024 noisy images")
+    p.add_argument("--quirks", action="store_true", help="generate the data quirks (default off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="also time `doit -n JOBS -P process` cold")
+    p.add_argument("--flat", action="store_true", help="also a cold build of half the shards")
+    p.add_argument("--repeat", type=int, default=3, help="runs of no-op and audit (median)")
+    p.add_argument(
+        "--cold-repeat", type=int, default=1, help="runs of tar_xf, preset and cold (median)"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["tar", "preset", "switch", "audit"],
+        help="leave steps out (e.g. at a scale where they would take too long)",
+    )
+    p.add_argument("--audit-args", nargs="*", default=[], help="extra arguments for doit audit")
+    p.add_argument(
+        "--min-image-size",
+        default="auto",
+        help="[dataloader] minimum_image_size written to dataset.toml: a number, 'keep' "
+        "(the preset's 0.75), or 'auto' (0 for small images, kept for --large)",
+    )
+    p.add_argument("--gen-jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workdir", default="/work/bench-scratch/run", help="scratch folder")
+    p.add_argument("--keep", action="store_true", help="keep the workdir at the end")
+    p.add_argument("--out", help="write the result JSON here")
+    args = p.parse_args(argv)
+    if args.shards < 1 or args.samples < args.shards or args.cold_repeat < 1 or args.repeat < 1:
+        p.error("need --shards >= 1, --samples >= --shards, repeats >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"bench: python {sys.executable}, repo {REPO}, workdir {args.workdir}", flush=True)
+    result = Bench(args).run()
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    bad = any(s["rc"] != 0 for s in result["steps"]) or not all(c["ok"] for c in result["checks"])
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
