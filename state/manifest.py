@@ -176,11 +176,6 @@ def shard_row(db: sqlite_utils.Database, name: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def shard_rows(db: sqlite_utils.Database) -> list[dict]:
-    """Every `shards` row, sorted by name (the order that decides ownership)."""
-    return list(db.query("SELECT * FROM shards ORDER BY name"))
-
-
 def files_of_shard(db: sqlite_utils.Database, shard: str, kind: str | None = None) -> list[dict]:
     """The `files` rows of one shard, optionally of one kind."""
     if kind is None:
