@@ -507,6 +507,37 @@ class Bench:
             "audit", self.doit_cmd(self.root, "audit", *self.args.audit_args), self.args.repeat
         )
         self.check("audit exits 0 on a clean build", r["rc"] == 0, f"rc={r['rc']}")
+        if self.args.deep:
+            self.deep_audit()
+
+    def deep_audit(self) -> None:
+        """`doit audit --deep` against `cat` of every file it re-reads, both cache-cold."""
+        root = self.root
+        files: list[str] = []  # what the manifest lists: not the tars, not the databases
+        for folder, dirs, names in os.walk(root):
+            rel = os.path.relpath(folder, root)
+            if rel == ".":
+                dirs[:] = [d for d in dirs if d != "hub"]
+            elif rel == "state":
+                dirs[:] = [d for d in dirs if d == "parts"]
+                continue
+            files += [os.path.join(folder, name) for name in names]
+        size = sum(os.path.getsize(f) for f in files)
+        listing = self.work / "deep-files.txt"
+        listing.write_bytes(b"\0".join(os.fsencode(f) for f in files))
+        cache = self.prepare_cold(self.tars)
+        self.step(
+            "cat_all_files",
+            ["bash", "-c", 'xargs -0 -a "$1" cat > /dev/null', "cat", str(listing)],
+            input_bytes=size,
+            cache=cache,
+            files=len(files),
+        )
+        cache = self.prepare_cold(self.tars)
+        r = self.step(
+            "audit_deep", self.doit_cmd(root, "audit", "--deep"), input_bytes=size, cache=cache
+        )
+        self.check("deep audit exits 0 on a clean build", r["rc"] == 0, f"rc={r['rc']}")
 
     def parallel(self) -> None:
         jobs = self.args.jobs
@@ -679,6 +710,7 @@ class Bench:
             "preset_extract_captions",
         )
         ratio("audit / cold", "audit", "cold")
+        ratio("audit_deep / cat_all_files", "audit_deep", "cat_all_files")
         par = f"cold_P{a.jobs}"
         ratio(f"{par} / tar_xf", par, "tar_xf")
         ratio(f"{par} / preset", par, "preset")
@@ -745,6 +777,14 @@ class Bench:
             True,
         )
         target("5", "audit <= 0.05 x cold", ratios.get("audit / cold"), 0.05, True)
+        if "audit_deep" in s:
+            target(
+                "5",
+                "deep audit <= 1.5 x cat of every file",
+                ratios.get("audit_deep / cat_all_files"),
+                1.5,
+                True,
+            )
         target("3,8", "peak memory <= 300 MB (serial doit)", peak, 300, True, "MB")
         if par in s:
             target(
@@ -901,6 +941,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         choices=["tar", "preset", "switch", "audit"],
         help="leave steps out (e.g. at a scale where they would take too long)",
+    )
+    p.add_argument(
+        "--deep", action="store_true", help="also `doit audit --deep` against cat of every file"
     )
     p.add_argument("--audit-args", nargs="*", default=[], help="extra arguments for doit audit")
     p.add_argument(
