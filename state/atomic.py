@@ -14,17 +14,27 @@ class DiskFullError(OSError):
     """No space left while writing; the message names the folder."""
 
 
-def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
-    """Write `data` to `path` (which must be a temporary name); return its stat."""
+def open_creating(path: str | os.PathLike, flags: int) -> int:
+    """`os.open` for writing with O_CREAT, creating the file's folder if it is missing."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of `data` to `fd` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
+    """Write `data` to `path` (which must be a temporary name); return its stat."""
+    fd = open_creating(path, os.O_TRUNC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         return os.fstat(fd)
     except OSError as exc:
         os.close(fd)
@@ -39,22 +49,16 @@ def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_resu
 
 
 def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
-    """Write `path` directly (created or truncated); return its stat.
+    """Write `path` directly (created or overwritten); return its stat.
 
     For files whose manifest row is committed only after the write completes: a
     killed write leaves a file that no row vouches for, and the next run rewrites it.
     An existing file is overwritten and then cut to length rather than opened with
     O_TRUNC: on ext4, truncate-then-rewrite forces writeback and cost ~0.3 ms a file.
     """
+    fd = open_creating(path, 0)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.ftruncate(fd, len(data))
         return os.fstat(fd)
     except OSError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from state.atomic import raise_if_disk_full, write_new
+from state.atomic import raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
 from state.manifest import upsert_files, write_transaction
 
@@ -131,9 +131,7 @@ class MemberWriter:
                 return
             fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             m.mtime_ns = os.fstat(fd).st_mtime_ns
         except OSError as exc:
             os.close(fd)
