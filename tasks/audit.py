@@ -8,9 +8,12 @@ Where an image fails those, the tar's own members (read at their recorded offset
 an edited checksum (a note) from a replaced image (damage).
 
 Facts come from the manifest (`files`, `quirks`, `shards`), a walk of `data/`, the
-partitions (one at a time, a few columns) and the table (in batches). The manifest is
-opened read-only (no WAL or lock files are created), and nothing on disk changes except
-the report, written atomically to `state/audit.json`:
+partitions (one at a time, a few columns) and the table (in batches). Memory does not grow
+with the number of files: whether images, captions and table rows pair up, and whether
+`data/` holds only files the manifest knows, is settled by counts and order-free
+fingerprints (`Fingerprint`); only where they differ are names looked up, a batch at a
+time, to say which. The manifest is opened read-only (no WAL or lock files are created),
+and nothing on disk changes except the report, written atomically to `state/audit.json`:
 
     {"generated_at": "2026-01-31T12:00:00Z",   # UTC, ISO 8601
      "root": "/abs/root", "deep": false,
@@ -44,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISDIR
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,7 +57,15 @@ import xxhash
 from state.atomic import atomic_write
 from state.hashing import hash_file
 from state.manifest import manifest_path
-from tasks.captions import caption_path
+from tasks.audit_pairing import (
+    Fingerprint,
+    batched,
+    caption_of,
+    images_without_caption,
+    is_trainer_path,
+    row_mismatches,
+    strays,
+)
 from tasks.dataloader import dataloader_entry
 from tasks.partition import partition_path
 from tasks.progress import Progress, human_bytes
@@ -64,7 +76,6 @@ DAMAGE = "damage"
 NOTE = "note"
 REPORT_NAME = "audit.json"
 EXAMPLES = 3  # names shown per kind in the human summary
-TRAINER_FILE_PREFIX = "aspect_ratio_bucket_"  # SimpleTuner's own files in data/
 
 # kind -> (severity, what a count of them means; "{n}" is the count)
 KINDS: dict[str, tuple[str, str]] = {
@@ -135,7 +146,6 @@ QUIRK_KINDS = (
 )
 
 FILE_QUERY = "SELECT path, shard, kind, sample, size, mtime_ns, xxh3 FROM files"
-KNOWN, ROW = 1, 2  # flags of walked data/ paths
 BIG_FILE = 64 << 20
 
 
@@ -261,14 +271,16 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         report.seconds = time.monotonic() - began
         return report
     try:
-        walked = walk_data(settings)
-        table = _check_table_rows(settings, walked, report)
-        _check_files(conn, settings, walked, report, deep, table)
+        # the file itself is opened read-only; this allows the TEMP table of row_mismatches
+        conn.execute("PRAGMA query_only=0")
+        table = _check_table_rows(settings, report)
+        judge = _check_files(conn, settings, report, deep)
+        _check_pairs(conn, settings, judge, table)
         if not table.readable and not report.of("missing_table", "corrupt_table"):
             rel = os.path.relpath(settings.table_path, settings.root)
             if not report.of("unreadable_table"):
                 report.add("missing_table", rel, None, "not built yet: run doit")
-        _check_strays(settings, walked, report)
+        _check_strays(conn, settings, judge.present_in_data, report)
         _check_partitions(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
@@ -280,41 +292,15 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
     return report
 
 
-def walk_data(settings: Settings) -> dict[str, int]:
-    """Every file under `data/` (relative to root) -> 0; SimpleTuner's own files left out."""
-    out: dict[str, int] = {}
-    stack = [(str(settings.data_dir), "data")]
-    while stack:
-        folder, rel = stack.pop()
-        try:
-            it = os.scandir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        top = rel == "data"
-        with it:
-            for entry in it:
-                name = entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, f"{rel}/{name}"))
-                elif not (top and name.startswith(TRAINER_FILE_PREFIX) and is_trainer_file(name)):
-                    out[f"{rel}/{name}"] = 0
-    return out
-
-
-def is_trainer_file(name: str) -> bool:
-    """SimpleTuner's `aspect_ratio_bucket_*.json` (indices, metadata) in `data/`."""
-    return name.startswith(TRAINER_FILE_PREFIX) and name.endswith(".json")
-
-
 @dataclass
 class TableFacts:
     readable: bool
     rows: int = 0
-    missing_rows: list[tuple[str, str]] = field(default_factory=list)  # (path, detail)
+    filenames: Fingerprint = field(default_factory=Fingerprint)  # as `data/<filename>`
 
 
-def _check_table_rows(settings: Settings, walked: dict[str, int], report: AuditReport):
-    """Flag images that have a row; note empty, multi-line and too-small captions/sizes."""
+def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
+    """Fingerprint the table's filenames; note empty, multi-line and too-small captions/sizes."""
     facts = TableFacts(readable=False)
     path = settings.table_path
     if not path.is_file():
@@ -324,6 +310,7 @@ def _check_table_rows(settings: Settings, walked: dict[str, int], report: AuditR
     too_small, words = _too_small_rule(settings)
     if words:
         report.context["too_small"] = words
+    add = facts.filenames.add
     try:
         pf = pq.ParquetFile(path)
         batches = pf.iter_batches(columns=["filename", "width", "height", "caption"])
@@ -331,12 +318,7 @@ def _check_table_rows(settings: Settings, walked: dict[str, int], report: AuditR
             names = batch.column("filename").to_pylist()
             facts.rows += len(names)
             for name in names:
-                key = f"data/{name}"
-                flag = walked.get(key)
-                if flag is None:
-                    facts.missing_rows.append((key, f"{rel} has a row for {name}"))
-                else:
-                    walked[key] = flag | ROW
+                add(f"data/{name}")
             caption = batch.column("caption")
             _note_rows(report, "empty_caption", names, pc.equal(caption, ""), "caption is empty")
             if textfile:
@@ -362,7 +344,6 @@ def _check_table_rows(settings: Settings, walked: dict[str, int], report: AuditR
                         )
     except (OSError, pa.ArrowException, KeyError) as exc:
         report.add("unreadable_table", rel, None, f"cannot read {rel}: {exc}")
-        facts.missing_rows.clear()
         return facts
     facts.readable = True
     report.samples = facts.rows
@@ -415,67 +396,32 @@ def _too_small_rule(settings: Settings):
 # --------------------------------------------------------------------------- files
 
 
-def _shards_in_files(conn) -> list[str | None]:
-    names = [r[0] for r in conn.execute("SELECT name FROM shards ORDER BY name")]
-    known = set(names)
-    extra = [
-        r[0]
-        for r in conn.execute("SELECT DISTINCT shard FROM files WHERE shard IS NOT NULL")
-        if r[0] not in known
-    ]
-    return [*names, *sorted(extra), None]
-
-
-def _rows_of(conn, shard: str | None) -> list[tuple]:
-    if shard is None:
-        return conn.execute(FILE_QUERY + " WHERE shard IS NULL").fetchall()
-    return conn.execute(FILE_QUERY + " WHERE shard = ?", (shard,)).fetchall()
-
-
-def _check_files(conn, settings, walked, report, deep: bool, table: TableFacts) -> None:
+def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _Judge:
     """Every manifest row against the disk (stat-level, or read in full with `deep`)."""
     root = str(settings.root) + os.sep
-    judge = _Judge(settings, walked, report, table)
+    judge = _Judge(settings, report)
     if deep:
-        _deep_files(conn, root, walked, report, judge)
+        _deep_files(conn, root, report, judge)
     else:
-        _fast_files(conn, root, walked, judge)
-    judge.finish(conn)
+        _fast_files(conn, root, judge)
+    return judge
 
 
-def _shards_of(conn, paths: list[str]) -> dict[str, str]:
-    out = {}
-    for i in range(0, len(paths), 500):
-        chunk = paths[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        out.update(conn.execute(f"SELECT path, shard FROM files WHERE path IN ({marks})", chunk))
-    return out
-
-
-def _fast_files(conn, root: str, walked: dict[str, int], judge: _Judge) -> None:
+def _fast_files(conn, root: str, judge: _Judge) -> None:
     """Stat every file; look closer (`_look`) only where it is missing or its stat differs.
 
     The common case (stat matches) is one short loop over a lean query (path, size,
-    mtime_ns and, for images, the sample); full rows are fetched for the rest only.
+    mtime_ns, kind, sample); full rows are fetched for the rest only.
     Serial on purpose: measured here, threads did not make 90k stats faster (the time is
     the kernel's, and the GIL hand-offs cost what the overlap gains).
     """
-    stat, get = os.stat, walked.get
-    textfile, rows_known = judge.textfile, judge.table.readable
-    no_caption, no_row = judge.no_caption, judge.no_row
+    stat, tally = os.stat, judge.tally
     closer: list[str] = []
-    same = 0
-    cursor = conn.execute(
-        "SELECT path, size, mtime_ns, CASE WHEN kind = 'image' THEN coalesce(sample, '') END "
-        "FROM files"
-    )
+    same = present = 0
+    cursor = conn.execute("SELECT path, size, mtime_ns, kind, sample FROM files")
     while batch := cursor.fetchmany(8192):
-        for path, size, mtime_ns, sample in batch:
-            in_data = path.startswith("data/")
-            flag = get(path) if in_data else 0
-            if flag is None:
-                closer.append(path)
-                continue
+        for path, size, mtime_ns, kind, sample in batch:
+            tally(path, kind, sample)
             try:
                 st = stat(root + path)
             except (FileNotFoundError, NotADirectoryError):
@@ -485,32 +431,24 @@ def _fast_files(conn, root: str, walked: dict[str, int], judge: _Judge) -> None:
                 closer.append(path)
                 continue
             same += 1
-            if not in_data:
-                continue
-            walked[path] = flag | KNOWN
-            if sample is not None:
-                if textfile:
-                    cap = f"data/{sample}.txt" if sample else caption_path(path[5:])
-                    if cap not in walked:
-                        no_caption.append((path, cap, None))
-                if rows_known and not flag & ROW:
-                    no_row.append((path, None))
+            if path.startswith("data/") and not is_trainer_path(path):
+                present += 1
     judge.report.files_checked += same
-    for i in range(0, len(closer), 500):
-        chunk = closer[i : i + 500]
+    judge.present_in_data += present
+    for chunk in batched(closer):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"{FILE_QUERY} WHERE path IN ({marks})", chunk):
-            judge(row, _look(root, row, walked))
+            judge(row, _look(root, row))
 
 
-def _look(root: str, row: tuple, walked: dict[str, int]) -> Seen:
+def _look(root: str, row: tuple) -> Seen:
     """Stat one file; hash it only when its size is right but its mtime is not."""
     path, _shard, kind, _sample, size, mtime_ns, xxh3 = row
-    if path.startswith("data/") and path not in walked:
-        return Seen(False)
     try:
         st = os.stat(root + path)
     except (FileNotFoundError, NotADirectoryError):
+        return Seen(False)
+    if S_ISDIR(st.st_mode):
         return Seen(False)
     seen = Seen(True, st.st_size, st.st_mtime_ns)
     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
@@ -532,26 +470,31 @@ def _read(path: str) -> bytes | None:
 
 
 class _Judge:
-    """Turns (manifest row, what is on disk) into findings; checks images' caption and row."""
+    """Turns (manifest row, what is on disk) into findings; tallies what must pair up."""
 
-    def __init__(self, settings: Settings, walked, report: AuditReport, table: TableFacts):
-        self.walked = walked
+    def __init__(self, settings: Settings, report: AuditReport):
         self.report = report
-        self.table = table
         self.textfile = settings.caption_strategy == "textfile"
-        self.no_caption: list[tuple[str, str, str]] = []  # (image, caption, shard)
-        self.no_row: list[tuple[str, str]] = []
+        self.images = Fingerprint()  # image rows in data/
+        self.wanted_captions = Fingerprint()  # their caption paths
+        self.captions = Fingerprint()  # caption rows
+        self.present_in_data = 0  # manifest rows in data/ found on disk (trainer files aside)
         self.missing: set[str] = set()
+
+    def tally(self, path: str, kind: str, sample: str | None) -> None:
+        """Count a manifest row into the fingerprints (every row, whatever the disk holds)."""
+        if kind == "image":
+            if path.startswith("data/"):
+                self.images.add(path)
+                if self.textfile:
+                    self.wanted_captions.add(caption_of(path, sample))
+        elif kind == "caption":
+            self.captions.add(path)
 
     def __call__(self, row: tuple, seen: Seen) -> None:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        in_data = path.startswith("data/")
-        if in_data:
-            flag = self.walked.get(path)
-            if flag is not None:
-                self.walked[path] = flag | KNOWN
         if not seen.exists:
             self.missing.add(path)
             report.add(
@@ -561,6 +504,8 @@ class _Judge:
                 f"recorded in the manifest ({kind}, {size} bytes), not on disk",
             )
             return
+        if path.startswith("data/") and not is_trainer_path(path):
+            self.present_in_data += 1
         same_stat = (seen.size, seen.mtime_ns) == (size, mtime_ns)
         if seen.xxh3 is not None and seen.xxh3 == xxh3:
             if not same_stat:
@@ -577,29 +522,21 @@ class _Judge:
             )
             name = f"corrupt_{kind}" if f"corrupt_{kind}" in KINDS else "corrupt_file"
             report.add(name, path, shard, how)
-        if kind == "image" and in_data:
-            self._image(path, shard, row[3])
 
-    def _image(self, path: str, shard: str, sample: str | None) -> None:
-        if self.textfile:
-            cap = f"data/{sample}.txt" if sample else caption_path(path[len("data/") :])
-            if cap not in self.walked:
-                self.no_caption.append((path, cap, shard))
-        if self.table.readable and not self.walked.get(path, 0) & ROW:
-            self.no_row.append((path, shard))
 
-    def finish(self, conn) -> None:
-        report = self.report
-        shards = _shards_of(conn, [p for p, *_ in self.no_caption + self.no_row])
-        for path, cap, _ in self.no_caption:
-            shard = shards.get(path)
-            if cap not in self.missing:  # else reported as missing_caption
-                report.add("image_without_caption", path, shard, f"{cap} does not exist")
-        for path, _ in self.no_row:
-            report.add("image_without_row", path, shards.get(path), "the table has no row for it")
-        for path, detail in self.table.missing_rows:
-            if path not in self.missing:  # else reported as missing_image
-                report.add("row_without_image", path, None, f"{detail}, not in data/")
+def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:
+    """Images without a caption or a table row, rows without an image (`audit_pairing`)."""
+    report, root = judge.report, str(settings.root) + os.sep
+    if judge.textfile and judge.wanted_captions != judge.captions:
+        for path, shard, cap in images_without_caption(conn, root, judge.missing):
+            report.add("image_without_caption", path, shard, f"{cap} does not exist")
+    if table.readable and table.filenames != judge.images:
+        rel = os.path.relpath(settings.table_path, settings.root)
+        no_row, no_image = row_mismatches(conn, root, str(settings.table_path), judge.missing)
+        for path, shard in no_row:
+            report.add("image_without_row", path, shard, "the table has no row for it")
+        for path in no_image:
+            report.add("row_without_image", path, None, f"{rel} has a row for it, not in data/")
 
 
 def _edited_words(seen: Seen) -> str:
@@ -643,7 +580,7 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
         yield batch[i : i + 256]
 
 
-def _deep_files(conn, root: str, walked, report: AuditReport, judge: _Judge) -> None:
+def _deep_files(conn, root: str, report: AuditReport, judge: _Judge) -> None:
     """Read and hash every file in reader threads; judge the results in order."""
     total = conn.execute("SELECT coalesce(sum(size), 0) FROM files").fetchone()[0]
     progress = Progress("audit --deep", total)
@@ -652,10 +589,11 @@ def _deep_files(conn, root: str, walked, report: AuditReport, judge: _Judge) -> 
     try:
         with ThreadPoolExecutor(workers) as pool:
             for batch, results in _bounded_map(
-                pool, lambda b: _read_batch(root, b, walked), _deep_work(conn), workers * 2
+                pool, lambda b: _read_batch(root, b), _deep_work(conn), workers * 2
             ):
                 last_json = None
                 for row, got in zip(batch, results, strict=True):
+                    judge.tally(row[0], row[2], row[3])
                     if got is None:
                         judge(row, Seen(False))
                         continue
@@ -663,11 +601,8 @@ def _deep_files(conn, root: str, walked, report: AuditReport, judge: _Judge) -> 
                     report.bytes_read += size
                     if digest == row[6] and size == row[4] and mtime_ns == row[5]:
                         judge.report.files_checked += 1
-                        path = row[0]
-                        if path.startswith("data/"):
-                            walked[path] |= KNOWN
-                            if row[2] == "image":
-                                judge._image(path, row[1], row[3])
+                        if row[0].startswith("data/") and not is_trainer_path(row[0]):
+                            judge.present_in_data += 1
                     else:
                         judge(row, Seen(True, size, mtime_ns, digest, data))
                     if row[2] == "json":
@@ -693,7 +628,7 @@ def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
         yield item0, fut.result()
 
 
-def _read_batch(root: str, batch: list[tuple], walked) -> list:
+def _read_batch(root: str, batch: list[tuple]) -> list:
     """Read and hash each row's file (a reader thread's work); None for a missing file.
 
     Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks).
@@ -708,9 +643,6 @@ def _read_batch(root: str, batch: list[tuple], walked) -> list:
     for row in batch:
         path, kind = row[0], row[2]
         if path.startswith("data/"):
-            if path not in walked:
-                append(None)
-                continue
             if kind == "json":
                 got = _read_hash(root + path, {})
                 if got is None:
@@ -731,6 +663,9 @@ def _read_batch(root: str, batch: list[tuple], walked) -> list:
             continue
         try:  # the common case inline: a small file, one read
             st = os.fstat(fd)
+            if S_ISDIR(st.st_mode):
+                append(None)
+                continue
             if st.st_size < BIG_FILE:
                 data = os.read(fd, st.st_size + 1)
                 if len(data) <= st.st_size:
@@ -792,6 +727,8 @@ def _read_hash(path: str, want: dict[str, str]) -> tuple | None:
         return None
     try:
         st = os.fstat(fd)
+        if S_ISDIR(st.st_mode):
+            return None
         ask = min(st.st_size + 1, BIG_FILE)
         data = os.read(fd, ask)
         if len(data) < ask:  # the whole file (a short read of a regular file is its end)
@@ -910,8 +847,8 @@ def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
 # --------------------------------------------------------------------------- the rest
 
 
-def _check_strays(settings: Settings, walked: dict[str, int], report: AuditReport) -> None:
-    for path in sorted(p for p, flag in walked.items() if not flag & KNOWN):
+def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -> None:
+    for path in strays(conn, str(settings.data_dir), present):
         is_image = posixpath.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg")
         report.add(
             "stray",

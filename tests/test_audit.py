@@ -9,13 +9,17 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import xxhash
 from conftest import run_doit, table_rows
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sample.generate import make_dataset, write_config
 from tasks.audit import audit, write_report
+from tasks.audit_pairing import Fingerprint
 from tasks.settings import load_settings
 
 DOIT_DB = ("state/doit.db",)  # doit's own dependency file: doit rewrites it after any task
@@ -296,3 +300,42 @@ def test_captions_are_needed_under_textfile_only(ds: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(list((ds / "data").glob("*.txt"))) == 30
     assert _audit(ds, "caption_strategy=textfile")[0] == 0
+
+
+def test_names_are_found_when_counts_or_fingerprints_differ(ds: Path):
+    """A healthy build passes on counts and fingerprints alone; damage that upsets them is
+    named by lookups: a table row too many, an image turned into a folder holding a file."""
+    table = pq.read_table(ds / "dalle3.parquet")
+    names = table.column("filename").to_pylist()
+    extra = table.slice(0, 1)
+    col = extra.schema.get_field_index("filename")
+    extra = extra.set_column(col, "filename", pa.array(["ghost.png"]))
+    pq.write_table(pa.concat_tables([table, extra]), ds / "dalle3.parquet")
+    folder = ds / "data" / names[2]
+    folder.unlink()
+    folder.mkdir()
+    (folder / "inner.png").write_bytes(b"\x89PNG\r\n\x1a\nnot from the build")
+
+    for args in ((), ("--deep",)):
+        rc, report, out = _audit(ds, *args)
+        assert rc == 1, out
+        assert _paths(report, "missing_image") == {f"data/{names[2]}"}
+        assert _paths(report, "stray") == {f"data/{names[2]}/inner.png"}
+        assert _paths(report, "row_without_image") == {"data/ghost.png"}
+        assert "image_without_row" not in report["counts"]
+        assert "image_without_caption" not in report["counts"]
+
+
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30), st.randoms())
+def test_fingerprints_ignore_order_and_see_any_one_change(names: list[str], rnd) -> None:
+    def of(items):
+        fp = Fingerprint()
+        for item in items:
+            fp.add(item)
+        return fp
+
+    shuffled = list(names)
+    rnd.shuffle(shuffled)
+    assert of(names) == of(shuffled)
+    assert of(names) != of(names[1:])
+    assert of(names) != of([*names[1:], names[0] + "x"])
