@@ -91,6 +91,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "corrupt_aside": (DAMAGE, "{n} kept-aside file(s) differ from what the build wrote"),
     "corrupt_partition": (DAMAGE, "{n} partition(s) differ from what the build wrote"),
     "corrupt_table": (DAMAGE, "the table differs from what the build wrote"),
+    "unfinished": (DAMAGE, "{n} file(s) a killed run left unfinished: run doit to finish"),
     "missing_file": (DAMAGE, "{n} other file(s) recorded in the manifest are missing"),
     "corrupt_file": (DAMAGE, "{n} other file(s) differ from what the build wrote"),
     "stray": (DAMAGE, "{n} file(s) in data/ the manifest does not know"),
@@ -495,6 +496,9 @@ class _Judge:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
+        if kind == "pending":  # claimed by a run that did not finish it
+            self._unfinished(path, shard, seen)
+            return
         if not seen.exists:
             self.missing.add(path)
             report.add(
@@ -522,6 +526,16 @@ class _Judge:
             )
             name = f"corrupt_{kind}" if f"corrupt_{kind}" in KINDS else "corrupt_file"
             report.add(name, path, shard, how)
+
+    def _unfinished(self, path: str, shard: str | None, seen: Seen) -> None:
+        if not seen.exists:
+            self.missing.add(path)
+            words = "claimed by a killed run, never written"
+        else:
+            if path.startswith("data/") and not is_trainer_path(path):
+                self.present_in_data += 1
+            words = "written by a killed run, maybe only in part"
+        self.report.add("unfinished", path, shard, f"{words}: run doit to finish the build")
 
 
 def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:

@@ -339,3 +339,33 @@ def test_fingerprints_ignore_order_and_see_any_one_change(names: list[str], rnd)
     assert of(names) == of(shuffled)
     assert of(names) != of(names[1:])
     assert of(names) != of([*names[1:], names[0] + "x"])
+
+
+def test_a_killed_runs_unfinished_file_is_damage_until_doit_finishes(ds: Path):
+    """The state `kill -9` mid-extraction leaves: a `pending` claim, a partial file and
+    no shard row. The audit names it; the next doit rewrites it in full."""
+    ((path, shard),) = _manifest(
+        ds, "SELECT path, shard FROM files WHERE kind = 'image' ORDER BY path LIMIT 1"
+    )
+    image = ds / path
+    original = image.read_bytes()
+    conn = sqlite3.connect(ds / "state" / "manifest.sqlite")
+    with conn:
+        conn.execute(
+            "UPDATE files SET kind = 'pending', sample = NULL, mtime_ns = NULL WHERE path = ?",
+            (path,),
+        )
+        conn.execute("DELETE FROM shards WHERE name = ?", (shard,))
+    conn.close()
+    image.write_bytes(original[: len(original) // 2])
+
+    rc, report, out = _audit(ds)
+    assert rc == 1, out
+    assert _paths(report, "unfinished") == {path}
+    assert "run doit to finish" in out
+    assert "stray" not in report["counts"]
+
+    run_doit(ds)
+    assert image.read_bytes() == original
+    rc, report, out = _audit(ds, "--deep")
+    assert rc == 0, out
