@@ -19,12 +19,14 @@ from state.checker import checker_for
 from state.manifest import manifest_path
 from state.recovery import quarantine_dep_file
 from tasks import doit_actions as act
-from tasks.captions import captions_are_current
 from tasks.dataloader import dataloader_entry
-from tasks.extract import shard_name
-from tasks.partition import partition_path
-from tasks.settings import SettingsError, load_settings
-from tasks.table import table_is_current
+from tasks.freshness import (
+    captions_are_current,
+    scan_is_up_to_date,
+    shard_is_done,
+    table_is_current,
+)
+from tasks.settings import SettingsError, load_settings, partition_path, shard_name
 
 
 def _overrides() -> dict[str, str]:
@@ -98,7 +100,7 @@ def task_extract():
             "actions": [(act.run_extract, [SETTINGS, tar])],
             "file_dep": [tar],
             "targets": [str(partition_path(SETTINGS, name))],
-            "uptodate": [(act.shard_is_done, [SETTINGS, name])],
+            "uptodate": [(shard_is_done, [SETTINGS, name])],
             "verbosity": 2,
         }
 
@@ -110,7 +112,7 @@ def task_scan():
     return {
         "actions": [(act.run_scan, [SETTINGS])],
         "task_dep": ["extract"],
-        "uptodate": [(act.scan_is_up_to_date, [SETTINGS])],
+        "uptodate": [(scan_is_up_to_date, [SETTINGS])],
         "verbosity": 2,
     }
 

@@ -20,8 +20,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MANIFEST_NAME = "manifest.sqlite"
 # set when the manifest is created over a data/ that already holds files (state reset):
@@ -97,6 +99,8 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
             f"{path}: not a readable SQLite database ({exc}); run `doit reset_state` to "
             "move it aside, then `doit` to rebuild it from the tars and data/"
         ) from exc
+    import sqlite_utils  # here, not at the top: a no-op `doit` never opens it this way
+
     db = sqlite_utils.Database(conn)
     _ensure_schema(db, Path(root))
     return db
@@ -159,7 +163,7 @@ def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
     conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
 
 
-def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+def get_meta(db: sqlite_utils.Database | sqlite3.Connection, key: str) -> str | None:
     """A value from the `meta` table, or None."""
     row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
     return row[0] if row else None

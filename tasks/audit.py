@@ -67,10 +67,9 @@ from tasks.audit_pairing import (
     strays,
 )
 from tasks.dataloader import dataloader_entry
-from tasks.partition import partition_path
 from tasks.progress import Progress, human_bytes
 from tasks.records import parse_json
-from tasks.settings import Settings
+from tasks.settings import Settings, partition_path
 
 DAMAGE = "damage"
 NOTE = "note"

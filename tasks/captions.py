@@ -9,7 +9,6 @@ nor one changed since we wrote it).
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import sys
@@ -27,9 +26,10 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
-from tasks.partition import partition_path, read_partition
+from tasks.freshness import captions_key
+from tasks.partition import read_partition
 from tasks.records import CAPTION_COLUMNS, select_caption
-from tasks.settings import Settings
+from tasks.settings import Settings, partition_path
 
 WRITE_BATCH = 2000
 
@@ -44,13 +44,6 @@ class CaptionResult:
     removed: int = 0
     kept_edited: int = 0
     up_to_date: bool = False
-
-
-def caption_settings_key(settings: Settings) -> str:
-    """The settings that decide caption text and files, as one comparable string."""
-    return json.dumps(
-        [list(settings.caption_field), settings.caption_strategy, settings.join_caption_lines]
-    )
 
 
 def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
@@ -82,20 +75,6 @@ def partition_columns(settings: Settings) -> list[str]:
     return cols
 
 
-def _captions_key(row: dict, settings: Settings) -> str:
-    return f"{row['part_xxh3']} {caption_settings_key(settings)}"
-
-
-def captions_are_current(settings: Settings, shard: str) -> bool:
-    """True when the manifest says this shard's captions match its partition and settings."""
-    db = open_manifest(settings.root)
-    try:
-        row = shard_row(db, shard)
-        return row is None or row["captions_key"] == _captions_key(row, settings)
-    finally:
-        db.conn.close()
-
-
 def write_captions(settings: Settings, shard: str) -> CaptionResult:
     """Bring the caption files of one shard in line with its partition and the settings."""
     result = CaptionResult(shard)
@@ -105,7 +84,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         if row is None or not partition_path(settings, shard).exists():
             result.up_to_date = True
             return result
-        key = _captions_key(row, settings)
+        key = captions_key(row["part_xxh3"], settings)
         if row["captions_key"] == key:
             result.up_to_date = True
             return result

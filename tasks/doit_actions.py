@@ -2,29 +2,21 @@
 
 Module-level functions only (no lambdas or closures), so `doit -P process` can send
 them to worker processes. A known failure becomes a `TaskFailed` with a one-line
-message; doit then exits non-zero.
+message; doit then exits non-zero. Each function imports its task's module when it
+runs: a no-op `doit` runs none of them, and so never imports pyarrow or sqlite-utils.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
 from state.atomic import DiskFullError
-from state.hashing import file_matches
-from state.manifest import ManifestError, open_manifest, shard_row
+from state.manifest import ManifestError
 from state.recovery import reset_state
-from tasks.captions import write_captions
-from tasks.dataloader import write_dataloader
-from tasks.extract import extract_shard
-from tasks.partition import partition_path
-from tasks.scan import is_up_to_date, scan_edits
 from tasks.settings import Settings
-from tasks.summary import format_summary, summarize
-from tasks.table import build_table
 
 KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError, sqlite3.Error)
 
@@ -44,25 +36,10 @@ def fail_settings(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
-def shard_is_done(settings: Settings, name: str) -> bool:
-    """uptodate check of `extract:<shard>`: done in the manifest, its partition intact."""
-    try:
-        db = open_manifest(settings.root)
-    except ManifestError:
-        return False
-    try:
-        row = shard_row(db, name)
-        if not row or row["status"] != "done":
-            return False
-        part = os.path.relpath(partition_path(settings, name), settings.root)
-        rec = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [part]).fetchone()
-        return bool(rec) and file_matches(settings.root / part, *rec)
-    finally:
-        db.conn.close()
-
-
 def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     """Extract one shard; a shard that cannot be read is reported by `summary` at the end."""
+    from tasks.extract import extract_shard
+
     try:
         r = extract_shard(settings, Path(tar))
     except KNOWN_FAILURES as exc:
@@ -80,16 +57,10 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     return None
 
 
-def scan_is_up_to_date(settings: Settings) -> bool:
-    """uptodate check of `scan`."""
-    try:
-        return is_up_to_date(settings)
-    except ManifestError:
-        return False
-
-
 def run_scan(settings: Settings) -> TaskFailed | None:
     """Pick up edited JSON files; fail naming any JSON that cannot be used."""
+    from tasks.scan import scan_edits
+
     try:
         r = scan_edits(settings)
     except KNOWN_FAILURES as exc:
@@ -109,6 +80,8 @@ def run_scan(settings: Settings) -> TaskFailed | None:
 
 def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     """Write or remove the caption files of one shard."""
+    from tasks.captions import write_captions
+
     try:
         r = write_captions(settings, shard)
     except KNOWN_FAILURES as exc:
@@ -124,6 +97,8 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
 
 def run_table(settings: Settings) -> TaskFailed | None:
     """Consolidate the partitions into the table."""
+    from tasks.table import build_table
+
     try:
         r = build_table(settings)
     except KNOWN_FAILURES as exc:
@@ -135,6 +110,8 @@ def run_table(settings: Settings) -> TaskFailed | None:
 
 def run_dataloader(settings: Settings) -> TaskFailed | None:
     """Write the SimpleTuner dataloader entry."""
+    from tasks.dataloader import write_dataloader
+
     try:
         write_dataloader(settings)
     except KNOWN_FAILURES as exc:
@@ -144,6 +121,8 @@ def run_dataloader(settings: Settings) -> TaskFailed | None:
 
 def run_summary(settings: Settings) -> TaskFailed | None:
     """Print the build summary; fail when a shard could not be read to its end."""
+    from tasks.summary import format_summary, summarize
+
     s = summarize(settings)
     print(format_summary(s, settings), flush=True)
     if not s.ok:
@@ -165,7 +144,7 @@ def run_reset_state(settings: Settings) -> None:
 
 def run_download(settings: Settings) -> TaskFailed | None:
     """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured)."""
-    from tasks.download import DownloadError, download_shards  # huggingface_hub: ~0.2 s
+    from tasks.download import DownloadError, download_shards
 
     try:
         summary = download_shards(
@@ -179,8 +158,6 @@ def run_download(settings: Settings) -> TaskFailed | None:
 
 def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
     """Check the disk against the manifest, write state/audit.json; fail on damage."""
-    import sqlite3
-
     from tasks.audit import audit, format_report, write_report
 
     try:
@@ -197,8 +174,6 @@ def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
 
 def run_repair(settings: Settings) -> TaskFailed | None:
     """Restore what the audit finds damaged; fail naming what could not be restored."""
-    import sqlite3
-
     from tasks.repair import format_repair, repair
 
     try:

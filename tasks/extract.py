@@ -33,10 +33,10 @@ from state.manifest import (
 )
 from tasks.claims import Member, MemberWriter, owners_of
 from tasks.imagesize import image_size
-from tasks.partition import digest_pairs, json_digest, partition_path, write_partition
+from tasks.partition import digest_pairs, json_digest, write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
-from tasks.settings import Settings
+from tasks.settings import Settings, partition_path, shard_name
 from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
 
 COMMIT_BATCH = 1000
@@ -70,12 +70,6 @@ class ExtractResult:
     aside: int = 0
     written: int = 0
     error: str | None = None
-
-
-def shard_name(tar_path: Path) -> str:
-    """A shard's name: its file name without `.tar`."""
-    name = tar_path.name
-    return name[:-4] if name.endswith(".tar") else name
 
 
 def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:

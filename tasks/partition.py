@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,14 +17,7 @@ import xxhash
 from state.atomic import atomic_write
 from state.hashing import hash_bytes
 from tasks.records import PARTITION_SCHEMA
-from tasks.settings import Settings
-
-PART_FILE = "part.parquet"
-
-
-def partition_path(settings: Settings, shard: str) -> Path:
-    """Where the partition of `shard` lives."""
-    return settings.parts_dir / f"shard={shard}" / PART_FILE
+from tasks.settings import Settings, partition_path
 
 
 def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dict:

@@ -8,16 +8,15 @@ a shard that sorts first) is rebuilt from the JSON files in `data/`; no tar is r
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from state.hashing import file_matches, hash_file
 from state.manifest import open_manifest, upsert_files, write_transaction
-from tasks.partition import json_digest, partition_path, write_partition
+from tasks.freshness import changed_json_rows, partitions_needing_rebuild
+from tasks.partition import json_digest, write_partition
 from tasks.records import parse_json, partition_row
-from tasks.settings import Settings
+from tasks.settings import Settings, partition_path
 
 
 class EditedJsonError(ValueError):
@@ -32,47 +31,6 @@ class ScanResult:
     missing: list[str] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
-    """JSON rows whose file changed on disk: ([(path, shard, size, mtime_ns, xxh3)], missing)."""
-    changed, missing = [], []
-    root = str(settings.root)
-    stat = os.stat
-    for path, shard, size, mtime_ns, xxh3 in db.execute(
-        "SELECT path, shard, size, mtime_ns, xxh3 FROM files WHERE kind = 'json'"
-    ):
-        try:
-            st = stat(f"{root}/{path}")
-        except FileNotFoundError:
-            missing.append(path)
-            continue
-        if st.st_mtime_ns == mtime_ns and st.st_size == size:
-            continue
-        new = hash_file(f"{root}/{path}")
-        changed.append((path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
-    return changed, missing
-
-
-def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
-    """Done shards whose partition is missing or damaged, or whose JSON rows moved."""
-    stale = []
-    for name, digest in db.execute("SELECT name, json_digest FROM shards WHERE status = 'done'"):
-        part = os.path.relpath(partition_path(settings, name), settings.root)
-        row = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [part]).fetchone()
-        if digest is None or row is None or not file_matches(settings.root / part, *row):
-            stale.append(name)
-    return stale
-
-
-def is_up_to_date(settings: Settings) -> bool:
-    """True when no JSON changed and every partition is intact (the `scan` task's uptodate)."""
-    db = open_manifest(settings.root)
-    try:
-        changed, _ = changed_json_rows(db, settings)
-        return not changed and not partitions_needing_rebuild(db, settings)
-    finally:
-        db.conn.close()
 
 
 def scan_edits(settings: Settings) -> ScanResult:

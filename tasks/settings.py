@@ -62,6 +62,20 @@ class Settings:
         return sorted(p for p in self.root.glob(self.shards) if p.is_file())
 
 
+PART_FILE = "part.parquet"
+
+
+def partition_path(settings: Settings, shard: str) -> Path:
+    """Where the partition of `shard` lives."""
+    return settings.parts_dir / f"shard={shard}" / PART_FILE
+
+
+def shard_name(tar_path: Path) -> str:
+    """A shard's name: its file name without `.tar`."""
+    name = tar_path.name
+    return name[:-4] if name.endswith(".tar") else name
+
+
 # key -> (accepted types, description used in errors)
 _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "id": ((str,), "a string"),

@@ -6,7 +6,6 @@ Partitions are streamed one at a time, so memory does not grow with the shard co
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -14,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from state.atomic import TMP_SUFFIX
-from state.hashing import file_matches, hash_file
+from state.hashing import hash_file
 from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
 from tasks.captions import caption_texts, partition_columns
-from tasks.partition import partition_path
-from tasks.settings import Settings
+from tasks.freshness import table_key, table_matches, table_shards
+from tasks.settings import Settings, partition_path
 
 TABLE_SCHEMA = pa.schema(
     [
@@ -39,40 +38,6 @@ class TableResult:
     up_to_date: bool
 
 
-def table_shards(db) -> list[tuple[str, str]]:
-    """(shard, partition hash) of every shard that has a partition, in name order."""
-    return [
-        (name, part)
-        for name, part in db.execute(
-            "SELECT name, part_xxh3 FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
-        )
-    ]
-
-
-def table_key(settings: Settings, shards: list[tuple[str, str]]) -> str:
-    """What the table is made from: partitions and the caption settings."""
-    return json.dumps([shards, list(settings.caption_field), settings.join_caption_lines])
-
-
-def _is_current(db, settings: Settings, key: str) -> bool:
-    rel = os.path.relpath(settings.table_path, settings.root)
-    recorded = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [rel]).fetchone()
-    return (
-        get_meta(db, f"table_key:{rel}") == key
-        and bool(recorded)
-        and file_matches(settings.table_path, *recorded)
-    )
-
-
-def table_is_current(settings: Settings) -> bool:
-    """True when the table on disk was made from the current partitions and settings."""
-    db = open_manifest(settings.root)
-    try:
-        return _is_current(db, settings, table_key(settings, table_shards(db)))
-    finally:
-        db.conn.close()
-
-
 def build_table(settings: Settings) -> TableResult:
     """Write `<id>.parquet` from the partitions, unless the manifest says it is current."""
     db = open_manifest(settings.root)
@@ -80,7 +45,7 @@ def build_table(settings: Settings) -> TableResult:
         shards = table_shards(db)
         key = table_key(settings, shards)
         rel = os.path.relpath(settings.table_path, settings.root)
-        if _is_current(db, settings, key):
+        if table_matches(db, settings, key):
             return TableResult(int(get_meta(db, f"table_rows:{rel}") or 0), len(shards), True)
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
