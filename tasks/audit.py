@@ -61,8 +61,8 @@ from tasks.audit_pairing import (
     Fingerprint,
     batched,
     caption_of,
+    counted_in_data,
     images_without_caption,
-    is_trainer_path,
     row_mismatches,
     strays,
 )
@@ -431,7 +431,7 @@ def _fast_files(conn, root: str, judge: _Judge) -> None:
                 closer.append(path)
                 continue
             same += 1
-            if path.startswith("data/") and not is_trainer_path(path):
+            if counted_in_data(path):
                 present += 1
     judge.report.files_checked += same
     judge.present_in_data += present
@@ -507,7 +507,7 @@ class _Judge:
                 f"recorded in the manifest ({kind}, {size} bytes), not on disk",
             )
             return
-        if path.startswith("data/") and not is_trainer_path(path):
+        if counted_in_data(path):
             self.present_in_data += 1
         same_stat = (seen.size, seen.mtime_ns) == (size, mtime_ns)
         if seen.xxh3 is not None and seen.xxh3 == xxh3:
@@ -531,7 +531,7 @@ class _Judge:
             self.missing.add(path)
             words = "claimed by a killed run, never written"
         else:
-            if path.startswith("data/") and not is_trainer_path(path):
+            if counted_in_data(path):
                 self.present_in_data += 1
             words = "written by a killed run, maybe only in part"
         self.report.add("unfinished", path, shard, f"{words}: run doit to finish the build")
@@ -614,7 +614,7 @@ def _deep_files(conn, root: str, report: AuditReport, judge: _Judge) -> None:
                     report.bytes_read += size
                     if digest == row[6] and size == row[4] and mtime_ns == row[5]:
                         judge.report.files_checked += 1
-                        if row[0].startswith("data/") and not is_trainer_path(row[0]):
+                        if counted_in_data(row[0]):
                             judge.present_in_data += 1
                     else:
                         judge(row, Seen(True, size, mtime_ns, digest, data))

@@ -4,7 +4,8 @@ A healthy build is confirmed by counts and order-free fingerprints, so the audit
 holds the set of names (3.5M of them for the full dataset):
 
 - every file in `data/` is one the manifest knows  <=>  the walk counts as many files as
-  the manifest has rows present in `data/` (those are a subset of the walk);
+  the manifest has rows present in `data/` (those are a subset of the walk: a row is
+  counted only if the walk would count its file);
 - every image has a caption row  <=  the fingerprint of the images' caption names equals
   the fingerprint of the caption rows;
 - the table has a row for each image and no other  <=>  the fingerprint of the table's
@@ -21,11 +22,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
-import xxhash
 
 from tasks.captions import caption_path
 
 TRAINER_FILE_PREFIX = "aspect_ratio_bucket_"  # SimpleTuner's own files in data/
+TRAINER_DATA_PREFIX = "data/" + TRAINER_FILE_PREFIX
 LOOKUP_BATCH = 500  # names per `path IN (...)` query
 _MASK = (1 << 64) - 1
 
@@ -35,20 +36,19 @@ def is_trainer_file(name: str) -> bool:
     return name.startswith(TRAINER_FILE_PREFIX) and name.endswith(".json")
 
 
-def is_trainer_path(path: str) -> bool:
-    """`is_trainer_file` for a root-relative path: only directly under `data/` counts."""
-    return (
-        path.startswith("data/" + TRAINER_FILE_PREFIX)
-        and "/" not in path[5:]
-        and (path.endswith(".json"))
-    )
+def counted_in_data(path: str) -> bool:
+    """Whether `strays` may count a manifest row found on disk: only under `data/`, and not
+    under a name SimpleTuner might own (the walk may leave those out; counting fewer here
+    than the walk can only send `strays` to its exact, slower lookup)."""
+    return path.startswith("data/") and not path.startswith(TRAINER_DATA_PREFIX)
 
 
 @dataclass
 class Fingerprint:
-    """An order-free fingerprint of a multiset of names: their count and XXH3-64 sum.
-
-    Two equal multisets always agree; two different ones disagree but with odds of 2**-64.
+    """An order-free fingerprint of a multiset of names: their count and the sum of their
+    `hash()` (SipHash, keyed per process, cached on the string: compare fingerprints made
+    in one process only). Equal multisets always agree; different ones agree with odds of
+    about 2**-64.
     """
 
     count: int = 0
@@ -57,12 +57,31 @@ class Fingerprint:
     def add(self, name: str) -> None:
         """Count one name."""
         self.count += 1
-        self.total += xxhash.xxh3_64_intdigest(name.encode("utf-8", "surrogateescape"))
+        self.total += hash(name)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Fingerprint):
             return NotImplemented
         return (self.count, self.total & _MASK) == (other.count, other.total & _MASK)
+
+
+def count_data_files(data_dir: str) -> int:
+    """How many files `data_files` would yield (no names are made)."""
+    count = 0
+    stack = [(data_dir, True)]
+    while stack:
+        folder, top = stack.pop()
+        try:
+            it = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, False))
+                elif not (top and is_trainer_file(entry.name)):
+                    count += 1
+    return count
 
 
 def data_files(data_dir: str) -> Iterator[str]:
@@ -105,7 +124,7 @@ def known_paths(conn: sqlite3.Connection, paths: list[str]) -> set[str]:
 def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
     """Files in `data/` the manifest does not know, sorted; `present` is how many of the
     manifest's `data/` rows are on disk (a subset of the walk, so equal counts mean none)."""
-    if sum(1 for _ in data_files(data_dir)) == present:
+    if count_data_files(data_dir) == present:
         return []
     found: list[str] = []
     for batch in batched(data_files(data_dir)):
