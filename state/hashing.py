@@ -35,7 +35,9 @@ def stat_key(path: str | os.PathLike) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def file_matches(path: Path, size: int | None, mtime_ns: int | None, xxh3: str | None) -> bool:
+def file_matches(
+    path: str | Path, size: int | None, mtime_ns: int | None, xxh3: str | None
+) -> bool:
     """Whether a file still holds the recorded content (stat first; hash only if stat differs)."""
     key = stat_key(path)
     if key is None:

@@ -20,7 +20,6 @@ from state.atomic import write_in_place
 from state.hashing import file_matches, hash_bytes
 from state.manifest import (
     delete_files,
-    files_of_shard,
     open_manifest,
     shard_row,
     upsert_files,
@@ -88,7 +87,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         if row["captions_key"] == key:
             result.up_to_date = True
             return result
-        existing = {r["path"]: r for r in files_of_shard(db, shard, "caption")}
+        existing = _caption_rows(db, shard)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
             table = read_partition(settings, shard, partition_columns(settings))
@@ -108,55 +107,72 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
     return result
 
 
+def _caption_rows(db, shard: str) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, xxh3) of the shard's caption rows."""
+    rows = db.execute(
+        "SELECT path, size, mtime_ns, xxh3 FROM files WHERE shard = ? AND kind = 'caption'",
+        [shard],
+    )
+    return {path: (size, mtime_ns, xxh3) for path, size, mtime_ns, xxh3 in rows}
+
+
 def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
-    batch: list[dict] = []
+    """Write the captions whose text changed; record them (a changed row is updated in
+    place: its indexed columns stay as they are, which makes a switch cheap)."""
+    new: list[dict] = []
+    changed: list[tuple] = []
+    root = str(settings.root) + os.sep
     for path, (sample, text) in wanted.items():
         data = text.encode("utf-8", "surrogatepass")
         digest = hash_bytes(data)
         old = existing.get(path)
-        target = settings.root / path
+        target = root + path
         if old is None and _holds(target, data):  # written before the state was reset
-            st = target.stat()
+            st = os.stat(target)
             result.unchanged += 1
-        elif (
-            old
-            and old["xxh3"] == digest
-            and file_matches(target, old["size"], old["mtime_ns"], old["xxh3"])
-        ):
+        elif old and old[2] == digest and file_matches(target, *old):
             result.unchanged += 1
             continue
         else:
             st = write_in_place(target, data)
             result.written += 1
-        batch.append(
-            {
-                "path": path,
-                "shard": shard,
-                "kind": "caption",
-                "sample": sample,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "xxh3": digest,
-            }
-        )
-        if len(batch) >= WRITE_BATCH:
-            _flush(db, batch)
-    _flush(db, batch)
+        if old is None:
+            new.append(
+                {
+                    "path": path,
+                    "shard": shard,
+                    "kind": "caption",
+                    "sample": sample,
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "xxh3": digest,
+                }
+            )
+        else:
+            changed.append((st.st_size, st.st_mtime_ns, digest, path))
+        if len(new) + len(changed) >= WRITE_BATCH:
+            _flush(db, new, changed)
+    _flush(db, new, changed)
 
 
-def _holds(path, data: bytes) -> bool:
+def _holds(path: str, data: bytes) -> bool:
     """Whether `path` is a file holding exactly `data`."""
     try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_size == len(data) and f.read() == data
     except FileNotFoundError:
         return False
 
 
-def _flush(db, batch: list[dict]) -> None:
-    if batch:
+def _flush(db, new: list[dict], changed: list[tuple]) -> None:
+    if new or changed:
         with write_transaction(db) as conn:
-            upsert_files(conn, batch)
-        batch.clear()
+            upsert_files(conn, new)
+            conn.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ?, xxh3 = ? WHERE path = ?", changed
+            )
+        new.clear()
+        changed.clear()
 
 
 def _remove_unwanted(db, settings, existing, wanted, result) -> None:
@@ -165,7 +181,7 @@ def _remove_unwanted(db, settings, existing, wanted, result) -> None:
         if path in wanted:
             continue
         target = settings.root / path
-        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
+        if file_matches(target, *r):
             os.unlink(target)
             result.removed += 1
         elif target.exists():
