@@ -158,7 +158,8 @@ def run_download(settings: Settings) -> TaskFailed | None:
 
 def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
     """Check the disk against the manifest, write state/audit.json; fail on damage."""
-    from tasks.audit import audit, format_report, write_report
+    from tasks.audit import audit
+    from tasks.audit_report import format_report, write_report
 
     try:
         report = audit(settings, deep=deep)

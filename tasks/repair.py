@@ -29,15 +29,9 @@ from pathlib import Path
 from state.atomic import atomic_write
 from state.hashing import hash_bytes, hash_file
 from state.manifest import open_manifest, write_transaction
-from tasks.audit import (
-    AuditReport,
-    Finding,
-    audit,
-    checksums_match,
-    load_report,
-    read_member,
-    wanted_checksums,
-)
+from tasks.audit import audit
+from tasks.audit_deep import checksums_match, read_member, wanted_checksums
+from tasks.audit_report import AuditReport, Finding, load_report
 from tasks.captions import write_captions
 from tasks.records import parse_json
 from tasks.scan import scan_edits

@@ -18,8 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sample.generate import make_dataset, write_config
-from tasks.audit import audit, write_report
+from tasks.audit import audit
 from tasks.audit_pairing import Fingerprint
+from tasks.audit_report import write_report
 from tasks.settings import load_settings
 
 DOIT_DB = ("state/doit.db",)  # doit's own dependency file: doit rewrites it after any task
