@@ -376,7 +376,12 @@ class Bench:
     def preset_captions(self) -> None:
         """extract-captions.py alone, switching to long_caption (re-parses every JSON)."""
         data = self.preset_dir / "data"
-        json_bytes = sum(e.stat().st_size for e in os.scandir(data) if e.name.endswith(".json"))
+        jsons = [Path(e.path) for e in os.scandir(data) if e.name.endswith(".json")]
+        json_bytes = sum(p.stat().st_size for p in jsons)
+        # the cold steps dropped the page cache since the preset ran: warm the JSONs and
+        # caption files it reads and rewrites, as shardprep's switch runs warm
+        captions = [p.with_suffix(".txt") for p in jsons]
+        read_through(jsons + [p for p in captions if p.exists()])
         self.step(
             "preset_extract_captions",
             [
