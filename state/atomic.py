@@ -55,12 +55,17 @@ def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat
     killed write leaves a file that no row vouches for, and the next run rewrites it.
     An existing file is overwritten and then cut to length rather than opened with
     O_TRUNC: on ext4, truncate-then-rewrite forces writeback and cost ~0.3 ms a file.
+    It is cut only when it was longer: ext4 journals every `ftruncate`, even one that
+    keeps the size (measured: 33k rewrites 0.48 s with it, 0.31 s without).
     """
     fd = open_creating(path, 0)
     try:
         write_all(fd, data)
-        os.ftruncate(fd, len(data))
-        return os.fstat(fd)
+        st = os.fstat(fd)
+        if st.st_size != len(data):
+            os.ftruncate(fd, len(data))
+            st = os.fstat(fd)
+        return st
     except OSError as exc:
         raise_if_disk_full(exc, Path(path).parent)
         raise

@@ -121,3 +121,20 @@ def test_caption_rules():
     raw = json.dumps({"custom": ["", "c"]})
     assert select_caption({}, raw, ("custom",)) == "c"
     assert join_caption_lines("a\n\n b \r\nc") == "a b c"
+
+
+def test_rewriting_in_place_leaves_exactly_the_new_bytes(tmp_path: Path):
+    """Longer, shorter, equal-length and new files: the exact bytes, and the stat returned
+    is the file's own (the manifest records it)."""
+    from state.atomic import write_in_place
+
+    path = tmp_path / "sub" / "cap.txt"
+    for text in ["a long caption", "short", "SHORT", "a longer caption than all", ""]:
+        st = write_in_place(path, text.encode())
+        assert path.read_bytes() == text.encode()
+        on_disk = path.stat()
+        assert (st.st_size, st.st_mtime_ns, st.st_ino) == (
+            on_disk.st_size,
+            on_disk.st_mtime_ns,
+            on_disk.st_ino,
+        )
