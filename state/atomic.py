@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TMP_SUFFIX = ".shardprep-tmp"
@@ -71,6 +73,62 @@ def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat
         raise
     finally:
         os.close(fd)
+
+
+class InPlaceRewriter:
+    """`write_in_place` for many existing files: serial while rewrites are fast, threads
+    once they prove slow.
+
+    A rewrite whose file's block is not in the page cache waits for the kernel to read it
+    back first (a partial-block write); threads overlap those waits. Measured on 33k
+    caption files: from a cold cache 5.2 s serial, 2.0 s with 8 threads; warm, 0.31 s
+    serial and ~1 s with threads (GIL hand-offs). So the first `PROBE` rewrites are
+    timed and threads are used only when they averaged over `SLOW_S` seconds each.
+    """
+
+    PROBE = 256
+    SLOW_S = 50e-6
+    THREADS = 8
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._probed = 0
+        self._probe_s = 0.0
+
+    def __enter__(self) -> InPlaceRewriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def rewrite(self, jobs: list[tuple[str, bytes]]) -> list[os.stat_result]:
+        """Write each (path, data); return their stats in the same order."""
+        done: list[os.stat_result] = []
+        while self._pool is None and self._probed < self.PROBE and len(done) < len(jobs):
+            began = time.perf_counter()
+            done.append(write_in_place(*jobs[len(done)]))
+            self._probe_s += time.perf_counter() - began
+            self._probed += 1
+            if self._probed == self.PROBE and self._probe_s / self.PROBE > self.SLOW_S:
+                self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="rewrite")
+        rest = jobs[len(done) :]
+        if self._pool is None or not rest:
+            return done + [write_in_place(path, data) for path, data in rest]
+        chunks = [rest[i :: self.THREADS] for i in range(self.THREADS)]
+        results = list(self._pool.map(_rewrite_chunk, chunks))
+        for i in range(len(rest)):
+            done.append(results[i % self.THREADS][i // self.THREADS])
+        return done
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the probe chose threads."""
+        return self._pool is not None
+
+
+def _rewrite_chunk(jobs: list[tuple[str, bytes]]) -> list[os.stat_result]:
+    return [write_in_place(path, data) for path, data in jobs]
 
 
 def move_into_place(src: Path, dest: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from state.atomic import write_in_place
+from state.atomic import InPlaceRewriter, write_in_place
 from state.hashing import file_matches, hash_bytes
 from state.manifest import (
     delete_files,
@@ -120,39 +120,52 @@ def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
     """Write the captions whose text changed; record them (a changed row is updated in
     place: its indexed columns stay as they are, which makes a switch cheap)."""
     new: list[dict] = []
-    changed: list[tuple] = []
+    rewrites: list[tuple[str, bytes, str, str]] = []  # (target, data, xxh3, path)
     root = str(settings.root) + os.sep
-    for path, (sample, text) in wanted.items():
-        data = text.encode("utf-8", "surrogatepass")
-        digest = hash_bytes(data)
-        old = existing.get(path)
-        target = root + path
-        if old is None and _holds(target, data):  # written before the state was reset
-            st = os.stat(target)
-            result.unchanged += 1
-        elif old and old[2] == digest and file_matches(target, *old):
-            result.unchanged += 1
-            continue
-        else:
-            st = write_in_place(target, data)
-            result.written += 1
-        if old is None:
-            new.append(
-                {
-                    "path": path,
-                    "shard": shard,
-                    "kind": "caption",
-                    "sample": sample,
-                    "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
-                    "xxh3": digest,
-                }
-            )
-        else:
-            changed.append((st.st_size, st.st_mtime_ns, digest, path))
-        if len(new) + len(changed) >= WRITE_BATCH:
-            _flush(db, new, changed)
-    _flush(db, new, changed)
+    with InPlaceRewriter() as rewriter:
+        for path, (sample, text) in wanted.items():
+            data = text.encode("utf-8", "surrogatepass")
+            digest = hash_bytes(data)
+            old = existing.get(path)
+            target = root + path
+            if old is not None:
+                if old[2] == digest and file_matches(target, *old):
+                    result.unchanged += 1
+                else:
+                    rewrites.append((target, data, digest, path))
+                    result.written += 1
+            else:
+                if _holds(target, data):  # written before the state was reset
+                    st = os.stat(target)
+                    result.unchanged += 1
+                else:
+                    st = write_in_place(target, data)
+                    result.written += 1
+                new.append(
+                    {
+                        "path": path,
+                        "shard": shard,
+                        "kind": "caption",
+                        "sample": sample,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "xxh3": digest,
+                    }
+                )
+            if len(new) + len(rewrites) >= WRITE_BATCH:
+                _flush(db, new, _rewrite(rewriter, rewrites))
+        _flush(db, new, _rewrite(rewriter, rewrites))
+
+
+def _rewrite(rewriter: InPlaceRewriter, rewrites: list[tuple]) -> list[tuple]:
+    """Write the batch of changed captions; their (size, mtime_ns, xxh3, path) rows."""
+    stats = rewriter.rewrite([(target, data) for target, data, _, _ in rewrites])
+    rows = [
+        (st.st_size, st.st_mtime_ns, digest, path)
+        for st, (_, _, digest, path) in zip(stats, rewrites, strict=True)
+    ]
+    rewrites.clear()
+    return rows
 
 
 def _holds(path: str, data: bytes) -> bool:

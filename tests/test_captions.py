@@ -138,3 +138,21 @@ def test_rewriting_in_place_leaves_exactly_the_new_bytes(tmp_path: Path):
             on_disk.st_mtime_ns,
             on_disk.st_ino,
         )
+
+
+def test_the_rewriter_keeps_order_and_bytes_serial_or_threaded(tmp_path: Path):
+    """Threads (chosen when the probed rewrites are slow) change nothing but the speed."""
+    from state.atomic import InPlaceRewriter
+
+    paths = [str(tmp_path / f"{i:03d}.txt") for i in range(50)]
+    for path in paths:
+        Path(path).write_bytes(b"an old caption, longer than some new ones")
+    for slow_s, threaded in [(float("inf"), False), (-1.0, True)]:
+        jobs = [(p, f"caption {i} {'x' * (i % 7)} {slow_s}".encode()) for i, p in enumerate(paths)]
+        with InPlaceRewriter() as rewriter:
+            rewriter.PROBE, rewriter.SLOW_S = 4, slow_s
+            stats = rewriter.rewrite(jobs[:3]) + rewriter.rewrite(jobs[3:])
+            assert rewriter.threaded is threaded
+        for (path, data), st in zip(jobs, stats, strict=True):
+            assert Path(path).read_bytes() == data
+            assert (st.st_ino, st.st_size) == (os.stat(path).st_ino, len(data))
