@@ -115,10 +115,10 @@ class InPlaceRewriter:
         rest = jobs[len(done) :]
         if self._pool is None or not rest:
             return done + [write_in_place(path, data) for path, data in rest]
-        chunks = [rest[i :: self.THREADS] for i in range(self.THREADS)]
-        results = list(self._pool.map(_rewrite_chunk, chunks))
-        for i in range(len(rest)):
-            done.append(results[i % self.THREADS][i // self.THREADS])
+        step = -(-len(rest) // self.THREADS)
+        chunks = [rest[i : i + step] for i in range(0, len(rest), step)]
+        for stats in self._pool.map(_rewrite_chunk, chunks):
+            done.extend(stats)
         return done
 
     @property

@@ -66,11 +66,9 @@ def open_readonly(root: Path) -> sqlite3.Connection | None:
         return None
     uri = path.resolve().as_uri()
     wal = path.with_name(path.name + "-wal")
-    conn = sqlite3.connect(
+    return sqlite3.connect(
         f"{uri}?mode=ro" if wal.exists() else f"{uri}?immutable=1", uri=True, timeout=60
     )
-    conn.execute("PRAGMA query_only=1")
-    return conn
 
 
 # --------------------------------------------------------------------------- audit
@@ -90,8 +88,6 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         report.seconds = time.monotonic() - began
         return report
     try:
-        # the file itself is opened read-only; this allows the TEMP table of row_mismatches
-        conn.execute("PRAGMA query_only=0")
         table = _check_table_rows(settings, report)
         judge = _check_files(conn, settings, report, deep)
         _check_pairs(conn, settings, judge, table)

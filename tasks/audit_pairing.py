@@ -65,27 +65,9 @@ class Fingerprint:
         return (self.count, self.total & _MASK) == (other.count, other.total & _MASK)
 
 
-def count_data_files(data_dir: str) -> int:
-    """How many files `data_files` would yield (no names are made)."""
-    count = 0
-    stack = [(data_dir, True)]
-    while stack:
-        folder, top = stack.pop()
-        try:
-            it = os.scandir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, False))
-                elif not (top and is_trainer_file(entry.name)):
-                    count += 1
-    return count
-
-
-def data_files(data_dir: str) -> Iterator[str]:
-    """Every file under `data/` as `data/...`, SimpleTuner's own files left out (streamed)."""
+def _data_entries(data_dir: str) -> Iterator[tuple[str, str]]:
+    """(folder as `data/...`, name) of every file under `data/`, SimpleTuner's own files
+    left out (streamed)."""
     stack = [(data_dir, "data")]
     while stack:
         folder, rel = stack.pop()
@@ -100,7 +82,17 @@ def data_files(data_dir: str) -> Iterator[str]:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, f"{rel}/{name}"))
                 elif not (top and is_trainer_file(name)):
-                    yield f"{rel}/{name}"
+                    yield rel, name
+
+
+def count_data_files(data_dir: str) -> int:
+    """How many files `data_files` would yield (no paths are made)."""
+    return sum(1 for _ in _data_entries(data_dir))
+
+
+def data_files(data_dir: str) -> Iterator[str]:
+    """Every file under `data/` as `data/...`, SimpleTuner's own files left out (streamed)."""
+    return (f"{rel}/{name}" for rel, name in _data_entries(data_dir))
 
 
 def batched(items: Iterable, size: int = LOOKUP_BATCH) -> Iterator[list]:

@@ -72,11 +72,19 @@ def table_key(settings: Settings, shards: list[tuple[str, str]]) -> str:
 def table_matches(db, settings: Settings, key: str) -> bool:
     """The table on disk is the one the manifest recorded for `key`."""
     rel = os.path.relpath(settings.table_path, settings.root)
-    recorded = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [rel]).fetchone()
-    return (
-        get_meta(db, f"table_key:{rel}") == key
-        and bool(recorded)
-        and file_matches(settings.table_path, *recorded)
+    return get_meta(db, f"table_key:{rel}") == key and _holds_recorded(db, settings, rel)
+
+
+def _holds_recorded(db, settings: Settings, rel: str) -> bool:
+    """The file at `rel` (under the root) has a manifest row and still holds its content."""
+    row = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [rel]).fetchone()
+    return row is not None and file_matches(settings.root / rel, *row)
+
+
+def _partition_intact(db, settings: Settings, shard: str) -> bool:
+    """The shard's partition is on disk as the manifest recorded it."""
+    return _holds_recorded(
+        db, settings, os.path.relpath(partition_path(settings, shard), settings.root)
     )
 
 
@@ -108,9 +116,7 @@ def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
     """Done shards whose partition is missing or damaged, or whose JSON rows moved."""
     stale = []
     for name, digest in db.execute("SELECT name, json_digest FROM shards WHERE status = 'done'"):
-        part = os.path.relpath(partition_path(settings, name), settings.root)
-        row = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [part]).fetchone()
-        if digest is None or row is None or not file_matches(settings.root / part, *row):
+        if digest is None or not _partition_intact(db, settings, name):
             stale.append(name)
     return stale
 
@@ -122,11 +128,7 @@ def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
 def shard_is_done(db, settings: Settings, name: str) -> bool:
     """`extract:<shard>`: done in the manifest, its partition intact."""
     row = db.execute("SELECT status FROM shards WHERE name = ?", [name]).fetchone()
-    if not row or row[0] != "done":
-        return False
-    part = os.path.relpath(partition_path(settings, name), settings.root)
-    rec = db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [part]).fetchone()
-    return bool(rec) and file_matches(settings.root / part, *rec)
+    return bool(row) and row[0] == "done" and _partition_intact(db, settings, name)
 
 
 @_reading_manifest
