@@ -48,6 +48,7 @@ from tasks.audit_pairing import (
 )
 from tasks.audit_report import KINDS, AuditReport
 from tasks.dataloader import dataloader_entry
+from tasks.partition import read_parquet
 from tasks.records import parse_json
 from tasks.settings import Settings, partition_path
 
@@ -408,7 +409,7 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
     ).fetchall():
         part = partition_path(settings, shard)
         try:
-            t = pq.read_table(part, columns=columns)
+            t = read_parquet(part, columns)
         except (OSError, pa.ArrowException):
             continue  # missing or corrupt: reported with the files
         names = t.column("filename").to_pylist()

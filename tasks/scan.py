@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
 from state.manifest import open_manifest, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
-from tasks.partition import json_digest, write_partition
+from tasks.partition import json_digest, read_parquet, write_partition
 from tasks.records import parse_json, partition_row
 from tasks.settings import Settings, partition_path
 
@@ -103,7 +101,7 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
     """Rewrite a shard's partition; re-parse only `only` (paths from root) when given."""
     part = partition_path(settings, shard)
     if only is not None and part.exists():
-        rows = {r["json_path"]: r for r in pq.read_table(part).to_pylist()}
+        rows = {r["json_path"]: r for r in read_parquet(part).to_pylist()}
         for path in only:
             json_path = path.removeprefix("data/")
             old = rows.get(json_path)

@@ -17,6 +17,7 @@ from state.hashing import hash_file
 from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
 from tasks.captions import caption_texts, partition_columns
 from tasks.freshness import table_key, table_matches, table_shards
+from tasks.partition import read_parquet
 from tasks.settings import Settings, partition_path
 
 TABLE_SCHEMA = pa.schema(
@@ -78,7 +79,7 @@ def _write(settings: Settings, shards: list[str]) -> int:
             part = partition_path(settings, shard)
             if not part.exists():
                 continue
-            table = pq.read_table(part, columns=columns)
+            table = read_parquet(part, columns)
             captions = pa.array(caption_texts(table, settings), type=pa.string())
             writer.write_table(
                 pa.table(
