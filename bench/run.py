@@ -35,6 +35,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER = ".shardprep-bench"
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 LAUNCHER = REPO / "bench" / "launch.py"
+RECENTLY_DELETED_S = 65  # ext4 RECENTCY_MIN (60 s) once `sync` has cleaned the inode tables
 CODE_WARMUP = "import pyarrow.parquet, pyarrow, doit, xxhash, sqlite_utils, json, tarfile"
 
 
@@ -123,6 +124,13 @@ def own_cpu_s() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def wait_after_mass_delete() -> None:
+    """Let ext4 stop treating the inodes just freed as recently deleted (see set_aside)."""
+    subprocess.run(["sync"], check=False)
+    print(f"(waiting {RECENTLY_DELETED_S} s after clearing the workdir: see set_aside)", flush=True)
+    time.sleep(RECENTLY_DELETED_S)
 
 
 def drop_caches() -> bool:
@@ -276,10 +284,19 @@ class Bench:
         if not ok:
             print(f"  CHECK FAILED: {name}: {detail}", flush=True)
 
-    def rmtree(self, path: Path) -> None:
-        t = time.perf_counter()
-        shutil.rmtree(path, ignore_errors=True)
-        print(f"  (removed {path.name} in {time.perf_counter() - t:.1f} s)", flush=True)
+    def set_aside(self, path: Path) -> None:
+        """Move a finished step's folder out of the way; it is deleted when the run ends.
+
+        Deleting it now would slow the next step down: ext4 without a journal (this
+        machine's root) will not reuse an inode freed less than 60 s ago (360 s while its
+        inode table block is dirty) and checks every such slot on each create
+        (`recently_deleted` in fs/ext4/ialloc.c; most of the kernel time in `perf`).
+        Creating 60k files took 5 s to 37 s here, depending on how recently 60k others
+        had been deleted.
+        """
+        trash = self.work / "trash"
+        trash.mkdir(exist_ok=True)
+        path.rename(trash / f"{len(list(trash.iterdir()))}-{path.name}")
 
     def config_settings(self) -> dict:
         """dataset.toml settings besides root (the same for every root of the run)."""
@@ -304,6 +321,7 @@ class Bench:
             if not (self.work / MARKER).exists():
                 sys.exit(f"{self.work} is not empty and not a bench workdir: refusing to clear it")
             shutil.rmtree(self.work)
+            wait_after_mass_delete()
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / MARKER).write_text("scratch folder of bench/run.py\n")
         self.can_drop = drop_caches()
@@ -349,7 +367,7 @@ class Bench:
                     self.logs / f"{len(self.steps):02d}-tar_xf-{i}.log",
                 )
             )
-            self.rmtree(dest.parent)
+            self.set_aside(dest.parent)
         self.keep_median("tar_xf", runs, input_bytes=self.tar_bytes, cache=cache)
 
     def preset(self) -> None:
@@ -357,7 +375,7 @@ class Bench:
         runs = []
         for i in range(self.args.cold_repeat):
             if i:
-                self.rmtree(self.preset_dir)
+                self.set_aside(self.preset_dir)
             self.preset_dir.mkdir()
             cache = self.prepare_cold(self.tars)
             cmd = [
@@ -411,7 +429,7 @@ class Bench:
             self.prepare_cold(self.tars)
             log = self.logs / f"{len(self.steps):02d}-cold-{i}.log"
             runs.append(measure(f"cold#{i}", self.doit_cmd(extra_root), log))
-            self.rmtree(extra_root)
+            self.set_aside(extra_root)
         cache = self.prepare_cold(self.tars)
         log = self.logs / f"{len(self.steps):02d}-cold.log"
         runs.append(measure(f"cold#{a.cold_repeat}", self.doit_cmd(root), log))
@@ -558,7 +576,7 @@ class Bench:
         self.check(f"cold -n {jobs} -P process exits 0", r["rc"] == 0)
         self.same_table(root, f"-n {jobs} table equals the serial cold build's")
         self.repeated(f"noop_P{jobs}", self.doit_cmd(root, jobs=jobs), 1, input_bytes=0)
-        self.rmtree(root)
+        self.set_aside(root)
 
     def flat(self) -> None:
         """Cold build with half the shards (same shard size): memory must not grow."""
@@ -573,7 +591,7 @@ class Bench:
             shards=half,
         )
         self.check("cold (half the shards) exits 0", r["rc"] == 0)
-        self.rmtree(root)
+        self.set_aside(root)
 
     # -- correctness cross-checks (untimed)
 
@@ -662,7 +680,7 @@ class Bench:
         self.shardprep()
         if "preset" not in a.skip:
             self.preset_captions()
-            self.rmtree(self.preset_dir)
+            self.set_aside(self.preset_dir)
         if a.jobs > 1:
             self.parallel()
         if a.flat:
