@@ -49,13 +49,13 @@ class MemberWriter:
     def __init__(self, db, root, shard: str, tmp_dir, previous: dict, adopt: bool):
         self.db, self.root, self.shard = db, str(root), shard
         self.tmp_dir, self.previous, self.adopt = str(tmp_dir), previous, adopt
-        self.batch: list[tuple[Member, bytes]] = []
+        self.batch: list[tuple[Member, bytes | memoryview]] = []
         self.batch_bytes = 0
         self.staged = 0
         self.written = 0
         self.made_dirs: set[str] = set()
 
-    def add(self, m: Member, data: bytes) -> None:
+    def add(self, m: Member, data: bytes | memoryview) -> None:
         """Queue a member; write the batch when it is full."""
         self.batch.append((m, data))
         self.batch_bytes += len(data)
@@ -104,7 +104,7 @@ class MemberWriter:
             upsert_files(conn, rows)
         return claimed
 
-    def _write_direct(self, m: Member, data: bytes) -> None:
+    def _write_direct(self, m: Member, data: bytes | memoryview) -> None:
         dest = f"data/{m.path}"
         target = f"{self.root}/{dest}"
         old = self.previous.get(dest)
@@ -145,7 +145,7 @@ class MemberWriter:
         m.loc = dest
         self.written += 1
 
-    def _stage(self, m: Member, data: bytes) -> None:
+    def _stage(self, m: Member, data: bytes | memoryview) -> None:
         self.staged += 1
         self.written += 1
         m.tmp = f"{self.tmp_dir}/{self.staged}"

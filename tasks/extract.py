@@ -200,9 +200,10 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
             if kind == "image":
                 m.header = image_size(data)
             elif kind == "json":
-                m.obj, m.json_error = parse_json(data)
+                raw = bytes(data)  # a view when large (iter_members)
+                m.obj, m.json_error = parse_json(raw)
                 if m.obj is not None:
-                    m.raw = data.decode("utf-8")
+                    m.raw = raw.decode("utf-8")
             if path in seen:  # the later member wins, as with tar xf
                 earlier = _drop_member(samples, seen[path])
                 writer.flush()

@@ -18,6 +18,9 @@ import xxhash
 
 BLOCK = tarfile.BLOCKSIZE
 READ_BUFFER = 1 << 20
+# A member this large is yielded as a view of its padded read rather than copied without
+# its padding (a second pass over every byte of a large image).
+VIEW_MIN = 64 << 10
 
 
 class ShardReadError(RuntimeError):
@@ -150,8 +153,12 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-def iter_members(reader: HashingReader, shard: Path) -> Iterator[tuple[TarMember, bytes | None]]:
+def iter_members(
+    reader: HashingReader, shard: Path
+) -> Iterator[tuple[TarMember, bytes | memoryview | None]]:
     """Yield each member with its bytes (None for non-files), then check the end marker.
+
+    Members of VIEW_MIN bytes or more come as a memoryview, smaller ones as bytes.
 
     A small ustar/GNU/pax header reader (tarfile's own costs ~0.1 ms a member): GNU long
     names (`L`/`K`) and pax `path`/`size`/`linkpath` records apply to the next member.
@@ -210,7 +217,7 @@ def iter_members(reader: HashingReader, shard: Path) -> Iterator[tuple[TarMember
             if len(data) != padded:
                 raise ShardReadError(shard, f"member {name!r} is cut short (padding)", last)
             if padded != size:
-                data = data[:size]
+                data = memoryview(data)[:size] if size >= VIEW_MIN else data[:size]
         elif kind != "dir" and size and typeflag not in (b"1", b"2"):
             skipped = reader.read(padded)  # data of a special member: read, never written
             if len(skipped) != padded:

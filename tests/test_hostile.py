@@ -15,6 +15,7 @@ from conftest import images_in, run_doit, snapshot, table_rows
 from tarbuild import M, jpeg, member_offsets, png, sample_json, write_tar
 
 from sample.generate import make_dataset, write_config
+from sample.images import png_bytes
 
 SHARDS = Path("hub/data")
 
@@ -93,6 +94,21 @@ def test_members_that_would_escape_or_are_not_files_are_never_written(tmp_path: 
     for m in hostile:
         assert m.name in proc.stdout
     assert [r["filename"] for r in table_rows(root)] == ["good.png"]
+
+
+def test_large_members_are_written_and_parsed_byte_for_byte(tmp_path: Path):
+    image = png_bytes(300, 200, seed=3, noisy=True)  # ~180 KB: read as a view of the tar
+    caption = " ".join(["a very long caption"] * 4000)  # a JSON of ~80 KB
+    meta = sample_json("big", long_caption=caption, width=300, height=200)
+    root = _dataset(tmp_path / "ds", {"data-000000": [M("big.json", meta), M("big.png", image)]})
+    run_doit(root, "caption_field=long_caption")
+    assert (root / "data/big.png").read_bytes() == image
+    assert (root / "data/big.json").read_bytes() == meta
+    assert (root / "data/big.txt").read_text(encoding="utf-8") == caption
+    assert [(r["filename"], r["width"], r["caption"]) for r in table_rows(root)] == [
+        ("big.png", 300, caption)
+    ]
+    assert run_doit(root, "audit", "--deep", "caption_field=long_caption").returncode == 0
 
 
 def test_data_quirks_are_kept_aside_or_recovered_and_named(tmp_path: Path):

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
+from tasks.tarstream import (
+    VIEW_MIN,
+    HashingReader,
+    ShardReadError,
+    iter_members,
+    normalize_member_name,
+)
 
 NAMES = ["a.png", "./b.json", "x" * 150 + ".png", "dir/" * 30 + "deep.json", "日本/語.png"]
 
@@ -48,6 +54,21 @@ def test_members_offsets_and_digest_match_tarfile(tmp_path: Path, fmt: int, name
     assert ours == theirs
     assert digest == xxhash.xxh3_128_hexdigest(path.read_bytes())
     assert size == path.stat().st_size
+
+
+def test_a_large_member_comes_as_a_view_of_exactly_its_bytes(tmp_path: Path):
+    big = bytes(range(256)) * (VIEW_MIN // 256) + b"tail"  # padded in the tar: 508 zeros
+    small = b'{"a": 1}'
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in [("big.png", big), ("small.json", small), ("exact.png", big[:VIEW_MIN])]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    got = [d for _, d in iter_members(HashingReader(path), path)]
+    assert isinstance(got[0], memoryview) and bytes(got[0]) == big
+    assert isinstance(got[1], bytes) and got[1] == small
+    assert bytes(got[2]) == big[:VIEW_MIN]
 
 
 def test_garbage_after_members_is_an_error_not_an_end(tmp_path: Path):
