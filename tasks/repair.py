@@ -12,7 +12,8 @@ and re-checked before anything is done about it (so an outdated report is harmle
 - partitions: rebuilt from the JSON files in `data/` (as the `scan` task does).
 - captions: the shard's caption files are brought back in line with its partition.
 - the table: rebuilt from the partitions.
-- stray files in `data/`: moved to `<root>/incomplete/strays/<path>` (never deleted).
+- stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
+  `incomplete/`, where a shard named `strays` keeps its own files aside).
 - touched files (new mtime, same content): their rows get the new stat.
 
 What cannot be restored (the tar is gone, or no longer holds the member's bytes) is
@@ -187,7 +188,7 @@ def _checksum_fails(db, settings: Settings, row: dict) -> bool:
 
 
 def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult) -> None:
-    base = settings.incomplete_dir / STRAYS
+    base = settings.root / STRAYS
     for f in strays:
         src = settings.root / f.path
         dest = base / f.path.removeprefix("data/")
@@ -365,8 +366,7 @@ def format_repair(result: RepairResult, settings: Settings) -> str:
             lines.append(f"  … {len(result.restored) - 20} more")
     if result.strays:
         lines.append(
-            f"moved {len(result.strays)} stray file(s) out of data/ to "
-            f"{settings.incomplete_dir / STRAYS}/:"
+            f"moved {len(result.strays)} stray file(s) out of data/ to {settings.root / STRAYS}/:"
         )
         lines += [f"  {a} -> {b}" for a, b in result.strays[:20]]
     if result.partitions:

@@ -16,6 +16,7 @@ import xxhash
 from conftest import run_doit, table_rows
 from hypothesis import given
 from hypothesis import strategies as st
+from tarbuild import M, png, write_tar
 
 from sample.generate import make_dataset, write_config
 from tasks.audit import audit
@@ -182,7 +183,7 @@ def test_damage_is_found_repaired_byte_identical_and_edits_are_kept(ds: Path):
     assert json_edited.read_bytes() == edited_bytes  # never "repaired" away
     assert _paths(report, "edited_json") == {rel(json_edited)}
     assert not (ds / "data" / "stray.png").exists()
-    moved = ds / "incomplete" / "strays" / "stray.png"
+    moved = ds / "strays" / "stray.png"
     assert moved.read_bytes().endswith(b"not from the build")
 
     run_doit(ds)  # the edit is taken up by the build, not by repair
@@ -216,6 +217,18 @@ def test_partition_and_table_damage_is_rebuilt(ds: Path):
     assert part.exists()
     assert table_rows(ds) == rows
     assert "touched" not in report["counts"]  # repair recorded the new mtime
+
+
+def test_moved_strays_and_a_shard_named_strays_never_overwrite_each_other(ds: Path):
+    (ds / "data" / "lone.png").write_bytes(png(7) + b"the user's stray")
+    assert run_doit(ds, "repair", check=False).returncode == 0
+    # a shard named `strays` keeps an image without JSON aside under incomplete/strays/
+    write_tar(ds / "hub/data/strays.tar", [M("lone.png", png(8))])
+    run_doit(ds)
+    assert (ds / "strays" / "lone.png").read_bytes() == png(7) + b"the user's stray"
+    assert (ds / "incomplete" / "strays" / "lone.png").read_bytes() == png(8)
+    rc, _, out = _audit(ds)
+    assert rc == 0, out
 
 
 def test_a_gone_tar_is_a_note_and_repair_says_plainly_what_it_cannot_restore(ds: Path):
