@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
-from state.manifest import open_manifest
+from state.manifest import manifest_path
 from tasks.settings import Settings
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -30,20 +31,29 @@ class BuildSummary:
 
 
 def summarize(settings: Settings) -> BuildSummary:
-    """Read the manifest into a BuildSummary."""
+    """Read the manifest into a BuildSummary (an empty one when there is no manifest).
+
+    Plain sqlite3, not sqlite-utils: the summary runs on every `doit`, and importing
+    sqlite-utils took 0.1 s of a 0.45 s no-op at 30k samples.
+    """
     s = BuildSummary()
-    db = open_manifest(settings.root)
+    path = manifest_path(settings.root)
+    if not path.is_file():
+        return s
+    db = sqlite3.connect(path, timeout=600)
     try:
-        for row in db.query("SELECT name, path, status, samples, error FROM shards ORDER BY name"):
-            s.shard_names.append(row["name"])
-            present = (settings.root / row["path"]).exists()
-            if row["status"] == "failed" and present:
-                s.failed[row["name"]] = row["error"]
+        for name, tar, status, samples, error in db.execute(
+            "SELECT name, path, status, samples, error FROM shards ORDER BY name"
+        ):
+            s.shard_names.append(name)
+            present = (settings.root / tar).exists()
+            if status == "failed" and present:
+                s.failed[name] = error
                 continue
             s.shards += 1
-            s.samples += row["samples"] or 0
+            s.samples += samples or 0
             if not present:
-                s.tars_gone.append(row["path"])
+                s.tars_gone.append(tar)
         s.aside_files = db.execute("SELECT count(*) FROM files WHERE kind = 'aside'").fetchone()[0]
         for kind, shard, member, path, detail in db.execute(
             "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
@@ -53,7 +63,7 @@ def summarize(settings: Settings) -> BuildSummary:
             if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
                 examples.append(f"{shard}: {member or path}: {detail}")
     finally:
-        db.conn.close()
+        db.close()
     return s
 
 
