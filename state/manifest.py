@@ -95,10 +95,7 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
         conn.execute("PRAGMA busy_timeout=600000")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise ManifestError(
-            f"{path}: not a readable SQLite database ({exc}); run `doit reset_state` to "
-            "move it aside, then `doit` to rebuild it from the tars and data/"
-        ) from exc
+        raise unreadable_manifest(path, exc) from exc
     import sqlite_utils  # here, not at the top: a no-op `doit` never opens it this way
 
     db = sqlite_utils.Database(conn)
@@ -108,6 +105,14 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
 
 class ManifestError(RuntimeError):
     """The manifest cannot be opened or used."""
+
+
+def unreadable_manifest(path: Path, exc: Exception) -> ManifestError:
+    """The error for a manifest that is not a readable SQLite database, with the way back."""
+    return ManifestError(
+        f"{path}: not a readable SQLite database ({exc}); run `doit reset_state` to "
+        "move it aside, then `doit` to rebuild it from the tars and data/"
+    )
 
 
 def _ensure_schema(db: sqlite_utils.Database, root: Path) -> None:

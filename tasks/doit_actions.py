@@ -123,7 +123,10 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     """Print the build summary; fail when a shard could not be read to its end."""
     from tasks.summary import format_summary, summarize
 
-    s = summarize(settings)
+    try:
+        s = summarize(settings)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")

@@ -6,7 +6,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
-from state.manifest import manifest_path
+from state.manifest import manifest_path, unreadable_manifest
 from tasks.settings import Settings
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -62,6 +62,8 @@ def summarize(settings: Settings) -> BuildSummary:
             examples = s.quirk_examples.setdefault(kind, [])
             if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
                 examples.append(f"{shard}: {member or path}: {detail}")
+    except sqlite3.DatabaseError as exc:
+        raise unreadable_manifest(path, exc) from exc
     finally:
         db.close()
     return s

@@ -16,6 +16,9 @@ from tarbuild import M, jpeg, member_offsets, png, sample_json, write_tar
 
 from sample.generate import make_dataset, write_config
 from sample.images import png_bytes
+from state.manifest import ManifestError
+from tasks.settings import load_settings
+from tasks.summary import summarize
 
 SHARDS = Path("hub/data")
 
@@ -262,6 +265,16 @@ def test_a_damaged_manifest_has_a_documented_way_back(built: Path):
     assert table_rows(built) == rows
     assert snapshot(built, "data") == media  # no file of data/ rewritten
     assert list((built / "state").glob("damaged-*/manifest.sqlite"))
+
+
+def test_the_summary_names_a_damaged_manifest_and_the_way_back(tmp_path: Path):
+    root = _dataset(tmp_path / "ds", {})
+    settings = load_settings(root / "dataset.toml", {})
+    assert summarize(settings).shards == 0  # no manifest yet: nothing built, no error
+    settings.state_dir.mkdir(parents=True)
+    (settings.state_dir / "manifest.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ManifestError, match="doit reset_state"):
+        summarize(settings)
 
 
 def test_an_edited_json_survives_a_state_reset(built: Path):
