@@ -16,7 +16,7 @@ from doit import doit_cmd, get_var
 from doit.tools import config_changed
 
 from state.checker import checker_for
-from state.manifest import manifest_path
+from state.manifest import connect_if_present
 from state.recovery import quarantine_dep_file
 from tasks import doit_actions as act
 from tasks.dataloader import dataloader_entry
@@ -73,9 +73,9 @@ def _shards() -> dict[str, str]:
 
 def _known_shards() -> list[str]:
     """Shards the manifest has a partition for (their tar may be gone)."""
-    if not manifest_path(SETTINGS.root).exists():
+    conn = connect_if_present(SETTINGS.root)
+    if conn is None:
         return []
-    conn = sqlite3.connect(manifest_path(SETTINGS.root))
     try:
         return [r[0] for r in conn.execute("SELECT name FROM shards WHERE part_xxh3 IS NOT NULL")]
     except sqlite3.Error:

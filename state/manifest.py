@@ -84,6 +84,16 @@ def manifest_path(root: Path) -> Path:
     return Path(root) / "state" / MANIFEST_NAME
 
 
+def connect_if_present(root: Path) -> sqlite3.Connection | None:
+    """A plain sqlite3 connection to the manifest of `root`, or None when there is none.
+
+    For readers: it creates nothing and imports no sqlite-utils (the uptodate checks and
+    the summary of a no-op `doit` read the manifest only this way).
+    """
+    path = manifest_path(root)
+    return sqlite3.connect(path, timeout=600) if path.is_file() else None
+
+
 def open_manifest(root: Path) -> sqlite_utils.Database:
     """Open (creating if needed) the manifest of `root`, ready for concurrent writers."""
     path = manifest_path(root)

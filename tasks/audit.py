@@ -48,9 +48,9 @@ from tasks.audit_pairing import (
 )
 from tasks.audit_report import KINDS, AuditReport
 from tasks.dataloader import dataloader_entry
-from tasks.partition import read_parquet
+from tasks.partition import read_partition
 from tasks.records import parse_json
-from tasks.settings import Settings, partition_path
+from tasks.settings import Settings
 
 # --------------------------------------------------------------------------- manifest
 
@@ -407,9 +407,8 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
     for (shard,) in conn.execute(
         "SELECT name FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
     ).fetchall():
-        part = partition_path(settings, shard)
         try:
-            t = read_parquet(part, columns)
+            t = read_partition(settings, shard, columns)
         except (OSError, pa.ArrowException):
             continue  # missing or corrupt: reported with the files
         names = t.column("filename").to_pylist()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import wraps
 
 from state.hashing import file_matches, hash_file
-from state.manifest import get_meta, manifest_path
+from state.manifest import connect_if_present, get_meta
 from tasks.settings import Settings, partition_path
 
 
@@ -25,10 +25,9 @@ def _reading_manifest(check: Callable[..., bool]) -> Callable[..., bool]:
 
     @wraps(check)
     def run(settings: Settings, *args) -> bool:
-        path = manifest_path(settings.root)
-        if not path.is_file():
+        conn = connect_if_present(settings.root)
+        if conn is None:
             return False
-        conn = sqlite3.connect(path, timeout=600)
         try:
             return check(conn, settings, *args)
         except sqlite3.Error:

@@ -46,17 +46,13 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
 
 
 def read_partition(settings: Settings, shard: str, columns: list[str] | None = None) -> pa.Table:
-    """A shard's partition (or only some of its columns)."""
-    return read_parquet(partition_path(settings, shard), columns)
+    """A shard's partition (or only some of its columns).
 
-
-def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """One parquet file (or some of its columns), read without importing pyarrow.dataset.
-
-    `pq.read_table` goes through pyarrow.dataset, whose import alone costs ~0.1 s in
-    every run that reads a partition (adding a shard, an edited JSON, a caption switch).
+    Read with `ParquetFile`, not `pq.read_table`: that goes through pyarrow.dataset, whose
+    import alone costs ~0.1 s in every run that reads a partition (adding a shard, an
+    edited JSON, a caption switch).
     """
-    with pq.ParquetFile(path) as pf:
+    with pq.ParquetFile(partition_path(settings, shard)) as pf:
         return pf.read(columns=columns)
 
 

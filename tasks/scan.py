@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from state.manifest import open_manifest, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
-from tasks.partition import json_digest, read_parquet, write_partition
+from tasks.partition import json_digest, read_partition, write_partition
 from tasks.records import parse_json, partition_row
 from tasks.settings import Settings, partition_path
 
@@ -99,9 +99,8 @@ def _row_from_json(
 
 def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None) -> dict:
     """Rewrite a shard's partition; re-parse only `only` (paths from root) when given."""
-    part = partition_path(settings, shard)
-    if only is not None and part.exists():
-        rows = {r["json_path"]: r for r in read_parquet(part).to_pylist()}
+    if only is not None and partition_path(settings, shard).exists():
+        rows = {r["json_path"]: r for r in read_partition(settings, shard).to_pylist()}
         for path in only:
             json_path = path.removeprefix("data/")
             old = rows.get(json_path)

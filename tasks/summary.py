@@ -6,7 +6,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
-from state.manifest import manifest_path, unreadable_manifest
+from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.settings import Settings
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -37,10 +37,9 @@ def summarize(settings: Settings) -> BuildSummary:
     sqlite-utils took 0.1 s of a 0.45 s no-op at 30k samples.
     """
     s = BuildSummary()
-    path = manifest_path(settings.root)
-    if not path.is_file():
+    db = connect_if_present(settings.root)
+    if db is None:
         return s
-    db = sqlite3.connect(path, timeout=600)
     try:
         for name, tar, status, samples, error in db.execute(
             "SELECT name, path, status, samples, error FROM shards ORDER BY name"
@@ -63,7 +62,7 @@ def summarize(settings: Settings) -> BuildSummary:
             if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
                 examples.append(f"{shard}: {member or path}: {detail}")
     except sqlite3.DatabaseError as exc:
-        raise unreadable_manifest(path, exc) from exc
+        raise unreadable_manifest(manifest_path(settings.root), exc) from exc
     finally:
         db.close()
     return s

@@ -17,7 +17,7 @@ from state.hashing import hash_file
 from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
 from tasks.captions import caption_texts, partition_columns
 from tasks.freshness import table_key, table_matches, table_shards
-from tasks.partition import read_parquet
+from tasks.partition import read_partition
 from tasks.settings import Settings, partition_path
 
 TABLE_SCHEMA = pa.schema(
@@ -76,10 +76,9 @@ def _write(settings: Settings, shards: list[str]) -> int:
     columns = partition_columns(settings) + ["width", "height"]
     with pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer:
         for shard in shards:
-            part = partition_path(settings, shard)
-            if not part.exists():
+            if not partition_path(settings, shard).exists():
                 continue
-            table = read_parquet(part, columns)
+            table = read_partition(settings, shard, columns)
             captions = pa.array(caption_texts(table, settings), type=pa.string())
             writer.write_table(
                 pa.table(
