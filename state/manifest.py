@@ -20,10 +20,6 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 MANIFEST_NAME = "manifest.sqlite"
 # set when the manifest is created over a data/ that already holds files (state reset):
@@ -94,7 +90,7 @@ def connect_if_present(root: Path) -> sqlite3.Connection | None:
     return sqlite3.connect(path, timeout=600) if path.is_file() else None
 
 
-def open_manifest(root: Path) -> sqlite_utils.Database:
+def open_manifest(root: Path) -> sqlite3.Connection:
     """Open (creating if needed) the manifest of `root`, ready for concurrent writers."""
     path = manifest_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,11 +102,8 @@ def open_manifest(root: Path) -> sqlite_utils.Database:
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise unreadable_manifest(path, exc) from exc
-    import sqlite_utils  # here, not at the top: a no-op `doit` never opens it this way
-
-    db = sqlite_utils.Database(conn)
-    _ensure_schema(db, Path(root))
-    return db
+    _ensure_schema(conn, Path(root))
+    return conn
 
 
 class ManifestError(RuntimeError):
@@ -125,12 +118,20 @@ def unreadable_manifest(path: Path, exc: Exception) -> ManifestError:
     )
 
 
-def _ensure_schema(db: sqlite_utils.Database, root: Path) -> None:
-    if db["files"].exists() and db["meta"].exists():
+def _ensure_schema(conn: sqlite3.Connection, root: Path) -> None:
+    """Create the tables (with sqlite-utils) unless they exist already."""
+    (found,) = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'meta')"
+    ).fetchone()
+    if found == 2:
         return
+    # imported here only: it costs ~0.1 s, and only a new manifest needs it
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     data = root / "data"
     adopt = data.is_dir() and any(data.iterdir())
-    with write_transaction(db) as conn:
+    with write_transaction(conn):
         db["shards"].create(SHARD_COLUMNS, pk="name", if_not_exists=True)
         db["files"].create(FILE_COLUMNS, pk="path", if_not_exists=True)
         db["files"].create_index(["shard", "kind"], if_not_exists=True)
@@ -144,13 +145,12 @@ def _ensure_schema(db: sqlite_utils.Database, root: Path) -> None:
 
 
 @contextmanager
-def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A transaction that holds SQLite's write lock from its first statement.
 
     Use it where a decision read from the manifest must still hold when the
     write commits (claiming a path another shard may claim at the same time).
     """
-    conn = db.conn
     if conn.in_transaction:
         conn.commit()
     conn.execute("BEGIN IMMEDIATE")
@@ -178,7 +178,7 @@ def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
     conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
 
 
-def get_meta(db: sqlite_utils.Database | sqlite3.Connection, key: str) -> str | None:
+def get_meta(db: sqlite3.Connection, key: str) -> str | None:
     """A value from the `meta` table, or None."""
     row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
     return row[0] if row else None
@@ -189,14 +189,22 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
-def shard_row(db: sqlite_utils.Database, name: str) -> dict | None:
+def query(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> Iterator[dict]:
+    """The rows of a query as dicts keyed by column name."""
+    cursor = db.execute(sql, params)
+    keys = [d[0] for d in cursor.description]
+    for row in cursor:
+        yield dict(zip(keys, row, strict=True))
+
+
+def shard_row(db: sqlite3.Connection, name: str) -> dict | None:
     """The `shards` row of `name`, or None."""
-    rows = list(db.query("SELECT * FROM shards WHERE name = ?", [name]))
+    rows = list(query(db, "SELECT * FROM shards WHERE name = ?", [name]))
     return rows[0] if rows else None
 
 
-def files_of_shard(db: sqlite_utils.Database, shard: str, kind: str | None = None) -> list[dict]:
+def files_of_shard(db: sqlite3.Connection, shard: str, kind: str | None = None) -> list[dict]:
     """The `files` rows of one shard, optionally of one kind."""
     if kind is None:
-        return list(db.query("SELECT * FROM files WHERE shard = ?", [shard]))
-    return list(db.query("SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))
+        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
+    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))

@@ -103,7 +103,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         with write_transaction(db) as conn:
             conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
     finally:
-        db.conn.close()
+        db.close()
     return result
 
 

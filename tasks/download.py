@@ -45,7 +45,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from huggingface_hub.utils._runtime import is_xet_available
 
-from state.manifest import open_manifest, set_meta, write_transaction
+from state.manifest import open_manifest, query, set_meta, write_transaction
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("data/*.tar",)
 HUB_DIR = "hub"
@@ -174,7 +174,7 @@ def download_shards(
 
     db = open_manifest(root)
     try:
-        recorded = {row["path"]: row for row in db.query("SELECT * FROM hub_files")}
+        recorded = {row["path"]: row for row in query(db, "SELECT * FROM hub_files")}
         listed = {r.path for r in wanted}
         summary.gone_upstream = sorted(p for p in recorded if p not in listed)
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sqlite_utils
 
 from state.atomic import atomic_write
 from state.hashing import file_matches, hash_bytes, hash_file
@@ -27,6 +26,7 @@ from state.manifest import (
     files_of_shard,
     get_meta,
     open_manifest,
+    query,
     shard_row,
     upsert_files,
     write_transaction,
@@ -78,10 +78,10 @@ def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
     try:
         return _extract_shard(db, settings, Path(tar_path))
     finally:
-        db.conn.close()
+        db.close()
 
 
-def _extract_shard(db: sqlite_utils.Database, settings: Settings, tar_path: Path) -> ExtractResult:
+def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
     name = shard_name(tar_path)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
@@ -107,7 +107,8 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
     """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
     candidates = [
         r
-        for r in db.query(
+        for r in query(
+            db,
             "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
             [st.st_size, name],
         )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from state.atomic import atomic_write
 from state.hashing import hash_bytes, hash_file
-from state.manifest import open_manifest, write_transaction
+from state.manifest import open_manifest, query, write_transaction
 from tasks.audit import audit
 from tasks.audit_deep import checksums_match, read_member, wanted_checksums
 from tasks.audit_report import AuditReport, Finding, load_report
@@ -102,7 +102,7 @@ def repair(settings: Settings) -> RepairResult:
         _restore_files(db, settings, of(*RESTORE_KINDS), result)
         _refresh_touched(db, settings, of("touched"), result)
     finally:
-        db.conn.close()
+        db.close()
     damaged_parts = sorted({f.shard for f in of(*PARTITION_KINDS) if f.shard})
     if damaged_parts:
         _rebuild_partitions(settings, damaged_parts, result)
@@ -147,18 +147,19 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
             elif hash_file(settings.root / path) != row["xxh3"]:
                 out.append(Finding(kind, "damage", path, row["shard"], "found by audit --deep"))
     finally:
-        db.conn.close()
+        db.close()
     return out
 
 
 def _row(db, path: str) -> dict | None:
-    rows = list(db.query("SELECT * FROM files WHERE path = ?", [path]))
+    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
     return rows[0] if rows else None
 
 
 def _json_row(db, row: dict) -> dict | None:
     rows = list(
-        db.query(
+        query(
+            db,
             "SELECT * FROM files WHERE shard = ? AND sample = ? AND kind = 'json'",
             [row["shard"], row["sample"]],
         )
@@ -217,7 +218,7 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
         if row["kind"] == "json" and f.kind != "missing_json":
             continue  # an edited JSON is the user's
         by_shard.setdefault(row["shard"], []).append((f, row))
-    shards = {r["name"]: r for r in db.query("SELECT name, path, status FROM shards")}
+    shards = {r["name"]: r for r in query(db, "SELECT name, path, status FROM shards")}
     tmp_dir = settings.state_dir / "tmp" / "repair"
     for shard, items in sorted(by_shard.items()):
         info = shards.get(shard)
@@ -311,7 +312,7 @@ def _rebuild_partitions(settings: Settings, shards: list[str], result: RepairRes
                 "UPDATE shards SET json_digest = NULL WHERE name = ?", [(s,) for s in shards]
             )
     finally:
-        db.conn.close()
+        db.close()
     scan = scan_edits(settings)
     result.partitions.extend(s for s in scan.rebuilt)
     for error in scan.errors:
@@ -328,7 +329,7 @@ def _rewrite_captions(settings: Settings, shard: str, result: RepairResult) -> N
         with write_transaction(db) as conn:
             conn.execute("UPDATE shards SET captions_key = NULL WHERE name = ?", (shard,))
     finally:
-        db.conn.close()
+        db.close()
     try:
         write_captions(settings, shard)
     except (OSError, ValueError) as exc:
@@ -344,7 +345,7 @@ def _rebuild_table(settings: Settings, result: RepairResult) -> None:
         with write_transaction(db) as conn:
             conn.execute("DELETE FROM meta WHERE key = ?", (f"table_key:{rel}",))
     finally:
-        db.conn.close()
+        db.close()
     try:
         build_table(settings)
     except (OSError, ValueError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state.manifest import open_manifest, upsert_files, write_transaction
+from state.manifest import open_manifest, query, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
 from tasks.partition import json_digest, read_partition, write_partition
 from tasks.records import parse_json, partition_row
@@ -67,7 +67,7 @@ def scan_edits(settings: Settings) -> ScanResult:
                         (size, mtime_ns, path),
                     )
     finally:
-        db.conn.close()
+        db.close()
     return result
 
 
@@ -76,7 +76,7 @@ def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
     for path, owner, size, mtime_ns, xxh3, _ in changed:
         if owner != shard:
             continue
-        old = next(db.query("SELECT * FROM files WHERE path = ?", [path]))
+        old = next(query(db, "SELECT * FROM files WHERE path = ?", [path]))
         rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
     return rows
 
@@ -110,7 +110,8 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
             rows[json_path] = _row_from_json(settings, json_path, old["filename"], header)
         return write_partition(settings, shard, rows.values())
     samples: dict[str, dict] = {}
-    for r in db.query(
+    for r in query(
+        db,
         "SELECT path, kind, sample, width, height FROM files WHERE shard = ? "
         "AND kind IN ('image', 'json')",
         [shard],

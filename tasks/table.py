@@ -67,7 +67,7 @@ def build_table(settings: Settings) -> TableResult:
             set_meta(conn, f"table_rows:{rel}", str(rows))
         return TableResult(rows, len(shards), False)
     finally:
-        db.conn.close()
+        db.close()
 
 
 def _write(settings: Settings, shards: list[str]) -> int:
