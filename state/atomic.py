@@ -60,7 +60,21 @@ def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat
     It is cut only when it was longer: ext4 journals every `ftruncate`, even one that
     keeps the size (measured: 33k rewrites 0.48 s with it, 0.31 s without).
     """
-    fd = open_creating(path, 0)
+    return _write_and_close(open_creating(path, 0), path, data)
+
+
+def write_if_absent(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result | None:
+    """Create `path` holding `data` and return its stat; None, writing nothing, if a file
+    of that name exists already. One `open` where a probe and then a write would take two:
+    a name looked up in vain costs ~10 us in a `data/` of 90k files."""
+    try:
+        fd = open_creating(path, os.O_EXCL)
+    except FileExistsError:
+        return None
+    return _write_and_close(fd, path, data)
+
+
+def _write_and_close(fd: int, path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:
     try:
         write_all(fd, data)
         st = os.fstat(fd)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from state.atomic import InPlaceRewriter, write_in_place
+from state.atomic import InPlaceRewriter, write_if_absent, write_in_place
 from state.hashing import file_matches, hash_bytes
 from state.manifest import (
     delete_files,
@@ -135,10 +135,13 @@ def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
                     rewrites.append((target, data, digest, path))
                     result.written += 1
             else:
-                if _holds(target, data):  # written before the state was reset
+                st = write_if_absent(target, data)
+                if st is not None:
+                    result.written += 1
+                elif _holds(target, data):  # written before the state was reset
                     st = os.stat(target)
                     result.unchanged += 1
-                else:
+                else:  # stale, or cut short by a killed run: no row vouches for it
                     st = write_in_place(target, data)
                     result.written += 1
                 new.append(

@@ -140,6 +140,20 @@ def test_rewriting_in_place_leaves_exactly_the_new_bytes(tmp_path: Path):
         )
 
 
+def test_writing_if_absent_creates_once_and_never_touches_an_existing_file(tmp_path: Path):
+    from state.atomic import write_if_absent
+
+    path = tmp_path / "sub" / "cap.txt"
+    st = write_if_absent(path, b"first")
+    assert path.read_bytes() == b"first"
+    assert (st.st_size, st.st_ino) == (5, path.stat().st_ino)
+    before = path.stat()
+    assert write_if_absent(path, b"second, longer") is None
+    after = path.stat()
+    assert path.read_bytes() == b"first"
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 def test_the_rewriter_keeps_order_and_bytes_serial_or_threaded(tmp_path: Path):
     """Threads (chosen when the probed rewrites are slow) change nothing but the speed."""
     from state.atomic import InPlaceRewriter
