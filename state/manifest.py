@@ -90,6 +90,23 @@ def connect_if_present(root: Path) -> sqlite3.Connection | None:
     return sqlite3.connect(path, timeout=600) if path.is_file() else None
 
 
+def open_readonly(root: Path) -> sqlite3.Connection | None:
+    """The manifest opened read-only, or None when there is none.
+
+    With no `-wal` file beside it (no writer running, nothing left uncheckpointed) it is
+    opened `immutable`, so SQLite creates no `-wal`/`-shm` files; otherwise `mode=ro`
+    (those files exist already) so that the WAL's committed content is read.
+    """
+    path = manifest_path(root)
+    if not path.is_file():
+        return None
+    uri = path.resolve().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    return sqlite3.connect(
+        f"{uri}?mode=ro" if wal.exists() else f"{uri}?immutable=1", uri=True, timeout=60
+    )
+
+
 def open_manifest(root: Path) -> sqlite3.Connection:
     """Open (creating if needed) the manifest of `root`, ready for concurrent writers."""
     path = manifest_path(root)

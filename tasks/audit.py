@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from stat import S_ISDIR
 
 import pyarrow as pa
@@ -35,42 +33,23 @@ import pyarrow.parquet as pq
 import xxhash
 
 from state.hashing import hash_file
-from state.manifest import manifest_path
+from state.manifest import manifest_path, open_readonly
 from tasks.audit_deep import FILE_QUERY, Seen, deep_files
 from tasks.audit_pairing import (
     Fingerprint,
+    PairTallies,
     batched,
-    caption_of,
     counted_in_data,
     images_without_caption,
     row_mismatches,
     strays,
 )
 from tasks.audit_report import KINDS, AuditReport
+from tasks.audit_stat import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json
 from tasks.settings import Settings
-
-# --------------------------------------------------------------------------- manifest
-
-
-def open_readonly(root: Path) -> sqlite3.Connection | None:
-    """The manifest opened read-only, or None when there is none.
-
-    With no `-wal` file beside it (no writer running, nothing left uncheckpointed) it is
-    opened `immutable`, so SQLite creates no `-wal`/`-shm` files; otherwise `mode=ro`
-    (those files exist already) so that the WAL's committed content is read.
-    """
-    path = manifest_path(root)
-    if not path.is_file():
-        return None
-    uri = path.resolve().as_uri()
-    wal = path.with_name(path.name + "-wal")
-    return sqlite3.connect(
-        f"{uri}?mode=ro" if wal.exists() else f"{uri}?immutable=1", uri=True, timeout=60
-    )
-
 
 # --------------------------------------------------------------------------- audit
 
@@ -89,8 +68,9 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         report.seconds = time.monotonic() - began
         return report
     try:
-        table = _check_table_rows(settings, report)
+        # files first: the stat pass may fork, best while this process is small
         judge = _check_files(conn, settings, report, deep)
+        table = _check_table_rows(settings, report)
         _check_pairs(conn, settings, judge, table)
         if not table.readable and not report.of("missing_table", "corrupt_table"):
             rel = os.path.relpath(settings.table_path, settings.root)
@@ -224,34 +204,13 @@ def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _
 
 
 def _fast_files(conn, root: str, judge: _Judge) -> None:
-    """Stat every file; look closer (`_look`) only where it is missing or its stat differs.
-
-    The common case (stat matches) is one short loop over a lean query (path, size,
-    mtime_ns, kind, sample); full rows are fetched for the rest only.
-    Serial on purpose: measured here, threads did not make 90k stats faster (the time is
-    the kernel's, and the GIL hand-offs cost what the overlap gains).
-    """
-    stat, tally = os.stat, judge.tally
-    closer: list[str] = []
-    same = present = 0
-    cursor = conn.execute("SELECT path, size, mtime_ns, kind, sample FROM files")
-    while batch := cursor.fetchmany(8192):
-        for path, size, mtime_ns, kind, sample in batch:
-            tally(path, kind, sample)
-            try:
-                st = stat(root + path)
-            except (FileNotFoundError, NotADirectoryError):
-                closer.append(path)
-                continue
-            if st.st_size != size or st.st_mtime_ns != mtime_ns:
-                closer.append(path)
-                continue
-            same += 1
-            if counted_in_data(path):
-                present += 1
-    judge.report.files_checked += same
-    judge.present_in_data += present
-    for chunk in batched(closer):
+    """Stat every file (`audit_stat`); look closer (`_look`) only where it is missing or
+    its stat differs: full rows are fetched for those only."""
+    found = stat_all_rows(conn, root, judge.textfile)
+    judge.tallies.merge(found.tallies)
+    judge.report.files_checked += found.same
+    judge.present_in_data += found.present
+    for chunk in batched(found.closer):
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"{FILE_QUERY} WHERE path IN ({marks})", chunk):
             judge(row, _look(root, row))
@@ -291,21 +250,10 @@ class _Judge:
     def __init__(self, settings: Settings, report: AuditReport):
         self.report = report
         self.textfile = settings.caption_strategy == "textfile"
-        self.images = Fingerprint()  # image rows in data/
-        self.wanted_captions = Fingerprint()  # their caption paths
-        self.captions = Fingerprint()  # caption rows
+        self.tallies = PairTallies(self.textfile)  # what must pair up, over every row
+        self.tally = self.tallies.add
         self.present_in_data = 0  # manifest rows in data/ found on disk (trainer files aside)
         self.missing: set[str] = set()
-
-    def tally(self, path: str, kind: str, sample: str | None) -> None:
-        """Count a manifest row into the fingerprints (every row, whatever the disk holds)."""
-        if kind == "image":
-            if path.startswith("data/"):
-                self.images.add(path)
-                if self.textfile:
-                    self.wanted_captions.add(caption_of(path, sample))
-        elif kind == "caption":
-            self.captions.add(path)
 
     def __call__(self, row: tuple, seen: Seen) -> None:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
@@ -356,10 +304,11 @@ class _Judge:
 def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:
     """Images without a caption or a table row, rows without an image (`audit_pairing`)."""
     report, root = judge.report, str(settings.root) + os.sep
-    if judge.textfile and judge.wanted_captions != judge.captions:
+    tallies = judge.tallies
+    if judge.textfile and tallies.wanted_captions != tallies.captions:
         for path, shard, cap in images_without_caption(conn, root, judge.missing):
             report.add("image_without_caption", path, shard, f"{cap} does not exist")
-    if table.readable and table.filenames != judge.images:
+    if table.readable and table.filenames != tallies.images:
         rel = os.path.relpath(settings.table_path, settings.root)
         no_row, no_image = row_mismatches(conn, root, str(settings.table_path), judge.missing)
         for path, shard in no_row:

@@ -47,8 +47,8 @@ def counted_in_data(path: str) -> bool:
 class Fingerprint:
     """An order-free fingerprint of a multiset of names: their count and the sum of their
     `hash()` (SipHash, keyed per process, cached on the string: compare fingerprints made
-    in one process only). Equal multisets always agree; different ones agree with odds of
-    about 2**-64.
+    in one process, or in processes forked from it, which share the key). Equal multisets
+    always agree; different ones agree with odds of about 2**-64.
     """
 
     count: int = 0
@@ -59,10 +59,42 @@ class Fingerprint:
         self.count += 1
         self.total += hash(name)
 
+    def merge(self, other: Fingerprint) -> None:
+        """Count the names of `other` too (made in this process or one forked from it)."""
+        self.count += other.count
+        self.total += other.total
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Fingerprint):
             return NotImplemented
         return (self.count, self.total & _MASK) == (other.count, other.total & _MASK)
+
+
+class PairTallies:
+    """Fingerprints of the manifest rows that must pair up: images in `data/`, the
+    caption paths they want (textfile captions), and the caption rows."""
+
+    def __init__(self, textfile: bool):
+        self.textfile = textfile
+        self.images = Fingerprint()
+        self.wanted_captions = Fingerprint()
+        self.captions = Fingerprint()
+
+    def add(self, path: str, kind: str, sample: str | None) -> None:
+        """Count one manifest row (every row, whatever the disk holds)."""
+        if kind == "image":
+            if path.startswith("data/"):
+                self.images.add(path)
+                if self.textfile:
+                    self.wanted_captions.add(caption_of(path, sample))
+        elif kind == "caption":
+            self.captions.add(path)
+
+    def merge(self, other: PairTallies) -> None:
+        """Add the counts of another part of the manifest (see `Fingerprint.merge`)."""
+        self.images.merge(other.images)
+        self.wanted_captions.merge(other.wanted_captions)
+        self.captions.merge(other.captions)
 
 
 def _data_entries(data_dir: str) -> Iterator[tuple[str, str]]:

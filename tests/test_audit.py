@@ -383,3 +383,60 @@ def test_a_killed_runs_unfinished_file_is_damage_until_doit_finishes(ds: Path):
     assert image.read_bytes() == original
     rc, report, out = _audit(ds, "--deep")
     assert rc == 0, out
+
+
+def _damage_for_the_stat_pass(ds: Path) -> list[str]:
+    """Missing, resized, touched and edited files and a removed caption; their paths."""
+    names = [r["filename"] for r in table_rows(ds)]
+    gone, grown, touched, edited = (ds / "data" / n for n in names[:4])
+    gone.unlink()
+    grown.write_bytes(grown.read_bytes() + b"junk")
+    os.utime(touched, ns=(1, 1))
+    json_path = edited.with_suffix(".json")
+    json_path.write_text(json_path.read_text(encoding="utf-8") + " ", encoding="utf-8")
+    caption = ds / "data" / Path(names[4]).with_suffix(".txt")
+    caption.unlink()
+    return [f"data/{p}" for p in (names[0], names[1], names[2])] + [
+        str(json_path.relative_to(ds)),
+        str(caption.relative_to(ds)),
+    ]
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_the_stat_pass_split_across_processes_finds_what_the_serial_one_does(
+    ds: Path, processes: int
+):
+    from state.manifest import open_readonly
+    from tasks.audit_stat import stat_all_rows
+
+    damaged = _damage_for_the_stat_pass(ds)
+    conn = open_readonly(ds)
+    try:
+        serial = stat_all_rows(conn, f"{ds}{os.sep}", True, processes=1)
+        split = stat_all_rows(conn, f"{ds}{os.sep}", True, processes=processes)
+    finally:
+        conn.close()
+    assert sorted(serial.closer) == sorted(damaged)
+    assert sorted(split.closer) == sorted(serial.closer)
+    assert (split.same, split.present) == (serial.same, serial.present)
+    for name in ("images", "wanted_captions", "captions"):
+        assert getattr(split.tallies, name) == getattr(serial.tallies, name), name
+
+
+def test_an_audit_with_its_stat_pass_forked_reports_what_a_serial_one_does(ds: Path, monkeypatch):
+    import tasks.audit_stat
+
+    _damage_for_the_stat_pass(ds)
+    (ds / "data" / "stray.png").write_bytes(b"\x89PNG\r\n\x1a\nnot from the build")
+    settings = load_settings(ds / "dataset.toml")
+    serial = audit(settings)
+    monkeypatch.setattr(tasks.audit_stat, "PROCESSES_FROM_ROWS", 0)
+    if tasks.audit_stat._processes_for(1) < 2:
+        pytest.skip("one CPU here: the audit never forks")
+    forked = audit(settings)
+    findings = lambda r: sorted(  # noqa: E731
+        (f.kind, f.path or "", f.detail) for f in r.findings
+    )
+    assert findings(forked) == findings(serial)
+    assert {"missing_image", "corrupt_image", "edited_json", "stray"} <= set(serial.counts)
+    assert forked.files_checked == serial.files_checked
