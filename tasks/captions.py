@@ -27,7 +27,7 @@ from state.manifest import (
 )
 from tasks.freshness import captions_key
 from tasks.partition import read_partition
-from tasks.records import CAPTION_COLUMNS, select_caption
+from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
 from tasks.settings import Settings, partition_path
 
 WRITE_BATCH = 2000
@@ -50,7 +50,16 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
     fields = settings.caption_field
     known = {f for f in fields if f in CAPTION_COLUMNS}
     columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
-    raws = table.column("json").to_pylist() if set(fields) - known else [None] * table.num_rows
+    if known == set(fields):  # the common case, as select_caption without a dict per row
+        if len(fields) == 1:
+            texts = [v or "" for v in columns[fields[0]]]
+        else:
+            rows = zip(*(columns[f] for f in fields), strict=True)
+            texts = [next((v for v in values if v), "") for values in rows]
+        if settings.join_caption_lines:
+            texts = [join_caption_lines(t) for t in texts]
+        return texts
+    raws = table.column("json").to_pylist()
     return [
         select_caption(
             {f: columns[f][i] for f in known}, raws[i], fields, settings.join_caption_lines

@@ -6,9 +6,14 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 from conftest import images_in, run_doit, snapshot, table_rows
+from hypothesis import given
+from hypothesis import strategies as hs
 
+from tasks.captions import caption_texts
 from tasks.records import caption_value, join_caption_lines, select_caption
+from tasks.settings import Settings
 
 
 def _jsons(root: Path) -> dict[Path, dict]:
@@ -108,6 +113,40 @@ def test_join_caption_lines_joins_multiline_captions(built: Path):
         assert text == " ".join(
             line.strip() for line in contents[img]["short_caption"].splitlines() if line.strip()
         )
+
+
+@given(
+    hs.lists(
+        hs.tuples(*[hs.sampled_from([None, "", "a", "b c", "two\n lines", " "])] * 3),
+        max_size=20,
+    ),
+    hs.sampled_from(
+        [
+            ("short_caption",),
+            ("long_caption", "short_caption"),
+            ("short_caption", "original_prompt", "long_caption"),
+            ("custom", "short_caption"),
+        ]
+    ),
+    hs.booleans(),
+)
+def test_caption_texts_of_a_partition_agree_with_select_caption(rows, fields, join):
+    """The whole-column path (every field a partition column) and the per-row path (a field
+    only the JSON has) both give what select_caption gives one row at a time."""
+    names = ("short_caption", "long_caption", "original_prompt")
+    raws = [json.dumps({"custom": r[0]}) if r[0] is not None else "{}" for r in rows]
+    table = pa.table(
+        {f"cap_{n}": pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)}
+        | {"json": pa.array(raws, pa.string())}
+    )
+    settings = Settings(
+        root=Path("."), config_file=Path("x"), caption_field=fields, join_caption_lines=join
+    )
+    expected = [
+        select_caption(dict(zip(names, r, strict=True)), raw, fields, join)
+        for r, raw in zip(rows, raws, strict=True)
+    ]
+    assert caption_texts(table, settings) == expected
 
 
 def test_caption_rules():
