@@ -235,6 +235,12 @@ def shard_row(db: sqlite3.Connection, name: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def file_row(db: sqlite3.Connection, path: str) -> dict | None:
+    """The `files` row of `path`, or None."""
+    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
+    return rows[0] if rows else None
+
+
 def files_of_shard(db: sqlite3.Connection, shard: str, kind: str | None = None) -> list[dict]:
     """The `files` rows of one shard, optionally of one kind."""
     if kind is None:

@@ -23,6 +23,7 @@ from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
     ADOPT_KEY,
     delete_files,
+    file_row,
     files_of_shard,
     get_meta,
     open_manifest,
@@ -418,9 +419,7 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
 
 def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     """Move another shard's copy of `dest` aside so that this shard can own the path."""
-    old = conn.execute("SELECT * FROM files WHERE path = ?", (dest,)).fetchone()
-    cols = [d[0] for d in conn.execute("SELECT * FROM files LIMIT 0").description]
-    row = dict(zip(cols, old, strict=True))
+    row = file_row(conn, dest)
     aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):

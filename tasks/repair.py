@@ -29,7 +29,7 @@ from pathlib import Path
 
 from state.atomic import atomic_write
 from state.hashing import hash_bytes, hash_file
-from state.manifest import open_manifest, query, write_transaction
+from state.manifest import file_row, open_manifest, query, write_transaction
 from tasks.audit import audit
 from tasks.audit_deep import checksums_match, read_member, wanted_checksums
 from tasks.audit_report import AuditReport, Finding, load_report
@@ -138,7 +138,7 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
             kind, path = item["kind"], item.get("path")
             if not isinstance(path, str) or (kind, path) in seen:
                 continue
-            row = _row(db, path)
+            row = file_row(db, path)
             if row is None or not (settings.root / path).is_file():
                 continue
             if kind == "checksum_mismatch":
@@ -149,11 +149,6 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
     finally:
         db.close()
     return out
-
-
-def _row(db, path: str) -> dict | None:
-    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
-    return rows[0] if rows else None
 
 
 def _json_row(db, row: dict) -> dict | None:
@@ -212,7 +207,7 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
     """Re-extract damaged files from their tars, shard by shard, in member order."""
     by_shard: dict[str, list[tuple[Finding, dict]]] = {}
     for f in findings:
-        row = _row(db, f.path) if f.path else None
+        row = file_row(db, f.path) if f.path else None
         if row is None:
             continue
         if row["kind"] == "json" and f.kind != "missing_json":
@@ -287,7 +282,7 @@ def _refresh_touched(db, settings: Settings, findings: list[Finding], result) ->
     """Rows of files whose mtime changed but content did not get the new stat."""
     updates = []
     for f in findings:
-        row = _row(db, f.path) if f.path else None
+        row = file_row(db, f.path) if f.path else None
         path = settings.root / f.path if f.path else None
         if row is None or path is None or not path.is_file():
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state.manifest import open_manifest, query, upsert_files, write_transaction
+from state.manifest import file_row, open_manifest, query, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
 from tasks.partition import json_digest, read_partition, write_partition
 from tasks.records import parse_json, partition_row
@@ -76,7 +76,7 @@ def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
     for path, owner, size, mtime_ns, xxh3, _ in changed:
         if owner != shard:
             continue
-        old = next(query(db, "SELECT * FROM files WHERE path = ?", [path]))
+        old = file_row(db, path)
         rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
     return rows
 
