@@ -17,11 +17,13 @@ write lock first with `write_transaction`.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.sqlite"
+WAL_SWITCH_WAIT_S = 60  # how long a first open retries a WAL switch another process holds up
 # set when the manifest is created over a data/ that already holds files (state reset):
 # extraction then keeps files that already hold the right bytes instead of rewriting them
 ADOPT_KEY = "adopt_existing_files"
@@ -113,7 +115,7 @@ def open_manifest(root: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=600)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=600000")
         # a build rewrites the same index pages in batch after batch: checkpoint them into
@@ -122,9 +124,35 @@ def open_manifest(root: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA cache_size=-8192")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if _is_locked(exc):
+            raise ManifestError(
+                f"{path}: still locked by another process after {WAL_SWITCH_WAIT_S} s ({exc})"
+            ) from exc
         raise unreadable_manifest(path, exc) from exc
     _ensure_schema(conn, Path(root))
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while another connection holds the file.
+
+    When two processes open a new manifest at once (`doit -n 2` on a fresh root), SQLite
+    answers one switch with "database is locked" at once, without waiting on the busy
+    timeout (11 of 400 opens in a race of two processes here).
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 class ManifestError(RuntimeError):

@@ -16,7 +16,7 @@ from tarbuild import M, jpeg, member_offsets, png, sample_json, write_tar
 
 from sample.generate import make_dataset, write_config
 from sample.images import png_bytes
-from state.manifest import ManifestError
+from state.manifest import ManifestError, open_manifest
 from tasks.settings import load_settings
 from tasks.summary import summarize
 
@@ -309,3 +309,39 @@ def test_replacing_a_shard_file_keeps_other_shards_untouched(dataset: Path):
     proc = run_doit(dataset)
     assert ".  extract:data-000000" not in proc.stdout or "samples" not in proc.stdout
     assert snapshot(dataset, "data") == before
+
+
+def _open_when_released(root: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        open_manifest(Path(root)).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_manifest_at_once_all_get_it(tmp_path: Path):
+    """`doit -n N` on a fresh root: every worker creates or opens the manifest at the same
+    moment. SQLite refused one of two racing WAL switches now and then ("database is
+    locked", reported as a damaged manifest)."""
+    import multiprocessing
+
+    import sqlite_utils  # noqa: F401  imported once here, not in each forked worker
+
+    fork = multiprocessing.get_context("fork")
+    outcomes = []
+    for i in range(25):
+        barrier, results = fork.Barrier(3), fork.Queue()
+        workers = [
+            fork.Process(
+                target=_open_when_released, args=(str(tmp_path / str(i)), barrier, results)
+            )
+            for _ in range(3)
+        ]
+        for w in workers:
+            w.start()
+        outcomes += [results.get(timeout=120) for _ in workers]
+        for w in workers:
+            w.join()
+    assert [o for o in outcomes if o != "ok"] == []
+    assert len(outcomes) == 75
