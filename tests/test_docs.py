@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ast
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from state.manifest import open_manifest
 from tasks.audit_report import DAMAGE, KINDS
@@ -67,12 +67,11 @@ def kinds_listed(severity: str) -> set[str]:
 def manifest_schema(tmp_path: Path) -> dict[str, list[str]]:
     """table -> columns of a manifest freshly created by the build's own code."""
     open_manifest(tmp_path).close()
-    conn = sqlite3.connect(tmp_path / "state" / "manifest.sqlite")
+    db = sqlite_utils.Database(tmp_path / "state" / "manifest.sqlite")
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+        return {table.name: list(table.columns_dict) for table in db.tables}
     finally:
-        conn.close()
+        db.close()
 
 
 def documented_manifest() -> dict[str, set[str]]:
