@@ -146,16 +146,14 @@ def run_reset_state(settings: Settings) -> None:
 
 
 def run_download(settings: Settings) -> TaskFailed | None:
-    """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured)."""
+    """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured); the summary line
+    is printed by `download_shards`, also when some files failed."""
     from tasks.download import DownloadError, download_shards
 
     try:
-        summary = download_shards(
-            settings.root, settings.repo_id, settings.revision, settings.allow_patterns
-        )
+        download_shards(settings.root, settings.repo_id, settings.revision, settings.allow_patterns)
     except DownloadError as exc:
         return TaskFailed(str(exc))
-    print(summary.describe(), flush=True)
     return None
 
 
