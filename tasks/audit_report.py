@@ -90,6 +90,17 @@ KINDS: dict[str, tuple[str, str]] = {
     "shard_failed": (NOTE, "{n} shard(s) could not be read to their end"),
     "shard_new": (NOTE, "{n} shard tar(s) not extracted yet (run doit)"),
     "expected_samples": (NOTE, "the sample count differs from expected_samples"),
+    "dataloader_missing": (
+        DAMAGE,
+        "multidatabackend.json, our entry or a text_embeds entry is missing or unreadable",
+    ),
+    "dataloader_stale": (
+        DAMAGE,
+        "the dataloader entry points elsewhere than this root (folder moved?) or reads the "
+        "output differently",
+    ),
+    "dataloader_edited": (NOTE, "the dataloader entry has values changed by hand"),
+    "dataloader_duplicate": (NOTE, "{n} other dataloader entry(ies) read this data/ too"),
 }
 QUIRK_KINDS = (
     "refused",

@@ -113,9 +113,11 @@ def run_dataloader(settings: Settings) -> TaskFailed | None:
     from tasks.dataloader import write_dataloader
 
     try:
-        write_dataloader(settings)
+        plan = write_dataloader(settings)
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
+    for line in plan.warnings(settings):
+        print(f"warning: {line}", flush=True)
     return None
 
 
