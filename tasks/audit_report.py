@@ -94,10 +94,14 @@ KINDS: dict[str, tuple[str, str]] = {
         DAMAGE,
         "multidatabackend.json, our entry or a text_embeds entry is missing or unreadable",
     ),
-    "dataloader_stale": (
+    "dataloader_corrupt": (
         DAMAGE,
-        "the dataloader entry points elsewhere than this root (folder moved?) or reads the "
-        "output differently",
+        "the dataloader entry's paths or columns were changed by hand: run doit to set them back",
+    ),
+    "dataloader_stale": (
+        NOTE,
+        "the dataloader entry was written for another root (folder moved or copied) or "
+        "other settings: run doit",
     ),
     "dataloader_edited": (NOTE, "the dataloader entry has values changed by hand"),
     "dataloader_duplicate": (NOTE, "{n} other dataloader entry(ies) read this data/ too"),

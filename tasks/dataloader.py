@@ -102,6 +102,9 @@ class DataloaderPlan:
     renamed_from: str | None = None  # the id our entry had before (a one-off id=...)
     replaced: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, theirs, ours)
     stale: list[str] = field(default_factory=list)  # owned keys whose value differs now
+    moved: list[str] = field(default_factory=list)  # of those, the ones written for old_root
+    by_settings: list[str] = field(default_factory=list)  # the others the build wrote so
+    old_root: Path | None = None  # the root our entry in the file was written for
     text_embeds: str = "kept"  # kept | added | moved
     duplicates: list[str] = field(default_factory=list)  # other ids reading our data/
 
@@ -197,8 +200,12 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
     else:
         theirs = plan.entries[index]
         base = _base_entry(settings, theirs, record)
-        old_root = _root_of(base, settings.root)
+        old_root = plan.old_root = _root_of(base, settings.root)
         plan.stale = _differing(theirs, ours)
+        then = dataloader_entry(replace(settings, root=old_root, id=str(theirs.get("id"))))
+        plan.moved = [k for k in plan.stale if k not in _differing(theirs, then)]
+        as_written = _differing(theirs, base)
+        plan.by_settings = [k for k in plan.stale if k not in plan.moved + as_written]
         plan.entries[index] = merge3(base, theirs, ours, user_wins=False, replaced=plan.replaced)
 
     te_base = (record or {}).get("text_embeds")

@@ -184,7 +184,9 @@ def test_a_mangled_path_is_stale_damage_and_set_back(built: Path) -> None:
     proc = run_doit(built, "audit", check=False)
     assert proc.returncode == 1
     found = dataloader_findings(built)
-    assert "instance_data_dir" in found["dataloader_stale"][0]["detail"]
+    assert found["dataloader_corrupt"][0]["severity"] == "damage"
+    assert "instance_data_dir" in found["dataloader_corrupt"][0]["detail"]
+    assert "dataloader_stale" not in found
     assert found["dataloader_edited"][0]["severity"] == "note"
     assert "resolution" in found["dataloader_edited"][0]["detail"]
     proc = run_doit(built)
@@ -198,10 +200,16 @@ def test_a_moved_root_is_stale_until_the_next_doit(built: Path, tmp_path: Path) 
     run_doit(built)  # records the entry as the build wrote it
     moved = tmp_path / "moved"
     shutil.move(built, moved)
-    proc = run_doit(moved, "audit", check=False)
-    assert proc.returncode == 1
-    [stale] = dataloader_findings(moved)["dataloader_stale"][:1]
-    assert "instance_data_dir" in stale["detail"] and str(moved) in stale["detail"]
+    run_doit(moved, "audit")  # a note, as a new shard is: the next doit rewrites it
+    found = dataloader_findings(moved)
+    assert set(found) == {"dataloader_stale"}
+    entry_note, embeds_note = found["dataloader_stale"]
+    assert entry_note["severity"] == "note"
+    assert (
+        f"written for {built} (instance_data_dir, cache_dir_vae, parquet.path)"
+        in (entry_note["detail"])
+    )
+    assert "text_embeds" in embeds_note["detail"]
 
     run_doit(moved)
     entry = ours(moved)
@@ -288,3 +296,15 @@ def test_a_fresh_file_holds_our_entry_and_one_text_embeds(tmp_path: Path) -> Non
     assert [e.get("id") for e in entries(root)] == ["dalle3", "text-embeds"]
     write_dataloader(settings)
     assert (root / BACKEND).read_bytes() == first
+
+
+def test_an_entry_written_for_other_settings_is_a_note(built: Path) -> None:
+    """A one-off setting on the audit is not damage: the next doit with it rewrites the entry."""
+    run_doit(built, "audit", "caption_strategy=parquet")
+    found = dataloader_findings(built)
+    assert set(found) == {"dataloader_stale"}
+    assert found["dataloader_stale"][0]["severity"] == "note"
+    assert (
+        "caption_strategy differ from what the settings give now"
+        in (found["dataloader_stale"][0]["detail"])
+    )
