@@ -4,7 +4,11 @@
 (size and LFS sha256 of every file), and fetches into `<root>/hub/` only the files matching
 `allow_patterns` that are missing on disk or differ from the listing. Every fetched file is
 checked against the listing's size and sha256 before it is moved into place, and recorded
-in the manifest's `hub_files` table (plus `meta.hub_commit`).
+in the manifest's `hub_files` table (plus `meta.hub_commit` once every file is there).
+
+A file that cannot be fetched (HTTP 404, 401/403, 5xx, a dropped connection, wrong bytes)
+does not stop the others: `PartialDownloadError` names each one at the end, with what to do
+for its kind of failure. A full disk stops the run, since every later file would fail too.
 
 Transfers:
 - Files the Hub serves through Xet storage go through `hf_hub_download` (the hf_xet path

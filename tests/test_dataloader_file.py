@@ -308,3 +308,12 @@ def test_an_entry_written_for_other_settings_is_a_note(built: Path) -> None:
         "caption_strategy differ from what the settings give now"
         in (found["dataloader_stale"][0]["detail"])
     )
+
+
+def test_without_record_the_entry_of_a_previous_id_is_found_by_its_paths(built: Path) -> None:
+    (built / "state" / "dataloader.json").unlink()
+    mine = {"id": "mine", "type": "local", "instance_data_dir": "/elsewhere/data"}
+    (built / BACKEND).write_text(json.dumps([*entries(built), mine]), encoding="utf-8")
+    plan = write_dataloader(settings_of(built, id="other"))
+    assert plan.renamed_from == "dalle3"
+    assert [e.get("id") for e in entries(built)] == ["other", "text-embeds", "mine"]

@@ -166,3 +166,21 @@ def test_doit_download_with_a_failing_shard_exits_1_naming_it(hub: HubServer, ro
         assert (root / "hub" / shard_path(i)).is_file()
     proc = run_doit(root, "download")
     assert "fetched 1 new shard " in proc.stdout
+
+
+def test_a_file_missing_at_the_revision_is_named_with_what_to_check(
+    hub: HubServer, root: Path
+) -> None:
+    """The Hub says 404 EntryNotFound to the metadata request that comes before a GET."""
+    four_shards(hub)
+    hub.fail_next_head(shard_path(1), 404)
+    hub.fail_next_head(shard_path(2), 502, times=5)
+    with pytest.raises(PartialDownloadError) as err:
+        download_shards(root, REPO, revision=hub.head)
+    by_path = {f.path: f.reason for f in err.value.summary.failed}
+    assert by_path[shard_path(1)].startswith(f"{shard_path(1)}: not found at {hub.head} (")
+    assert by_path[shard_path(1)].endswith("check revision and allow_patterns")
+    assert "HTTP 502" in by_path[shard_path(2)]
+    assert by_path[shard_path(2)].endswith("rerun to resume")
+    assert err.value.summary.new == [shard_path(0), shard_path(3)]
+    assert hub.gets[shard_path(1)] == 0
