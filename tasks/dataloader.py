@@ -192,6 +192,7 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
     plan = DataloaderPlan(path=path, current=current, entries=list(entries or []))
     record = read_record(settings)
     ours = dataloader_entry(settings)
+    _check_json(settings, ours)
 
     index = _find_ours(settings, plan, record)
     if index is None:
@@ -216,6 +217,17 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
     plan.record = {"entry": ours, "text_embeds": te_ours}
     plan.duplicates = _duplicates(settings, plan.entries)
     return plan
+
+
+def _check_json(settings: Settings, entry: dict) -> None:
+    """Refuse, in one line, a `[dataloader]` value that JSON cannot hold (a TOML date)."""
+    try:
+        json.dumps(entry)
+    except (TypeError, ValueError) as exc:
+        raise DataloaderFileError(
+            f"{settings.config_file}: [dataloader] holds a value JSON cannot hold ({exc}); "
+            "use a string, number, boolean, array or table"
+        ) from exc
 
 
 def _find_ours(settings: Settings, plan: DataloaderPlan, record: dict | None) -> int | None:

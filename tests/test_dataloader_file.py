@@ -317,3 +317,12 @@ def test_without_record_the_entry_of_a_previous_id_is_found_by_its_paths(built: 
     plan = write_dataloader(settings_of(built, id="other"))
     assert plan.renamed_from == "dalle3"
     assert [e.get("id") for e in entries(built)] == ["other", "text-embeds", "mine"]
+
+
+def test_a_dataloader_setting_json_cannot_hold_is_one_line(built: Path) -> None:
+    before = (built / BACKEND).read_bytes()
+    proc = run_doit(built, "dataloader={when = 1979-05-27}", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if "JSON cannot hold" in x]
+    assert "[dataloader]" in line and "dataset.toml" in line
+    assert (built / BACKEND).read_bytes() == before
