@@ -238,7 +238,7 @@ def _find_ours(settings: Settings, plan: DataloaderPlan, record: dict | None) ->
         return ids.index(settings.id)
     if record is not None:
         previous = record["entry"].get("id")
-        index = ids.index(previous) if previous in ids else None
+        index = ids.index(previous) if previous is not None and previous in ids else None
     else:  # no record: an entry that reads our data/ and our table of its own id
         index = next(
             (
