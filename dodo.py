@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 
 from doit import doit_cmd, get_var
-from doit.tools import config_changed
 
 from state.checker import checker_for
 from state.manifest import connect_if_present
 from state.recovery import quarantine_dep_file
 from tasks import doit_actions as act
-from tasks.dataloader import dataloader_entry
+from tasks.dataloader import dataloader_is_current
 from tasks.freshness import (
     captions_are_current,
     scan_is_up_to_date,
@@ -155,7 +154,7 @@ def task_dataloader():
     return {
         "actions": [(act.run_dataloader, [SETTINGS])],
         "targets": [str(SETTINGS.backend_path)],
-        "uptodate": [config_changed(dataloader_entry(SETTINGS))],
+        "uptodate": [(dataloader_is_current, [SETTINGS])],
         "verbosity": 2,
     }
 

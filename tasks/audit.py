@@ -34,6 +34,7 @@ import xxhash
 
 from state.hashing import hash_file
 from state.manifest import manifest_path, open_readonly
+from tasks.audit_dataloader import check_dataloader
 from tasks.audit_deep import FILE_QUERY, Seen, deep_files
 from tasks.audit_pairing import (
     Fingerprint,
@@ -82,6 +83,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         _check_shards(conn, settings, report)
         _check_duplicates(conn, report)
         _check_expected(conn, settings, report, table)
+        check_dataloader(settings, report)
     finally:
         conn.close()
     report.seconds = time.monotonic() - began

@@ -90,6 +90,21 @@ KINDS: dict[str, tuple[str, str]] = {
     "shard_failed": (NOTE, "{n} shard(s) could not be read to their end"),
     "shard_new": (NOTE, "{n} shard tar(s) not extracted yet (run doit)"),
     "expected_samples": (NOTE, "the sample count differs from expected_samples"),
+    "dataloader_missing": (
+        DAMAGE,
+        "multidatabackend.json, our entry or a text_embeds entry is missing or unreadable",
+    ),
+    "dataloader_corrupt": (
+        DAMAGE,
+        "the dataloader entry's paths or columns were changed by hand: run doit to set them back",
+    ),
+    "dataloader_stale": (
+        NOTE,
+        "the dataloader entry was written for another root (folder moved or copied) or "
+        "other settings: run doit",
+    ),
+    "dataloader_edited": (NOTE, "the dataloader entry has values changed by hand"),
+    "dataloader_duplicate": (NOTE, "{n} other dataloader entry(ies) read this data/ too"),
 }
 QUIRK_KINDS = (
     "refused",

@@ -113,9 +113,11 @@ def run_dataloader(settings: Settings) -> TaskFailed | None:
     from tasks.dataloader import write_dataloader
 
     try:
-        write_dataloader(settings)
+        plan = write_dataloader(settings)
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
+    for line in plan.warnings(settings):
+        print(f"warning: {line}", flush=True)
     return None
 
 
@@ -146,16 +148,14 @@ def run_reset_state(settings: Settings) -> None:
 
 
 def run_download(settings: Settings) -> TaskFailed | None:
-    """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured)."""
+    """Fetch new shards from the Hub (HF_ENDPOINT and HF_TOKEN honoured); the summary line
+    is printed by `download_shards`, also when some files failed."""
     from tasks.download import DownloadError, download_shards
 
     try:
-        summary = download_shards(
-            settings.root, settings.repo_id, settings.revision, settings.allow_patterns
-        )
+        download_shards(settings.root, settings.repo_id, settings.revision, settings.allow_patterns)
     except DownloadError as exc:
         return TaskFailed(str(exc))
-    print(summary.describe(), flush=True)
     return None
 
 

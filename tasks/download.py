@@ -4,7 +4,11 @@
 (size and LFS sha256 of every file), and fetches into `<root>/hub/` only the files matching
 `allow_patterns` that are missing on disk or differ from the listing. Every fetched file is
 checked against the listing's size and sha256 before it is moved into place, and recorded
-in the manifest's `hub_files` table (plus `meta.hub_commit`).
+in the manifest's `hub_files` table (plus `meta.hub_commit` once every file is there).
+
+A file that cannot be fetched (HTTP 404, 401/403, 5xx, a dropped connection, wrong bytes)
+does not stop the others: `PartialDownloadError` names each one at the end, with what to do
+for its kind of failure. A full disk stops the run, since every later file would fail too.
 
 Transfers:
 - Files the Hub serves through Xet storage go through `hf_hub_download` (the hf_xet path
@@ -31,8 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    get_token,
+    hf_hub_download,
+    hf_hub_url,
+)
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
@@ -51,11 +63,31 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("data/*.tar",)
 HUB_DIR = "hub"
 PARTIAL_DIR = Path(".cache") / "shardprep"  # under <root>/hub, next to huggingface_hub's .cache
 LIBRARY = "shardprep"
+LOGIN = "log in with `hf auth login` or set HF_TOKEN"
 _READ_CHUNK = 8 * 1024 * 1024
 
 
 class DownloadError(RuntimeError):
     """`doit download` failed; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """One file that could not be fetched, and why, in one line that says what to do."""
+
+    path: str
+    reason: str
+
+
+class PartialDownloadError(DownloadError):
+    """Some files could not be fetched; every other file was. One line per failed file."""
+
+    def __init__(self, summary: DownloadSummary) -> None:
+        self.summary = summary
+        lines = [f.reason for f in summary.failed]
+        if len(lines) > 1:
+            lines.insert(0, f"{len(lines)} files could not be fetched:")
+        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -69,6 +101,9 @@ class DownloadSummary:
     nbytes: int = 0  # bytes transferred in this call
     seconds: float = 0.0
     gone_upstream: list[str] = field(default_factory=list)  # recorded, no longer listed (kept)
+    outside_patterns: list[str] = field(default_factory=list)  # recorded, listed, not allowed
+    patterns: list[str] = field(default_factory=list)
+    failed: list[FileFailure] = field(default_factory=list)
 
     @property
     def fetched(self) -> list[str]:
@@ -86,9 +121,29 @@ class DownloadSummary:
             f"fetched {what} ({format_bytes(self.nbytes)}) in {self.seconds:.1f} s; "
             f"{self.skipped} up to date; commit {self.commit[:12]}"
         )
+        if self.failed:
+            line += f"; {len(self.failed)} could not be fetched: {_names(self.failed_paths)}"
         if self.gone_upstream:
-            line += f"; {len(self.gone_upstream)} recorded no longer upstream (kept)"
+            line += (
+                f"; {len(self.gone_upstream)} recorded no longer upstream (kept): "
+                f"{_names(self.gone_upstream)}"
+            )
+        if self.outside_patterns:
+            line += (
+                f"; {len(self.outside_patterns)} recorded outside allow_patterns "
+                f"{self.patterns} (kept, not checked): {_names(self.outside_patterns)}"
+            )
         return line
+
+    @property
+    def failed_paths(self) -> list[str]:
+        return [f.path for f in self.failed]
+
+
+def _names(paths: Sequence[str], shown: int = 3) -> str:
+    """`a, b, c` or `a, b, c and 4 more`."""
+    text = ", ".join(paths[:shown])
+    return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 @dataclass(frozen=True)
@@ -142,15 +197,18 @@ def download_shards(
     """Fetch the files of `repo_id` at `revision` matching `allow_patterns` into `<root>/hub/`.
 
     Only files missing on disk or different from the Hub's listing are fetched; each is
-    verified (size, sha256) and recorded in the manifest's `hub_files`. Raises
-    `DownloadError` with a one-line message on any failure; files already present are never
-    touched by a failure. Progress goes to stderr, the summary line to stdout.
+    verified (size, sha256) and recorded in the manifest's `hub_files`. A file that cannot
+    be fetched does not stop the others: once every other file is fetched,
+    `PartialDownloadError` names each failed file with what to do. Any other failure raises
+    `DownloadError` with a one-line message; files already present are never touched by a
+    failure. Progress goes to stderr, the summary line to stdout.
     """
     started = time.monotonic()
     root = Path(root)
     hub = root / HUB_DIR
     endpoint = hub_endpoint()
     patterns = [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns)
+    _check_token(token)
     api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY)
 
     with _hub_errors(endpoint, repo_id, revision, hub):
@@ -170,58 +228,111 @@ def download_shards(
             f"allow_patterns {patterns}"
         )
     ctx = _Context(root, hub, repo_id, revision, commit, endpoint, token)
-    summary = DownloadSummary(commit=commit)
+    summary = DownloadSummary(commit=commit, patterns=patterns)
 
     db = open_manifest(root)
     try:
-        recorded = {row["path"]: row for row in query(db, "SELECT * FROM hub_files")}
-        listed = {r.path for r in wanted}
-        summary.gone_upstream = sorted(p for p in recorded if p not in listed)
-
-        todo: list[tuple[_Remote, str]] = []
-        up_to_date: list[dict] = []
-        for remote in wanted:
-            state, sha256 = _local_state(ctx, remote, recorded.get(remote.path))
-            if state == "ok":
-                up_to_date.append(_row(ctx, remote, sha256))
-            else:
-                todo.append((remote, state))
-        summary.skipped = len(up_to_date)
-        with write_transaction(db) as conn:
-            for row in up_to_date:
-                _upsert_hub_file(conn, row)
-
+        todo = _plan(ctx, db, listing, wanted, summary)
         _check_free_space(ctx, [r for r, _ in todo])
         for i, (remote, state) in enumerate(todo, 1):
-            _progress(
-                f"[{i}/{len(todo)}] {remote.path} {format_bytes(remote.size)}"
-                f" ({'new' if state == 'new' else 'changed upstream'})"
-            )
-            t0 = time.monotonic()
-            with _hub_errors(
-                endpoint, repo_id, revision, hub, path=remote.path, done=i - 1, total=len(todo)
-            ):
-                sent, sha256 = _fetch(ctx, remote)
-            dt = max(time.monotonic() - t0, 1e-6)
-            _progress(
-                f"[{i}/{len(todo)}] {remote.path} done: {format_bytes(sent)} in {dt:.1f} s"
-                f" ({format_bytes(sent / dt)}/s)"
-            )
-            summary.nbytes += sent
-            (summary.new if state == "new" else summary.changed).append(remote.path)
+            _fetch_one(ctx, db, remote, state, f"[{i}/{len(todo)}]", summary)
+        if not summary.failed:
             with write_transaction(db) as conn:
-                _upsert_hub_file(conn, _row(ctx, remote, sha256))
-
-        with write_transaction(db) as conn:
-            set_meta(conn, "hub_commit", commit)
-            set_meta(conn, "hub_repo_id", repo_id)
-            set_meta(conn, "hub_revision", revision)
+                set_meta(conn, "hub_commit", commit)
+                set_meta(conn, "hub_repo_id", repo_id)
+                set_meta(conn, "hub_revision", revision)
     finally:
         db.close()
 
     summary.seconds = time.monotonic() - started
     print(summary.describe(), flush=True)
+    if summary.failed:
+        raise PartialDownloadError(summary)
     return summary
+
+
+def _plan(
+    ctx: _Context,
+    db: sqlite3.Connection,
+    listing: list[_Remote],
+    wanted: list[_Remote],
+    summary: DownloadSummary,
+) -> list[tuple[_Remote, str]]:
+    """The files to fetch with their state (`new`/`changed`); records the ones up to date
+    and notes in `summary` the recorded files no longer upstream or no longer allowed."""
+    recorded = {row["path"]: row for row in query(db, "SELECT * FROM hub_files")}
+    listed = {r.path for r in listing}
+    allowed = {r.path for r in wanted}
+    summary.gone_upstream = sorted(p for p in recorded if p not in listed)
+    summary.outside_patterns = sorted(p for p in recorded if p in listed and p not in allowed)
+
+    todo: list[tuple[_Remote, str]] = []
+    up_to_date: list[dict] = []
+    for remote in wanted:
+        state, sha256 = _local_state(ctx, remote, recorded.get(remote.path))
+        if state == "ok":
+            up_to_date.append(_row(ctx, remote, sha256))
+        else:
+            todo.append((remote, state))
+    summary.skipped = len(up_to_date)
+    with write_transaction(db) as conn:
+        for row in up_to_date:
+            _upsert_hub_file(conn, row)
+    return todo
+
+
+def _fetch_one(
+    ctx: _Context,
+    db: sqlite3.Connection,
+    remote: _Remote,
+    state: str,
+    counter: str,
+    summary: DownloadSummary,
+) -> None:
+    """Fetch and record one file; a failure of this file alone goes into `summary.failed`."""
+    _progress(
+        f"{counter} {remote.path} {format_bytes(remote.size)}"
+        f" ({'new' if state == 'new' else 'changed upstream'})"
+    )
+    t0 = time.monotonic()
+    try:
+        sent, sha256 = _fetch(ctx, remote)
+    except Exception as exc:  # noqa: BLE001 - sorted by _file_failure; the rest re-raised
+        reason = _file_failure(ctx, remote, exc, summary)
+        if reason is None:
+            raise
+        _progress(f"{counter} FAILED: {reason}")
+        summary.failed.append(FileFailure(remote.path, reason))
+        return
+    dt = max(time.monotonic() - t0, 1e-6)
+    _progress(
+        f"{counter} {remote.path} done: {format_bytes(sent)} in {dt:.1f} s"
+        f" ({format_bytes(sent / dt)}/s)"
+    )
+    summary.nbytes += sent
+    (summary.new if state == "new" else summary.changed).append(remote.path)
+    with write_transaction(db) as conn:
+        _upsert_hub_file(conn, _row(ctx, remote, sha256))
+
+
+def _check_token(token: str | None) -> None:
+    """Refuse, in one line, a token that cannot go into an HTTP header (not ASCII)."""
+    if token is not None:
+        source, value = "the token given", token
+    else:
+        source = next(
+            (k for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if os.environ.get(k)),
+            f"the token file {constants.HF_TOKEN_PATH}",
+        )
+        value = get_token()
+    if not value or value.isascii():
+        return
+    pos, char = next((i, c) for i, c in enumerate(value) if not c.isascii())
+    raise DownloadError(
+        f"{source} contains a non-ASCII character: {char!r} (U+{ord(char):04X}) at position "
+        f"{pos + 1}; a Hub token is ASCII only: copy it again from "
+        "https://huggingface.co/settings/tokens"
+    )
 
 
 # --- deciding what to fetch -------------------------------------------------------------
@@ -333,16 +444,27 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
             f.flush()
             os.fsync(f.fileno())
     except HfHubHTTPError:
-        raise  # keep the partial file: the next run resumes it
+        _drop_if_empty(part)  # else keep the partial file: the next run resumes it
+        raise
     except OSError as exc:
         if exc.errno != errno.ENOSPC and not isinstance(exc, ConnectionError):
             # huggingface_hub's size consistency check: the partial data cannot be trusted
             part.unlink(missing_ok=True)
         raise
+    except _TRANSPORT_ERRORS:
+        _drop_if_empty(part)
+        raise
     sha256 = _verify(remote, part)  # removes the partial file when it does not match
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
     return remote.size - have, sha256
+
+
+def _drop_if_empty(part: Path) -> None:
+    """Remove a partial file that holds no byte, so that none is said to be kept."""
+    with suppress(FileNotFoundError):
+        if part.stat().st_size == 0:
+            part.unlink()
 
 
 def _verify(remote: _Remote, path: Path) -> str:
@@ -429,24 +551,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _hub_errors(
-    endpoint: str,
-    repo_id: str,
-    revision: str,
-    hub: Path,
-    *,
-    path: str | None = None,
-    done: int = 0,
-    total: int = 0,
-) -> Iterator[None]:
-    """Turn huggingface_hub / network / disk errors into one-line `DownloadError`s."""
-    where = f" while fetching {path}" if path else ""
-    kept = (
-        f"; {done} of {total} files fetched before it, partial data kept: rerun to resume"
-        if path
-        else f"; nothing was changed, the shards already in {hub} are untouched"
-    )
-    login = "log in with `hf auth login` or set HF_TOKEN"
+def _hub_errors(endpoint: str, repo_id: str, revision: str, hub: Path) -> Iterator[None]:
+    """Turn huggingface_hub / network / disk errors while listing into one-line errors."""
+    kept = f"; nothing was changed, the shards already in {hub} are untouched"
     try:
         yield
     except DownloadError:
@@ -461,8 +568,7 @@ def _hub_errors(
         ) from exc
     except _TRANSPORT_ERRORS as exc:
         raise DownloadError(
-            f"cannot reach the Hub at {endpoint}{where} ({type(exc).__name__}: "
-            f"{_first_line(exc)}){kept}"
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {_first_line(exc)}){kept}"
         ) from exc
     except RevisionNotFoundError as exc:
         raise DownloadError(
@@ -471,31 +577,77 @@ def _hub_errors(
     except GatedRepoError as exc:
         raise DownloadError(
             f"dataset {repo_id!r} at {endpoint} is gated: accept its conditions on the Hub, "
-            f"then {login}"
+            f"then {LOGIN}"
         ) from exc
     except RepositoryNotFoundError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        hint = f" (if it is private, {login})" if status in (401, 403) else ""
+        hint = f" (if it is private, {LOGIN})" if _status(exc) in (401, 403) else ""
         raise DownloadError(f"dataset {repo_id!r} not found at {endpoint}{hint}") from exc
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
+        status = _status(exc)
         if status in (401, 403):
             raise DownloadError(
-                f"the Hub at {endpoint} refused access to dataset {repo_id!r}{where} "
-                f"(HTTP {status}): {login}"
+                f"the Hub at {endpoint} refused access to dataset {repo_id!r} "
+                f"(HTTP {status}): {LOGIN}"
             ) from exc
         raise DownloadError(
-            f"the Hub at {endpoint} answered HTTP {status}{where} for dataset {repo_id!r} "
-            f"({_first_line(exc)}){kept if path else ''}"
+            f"the Hub at {endpoint} answered HTTP {status} for dataset {repo_id!r} "
+            f"({_first_line(exc)})"
         ) from exc
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DownloadError(
-                f"disk full in {hub}{where}: free some space and rerun{kept if path else ''}"
-            ) from exc
-        if path:
-            raise DownloadError(f"{path}: download failed ({_first_line(exc)})") from exc
-        raise
+    except UnicodeEncodeError as exc:
+        raise DownloadError(
+            f"a request header holds a non-ASCII character ({_first_line(exc)}): "
+            "check HF_TOKEN and the HF_* settings"
+        ) from exc
+
+
+def _file_failure(
+    ctx: _Context, remote: _Remote, exc: BaseException, summary: DownloadSummary
+) -> str | None:
+    """One line for a file that could not be fetched, saying what to do for that kind of
+    failure; raises `DownloadError` for a failure that every later file would meet too
+    (disk full); None for an exception that is not a download failure."""
+    path, status = remote.path, _status(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DownloadError(
+            f"disk full in {ctx.hub} while fetching {path}: free some space and rerun "
+            f"({len(summary.fetched)} file(s) fetched before it are kept)"
+            + _partial_words(ctx, remote)
+        ) from exc
+    if isinstance(exc, DownloadError):
+        return str(exc)
+    if status == 404 or isinstance(exc, EntryNotFoundError):
+        return (
+            f"{path}: not found at {ctx.revision} ({ctx.commit[:12]}) on {ctx.endpoint} "
+            "(HTTP 404): check revision and allow_patterns"
+        )
+    if status in (401, 403) or isinstance(exc, GatedRepoError):
+        return f"{path}: the Hub at {ctx.endpoint} refused access (HTTP {status}): {LOGIN}"
+    resume = f"rerun to resume{_partial_words(ctx, remote)}"
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return (
+            f"{path}: connection to {ctx.endpoint} failed ({type(exc).__name__}: "
+            f"{_first_line(exc)}): {resume}"
+        )
+    if isinstance(exc, HfHubHTTPError):
+        return f"{path}: the Hub at {ctx.endpoint} answered HTTP {status}: {resume}"
+    if isinstance(exc, OSError):
+        return f"{path}: download failed ({_first_line(exc)}): {resume}"
+    return None
+
+
+def _partial_words(ctx: _Context, remote: _Remote) -> str:
+    """` (partial data kept: 10.49 MB of 12.58 MB)` when a partial file exists, else ``."""
+    part = _partial_path(ctx, remote)
+    have = part.stat().st_size if part.is_file() else 0
+    if not have:
+        return ""
+    return f" (partial data kept: {format_bytes(have)} of {format_bytes(remote.size)})"
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error, if it carries a response."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
 
 
 def _progress(message: str) -> None:

@@ -17,7 +17,7 @@ RepoNotFound / RevisionNotFound / EntryNotFound, and 401 for a missing or wrong 
 Every change of the files makes a new commit (older commits stay servable). The server
 counts requests (`gets`, `heads`, `ranges`, `bytes_served`) and can inject faults into the
 next GETs of a file: drop the connection after n body bytes, answer an HTTP status, or serve
-corrupted bytes.
+corrupted bytes; and into its next HEADs: answer an HTTP status.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class HubServer:
         self.bytes_served: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []  # (method, raw path) of every request
         self.faults: dict[str, list[tuple]] = {}
+        self.head_faults: dict[str, list[int]] = {}  # statuses for the next HEADs of a file
         self.corrupted: set[str] = set()
         self._counter = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -119,6 +120,11 @@ class HubServer:
     def fail_next(self, path: str, status: int, times: int = 1) -> None:
         """The next `times` GETs of `path` answer HTTP `status`."""
         self.faults.setdefault(path, []).extend([("status", status)] * times)
+
+    def fail_next_head(self, path: str, status: int, times: int = 1) -> None:
+        """The next `times` HEADs of `path` (the metadata request before a GET) answer
+        HTTP `status`; with 404 as the Hub says it: `X-Error-Code: EntryNotFound`."""
+        self.head_faults.setdefault(path, []).extend([status] * times)
 
     def corrupt(self, path: str) -> None:
         """Serve `path` with one byte changed (same size) from now on."""
@@ -394,6 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
             fault = None
             if not head_only and self.hub.faults.get(file):
                 fault = self.hub.faults[file].pop(0)
+            elif head_only and self.hub.head_faults.get(file):
+                fault = ("head", self.hub.head_faults[file].pop(0))
             corrupted = file in self.hub.corrupted
         if data is None:
             self._error(404, "EntryNotFound", f"{file} does not exist", head_only, commit=sha)
@@ -411,6 +419,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Size"] = str(len(data))
         else:
             headers["ETag"] = f'"{fields["oid"]}"'
+        if fault is not None and fault[0] == "head":
+            code = "EntryNotFound" if fault[1] == 404 else None
+            self._error(fault[1], code, f"injected HTTP {fault[1]}", head_only, commit=sha)
+            return
         if fault is not None and fault[0] == "status":
             self._error(fault[1], None, f"injected HTTP {fault[1]}", head_only, commit=sha)
             return
