@@ -131,6 +131,12 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
+    if not settings.shard_paths():
+        print(
+            f"warning: no tar matches shards = {settings.shards!r} under {settings.root}; "
+            "check `shards` and `root` (or run `doit download`)",
+            flush=True,
+        )
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
     return None
