@@ -1,0 +1,276 @@
+"""The manifest: `<root>/state/manifest.sqlite`, what the build wrote and from where.
+
+Tables (paths are relative to `root`, so the folder can be moved):
+
+- `shards`: one row per tar shard (`name` is the file name without `.tar`).
+- `files`: one row per file the build wrote or tracks (images, JSON, captions,
+  files kept aside), with the tar member and data offset it came from.
+- `quirks`: data problems found in a shard (refused members, invalid JSON, ...).
+- `meta`: small key/value facts (table key, Hub commit, ...).
+- `hub_files`: what `doit download` fetched, with the Hub's size and sha256.
+
+Several processes may write at once (`doit -n 2 -P process`): the database runs in
+WAL mode with a long busy timeout, and writers that must read-then-write take the
+write lock first with `write_transaction`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.sqlite"
+WAL_SWITCH_WAIT_S = 60  # how long a first open retries a WAL switch another process holds up
+# set when the manifest is created over a data/ that already holds files (state reset):
+# extraction then keeps files that already hold the right bytes instead of rewriting them
+ADOPT_KEY = "adopt_existing_files"
+
+SHARD_COLUMNS = {
+    "name": str,
+    "path": str,
+    "size": int,
+    "mtime_ns": int,
+    "xxh3": str,
+    "status": str,  # done | failed
+    "members": int,
+    "samples": int,
+    "aside": int,
+    "error": str,
+    "part_xxh3": str,
+    "json_digest": str,
+    "captions_key": str,
+}
+
+FILE_COLUMNS = {
+    "path": str,
+    "shard": str,
+    "kind": str,  # image | json | caption | aside
+    "sample": str,
+    "member": str,
+    "offset": int,
+    "size": int,
+    "mtime_ns": int,
+    "xxh3": str,
+    "width": int,
+    "height": int,
+}
+
+FILE_FIELDS = tuple(FILE_COLUMNS)
+
+QUIRK_COLUMNS = {
+    "shard": str,
+    "kind": str,
+    "member": str,
+    "path": str,
+    "detail": str,
+}
+
+HUB_FILE_COLUMNS = {
+    "path": str,
+    "size": int,
+    "sha256": str,
+    "commit": str,
+    "local_path": str,
+}
+
+
+def manifest_path(root: Path) -> Path:
+    """Where the manifest of the dataset under `root` lives."""
+    return Path(root) / "state" / MANIFEST_NAME
+
+
+def connect_if_present(root: Path) -> sqlite3.Connection | None:
+    """A plain sqlite3 connection to the manifest of `root`, or None when there is none.
+
+    For readers: it creates nothing and imports no sqlite-utils (the uptodate checks and
+    the summary of a no-op `doit` read the manifest only this way).
+    """
+    path = manifest_path(root)
+    return sqlite3.connect(path, timeout=600) if path.is_file() else None
+
+
+def open_readonly(root: Path) -> sqlite3.Connection | None:
+    """The manifest opened read-only, or None when there is none.
+
+    With no `-wal` file beside it (no writer running, nothing left uncheckpointed) it is
+    opened `immutable`, so SQLite creates no `-wal`/`-shm` files; otherwise `mode=ro`
+    (those files exist already) so that the WAL's committed content is read.
+    """
+    path = manifest_path(root)
+    if not path.is_file():
+        return None
+    uri = path.resolve().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    return sqlite3.connect(
+        f"{uri}?mode=ro" if wal.exists() else f"{uri}?immutable=1", uri=True, timeout=60
+    )
+
+
+def open_manifest(root: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the manifest of `root`, ready for concurrent writers."""
+    path = manifest_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=600)
+    try:
+        _switch_to_wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=600000")
+        # a build rewrites the same index pages in batch after batch: checkpoint them into
+        # the database every ~40 MB of WAL, not every 4 MB, and keep 8 MiB of them cached
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
+        conn.execute("PRAGMA cache_size=-8192")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if _is_locked(exc):
+            raise ManifestError(
+                f"{path}: still locked by another process after {WAL_SWITCH_WAIT_S} s ({exc})"
+            ) from exc
+        raise unreadable_manifest(path, exc) from exc
+    _ensure_schema(conn, Path(root))
+    return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while another connection holds the file.
+
+    When two processes open a new manifest at once (`doit -n 2` on a fresh root), SQLite
+    answers one switch with "database is locked" at once, without waiting on the busy
+    timeout (11 of 400 opens in a race of two processes here).
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+class ManifestError(RuntimeError):
+    """The manifest cannot be opened or used."""
+
+
+def unreadable_manifest(path: Path, exc: Exception) -> ManifestError:
+    """The error for a manifest that is not a readable SQLite database, with the way back."""
+    return ManifestError(
+        f"{path}: not a readable SQLite database ({exc}); run `doit reset_state` to "
+        "move it aside, then `doit` to rebuild it from the tars and data/"
+    )
+
+
+def _ensure_schema(conn: sqlite3.Connection, root: Path) -> None:
+    """Create the tables (with sqlite-utils) unless they exist already."""
+    (found,) = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('files', 'meta')"
+    ).fetchone()
+    if found == 2:
+        return
+    # imported here only: it costs ~0.1 s, and only a new manifest needs it
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    data = root / "data"
+    adopt = data.is_dir() and any(data.iterdir())
+    with write_transaction(conn):
+        db["shards"].create(SHARD_COLUMNS, pk="name", if_not_exists=True)
+        db["files"].create(FILE_COLUMNS, pk="path", if_not_exists=True)
+        db["files"].create_index(["shard", "kind"], if_not_exists=True)
+        db["files"].create_index(["kind"], if_not_exists=True)
+        db["quirks"].create(QUIRK_COLUMNS, if_not_exists=True)
+        db["quirks"].create_index(["shard"], if_not_exists=True)
+        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db["hub_files"].create(HUB_FILE_COLUMNS, pk="path", if_not_exists=True)
+        if adopt:
+            set_meta(conn, ADOPT_KEY, "1")
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A transaction that holds SQLite's write lock from its first statement.
+
+    Use it where a decision read from the manifest must still hold when the
+    write commits (claiming a path another shard may claim at the same time).
+    """
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    else:
+        conn.commit()
+
+
+_FILE_COLUMN_LIST = ", ".join(f'"{c}"' for c in FILE_FIELDS)
+_UPSERT_FILES = (
+    f"INSERT INTO files ({_FILE_COLUMN_LIST}) VALUES ({', '.join('?' for _ in FILE_FIELDS)}) "
+    "ON CONFLICT (path) DO UPDATE SET "
+    + ", ".join(f'"{c}" = excluded."{c}"' for c in FILE_FIELDS if c != "path")
+)
+
+
+def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
+    """Insert `files` rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same
+    path, in one statement batch.
+
+    An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
+    re-inserts): its entry in the path index, whose random keys put almost every row in
+    another page, stays where it is. Each file's row is written twice in a build (claimed,
+    then committed); measured on a 100k-sample manifest, one 5k-sample shard's rows wrote
+    96 MB (WAL and checkpoints) instead of 131 MB, in 0.49 s instead of 0.57-0.67 s.
+    """
+    conn.executemany(_UPSERT_FILES, ([row.get(c) for c in FILE_FIELDS] for row in rows))
+
+
+def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
+    """Delete the `files` rows of `paths`."""
+    conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
+
+
+def get_meta(db: sqlite3.Connection, key: str) -> str | None:
+    """A value from the `meta` table, or None."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Set a value in the `meta` table (inside the caller's transaction)."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def query(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> Iterator[dict]:
+    """The rows of a query as dicts keyed by column name."""
+    cursor = db.execute(sql, params)
+    keys = [d[0] for d in cursor.description]
+    for row in cursor:
+        yield dict(zip(keys, row, strict=True))
+
+
+def shard_row(db: sqlite3.Connection, name: str) -> dict | None:
+    """The `shards` row of `name`, or None."""
+    rows = list(query(db, "SELECT * FROM shards WHERE name = ?", [name]))
+    return rows[0] if rows else None
+
+
+def file_row(db: sqlite3.Connection, path: str) -> dict | None:
+    """The `files` row of `path`, or None."""
+    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
+    return rows[0] if rows else None
+
+
+def files_of_shard(db: sqlite3.Connection, shard: str, kind: str | None = None) -> list[dict]:
+    """The `files` rows of one shard, optionally of one kind."""
+    if kind is None:
+        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
+    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))

@@ -1,0 +1,469 @@
+"""`doit audit [--deep]`: check the disk against the manifest; change nothing but the report.
+
+Fast (the default) is stat-level: a file whose size and mtime_ns match its manifest row
+is not read; only a file whose stat differs is hashed (XXH3-128). `--deep` reads and
+hashes every file the manifest lists (bit rot that kept size and mtime) and checks each
+image against its JSON's own `md5_file_hash` / `sha512_hash`; it reports its read speed.
+Where an image fails those, the tar's own members (read at their recorded offsets) tell
+an edited checksum (a note) from a replaced image (damage).
+
+Facts come from the manifest (`files`, `quirks`, `shards`), a walk of `data/`, the
+partitions (one at a time, a few columns) and the table (in batches). Memory does not grow
+with the number of files: whether images, captions and table rows pair up, and whether
+`data/` holds only files the manifest knows, is settled by counts and order-free
+fingerprints (`Fingerprint`); only where they differ are names looked up, a batch at a
+time, to say which. The manifest is opened read-only (no WAL or lock files are created),
+and nothing on disk changes except the report (`tasks/audit_report.py`).
+The `--deep` reading lives in `tasks/audit_deep.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from stat import S_ISDIR
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+from state.hashing import hash_file
+from state.manifest import manifest_path, open_readonly
+from tasks.audit_deep import FILE_QUERY, Seen, deep_files
+from tasks.audit_pairing import (
+    Fingerprint,
+    PairTallies,
+    batched,
+    counted_in_data,
+    images_without_caption,
+    row_mismatches,
+    strays,
+)
+from tasks.audit_report import KINDS, AuditReport
+from tasks.audit_stat import stat_all_rows
+from tasks.dataloader import dataloader_entry
+from tasks.partition import read_partition
+from tasks.records import parse_json
+from tasks.settings import Settings
+
+# --------------------------------------------------------------------------- audit
+
+
+def audit(settings: Settings, deep: bool = False) -> AuditReport:
+    """Check `data/`, `incomplete/`, the partitions and the table against the manifest."""
+    began = time.monotonic()
+    report = AuditReport(
+        root=str(settings.root),
+        deep=deep,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    conn = open_readonly(settings.root)
+    if conn is None:
+        report.add("no_manifest", None, None, f"{manifest_path(settings.root)} does not exist")
+        report.seconds = time.monotonic() - began
+        return report
+    try:
+        # files first: the stat pass may fork, best while this process is small
+        judge = _check_files(conn, settings, report, deep)
+        table = _check_table_rows(settings, report)
+        _check_pairs(conn, settings, judge, table)
+        if not table.readable and not report.of("missing_table", "corrupt_table"):
+            rel = os.path.relpath(settings.table_path, settings.root)
+            if not report.of("unreadable_table"):
+                report.add("missing_table", rel, None, "not built yet: run doit")
+        _check_strays(conn, settings, judge.present_in_data, report)
+        _check_partitions(conn, settings, report)
+        _check_quirks(conn, report)
+        _check_shards(conn, settings, report)
+        _check_duplicates(conn, report)
+        _check_expected(conn, settings, report, table)
+    finally:
+        conn.close()
+    report.seconds = time.monotonic() - began
+    return report
+
+
+@dataclass
+class TableFacts:
+    readable: bool
+    rows: int = 0
+    filenames: Fingerprint = field(default_factory=Fingerprint)  # as `data/<filename>`
+
+
+def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
+    """Fingerprint the table's filenames; note empty, multi-line and too-small captions/sizes."""
+    facts = TableFacts(readable=False)
+    path = settings.table_path
+    if not path.is_file():
+        return facts
+    rel = os.path.relpath(path, settings.root)
+    textfile = settings.caption_strategy == "textfile"
+    too_small, words = _too_small_rule(settings)
+    if words:
+        report.context["too_small"] = words
+    add = facts.filenames.add
+    try:
+        pf = pq.ParquetFile(path)
+        batches = pf.iter_batches(columns=["filename", "width", "height", "caption"])
+        for batch in batches:
+            names = batch.column("filename").to_pylist()
+            facts.rows += len(names)
+            for name in names:
+                add(f"data/{name}")
+            caption = batch.column("caption")
+            _note_rows(report, "empty_caption", names, pc.equal(caption, ""), "caption is empty")
+            if textfile:
+                multi = pc.match_substring_regex(caption, r"[\r\n]")
+                _note_rows(
+                    report,
+                    "caption_newlines",
+                    names,
+                    multi,
+                    "caption has line breaks: read as several captions",
+                )
+            if too_small is not None:
+                width, height = batch.column("width"), batch.column("height")
+                small = _true_indices(too_small(width, height))
+                if small:
+                    widths, heights = width.to_pylist(), height.to_pylist()
+                    for i in small:
+                        report.add(
+                            "too_small",
+                            f"data/{names[i]}",
+                            None,
+                            f"{widths[i]}x{heights[i]} is under {words}",
+                        )
+    except (OSError, pa.ArrowException, KeyError) as exc:
+        report.add("unreadable_table", rel, None, f"cannot read {rel}: {exc}")
+        return facts
+    facts.readable = True
+    report.samples = facts.rows
+    return facts
+
+
+def _true_indices(mask: pa.Array) -> list[int]:
+    return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+
+
+def _note_rows(report, kind: str, names: list[str], mask, detail: str) -> None:
+    for i in _true_indices(mask):
+        report.add(kind, f"data/{names[i]}", None, detail)
+
+
+def _too_small_rule(settings: Settings):
+    """(mask(width, height), words) for SimpleTuner's minimum_image_size, or (None, "")."""
+    entry = dataloader_entry(settings)
+    minimum = entry.get("minimum_image_size")
+    kind = entry.get("resolution_type")
+    if not isinstance(minimum, int | float) or isinstance(minimum, bool) or minimum <= 0:
+        return None, ""
+    if kind == "pixel_area":  # SimpleTuner turns pixel_area into area (pixels squared / 1e6)
+        minimum, kind = minimum * minimum / 1e6, "area"
+    words = (
+        f"minimum_image_size = {entry['minimum_image_size']}, "
+        f"resolution_type = {entry.get('resolution_type')}"
+    )
+    if kind == "pixel":
+
+        def mask(width, height):
+            return pc.or_(pc.less(width, minimum), pc.less(height, minimum))
+
+        return mask, words
+    if kind != "area":
+        return None, ""
+    area = minimum * 1_000_000
+    square_crop = bool(entry.get("crop")) and entry.get("crop_aspect", "square") == "square"
+    edge = int(area**0.5)
+
+    def area_mask(width, height):
+        small = pc.less(pc.multiply(pc.cast(width, pa.float64()), height), area)
+        if square_crop:
+            small = pc.or_(small, pc.or_(pc.less(width, edge), pc.less(height, edge)))
+        return small
+
+    return area_mask, words
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _Judge:
+    """Every manifest row against the disk (stat-level, or read in full with `deep`)."""
+    root = str(settings.root) + os.sep
+    judge = _Judge(settings, report)
+    if deep:
+        deep_files(conn, root, report, judge)
+    else:
+        _fast_files(conn, root, judge)
+    return judge
+
+
+def _fast_files(conn, root: str, judge: _Judge) -> None:
+    """Stat every file (`audit_stat`); look closer (`_look`) only where it is missing or
+    its stat differs: full rows are fetched for those only."""
+    found = stat_all_rows(conn, root, judge.textfile)
+    judge.tallies.merge(found.tallies)
+    judge.report.files_checked += found.same
+    judge.present_in_data += found.present
+    for chunk in batched(found.closer):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"{FILE_QUERY} WHERE path IN ({marks})", chunk):
+            judge(row, _look(root, row))
+
+
+def _look(root: str, row: tuple) -> Seen:
+    """Stat one file; hash it only when its size is right but its mtime is not."""
+    path, _shard, kind, _sample, size, mtime_ns, xxh3 = row
+    try:
+        st = os.stat(root + path)
+    except (FileNotFoundError, NotADirectoryError):
+        return Seen(False)
+    if S_ISDIR(st.st_mode):
+        return Seen(False)
+    seen = Seen(True, st.st_size, st.st_mtime_ns)
+    if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+        seen.xxh3 = xxh3
+    elif st.st_size == size or kind == "json":
+        seen.data = _read(root + path) if kind == "json" else None
+        seen.xxh3 = xxhash.xxh3_128_hexdigest(seen.data) if seen.data is not None else None
+        if seen.xxh3 is None:
+            seen.xxh3 = hash_file(root + path)
+    return seen
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class _Judge:
+    """Turns (manifest row, what is on disk) into findings; tallies what must pair up."""
+
+    def __init__(self, settings: Settings, report: AuditReport):
+        self.report = report
+        self.textfile = settings.caption_strategy == "textfile"
+        self.tallies = PairTallies(self.textfile)  # what must pair up, over every row
+        self.tally = self.tallies.add
+        self.present_in_data = 0  # manifest rows in data/ found on disk (trainer files aside)
+        self.missing: set[str] = set()
+
+    def __call__(self, row: tuple, seen: Seen) -> None:
+        path, shard, kind, _sample, size, mtime_ns, xxh3 = row
+        report = self.report
+        report.files_checked += 1
+        if kind == "pending":  # claimed by a run that did not finish it
+            self._unfinished(path, shard, seen)
+            return
+        if not seen.exists:
+            self.missing.add(path)
+            report.add(
+                f"missing_{kind}" if f"missing_{kind}" in KINDS else "missing_file",
+                path,
+                shard,
+                f"recorded in the manifest ({kind}, {size} bytes), not on disk",
+            )
+            return
+        if counted_in_data(path):
+            self.present_in_data += 1
+        same_stat = (seen.size, seen.mtime_ns) == (size, mtime_ns)
+        if seen.xxh3 is not None and seen.xxh3 == xxh3:
+            if not same_stat:
+                report.add("touched", path, shard, "mtime or size changed, content did not")
+        elif kind == "json":
+            report.add("edited_json", path, shard, _edited_words(seen))
+        else:
+            how = (
+                f"{seen.size} bytes, the build wrote {size}"
+                if seen.size != size
+                else "same size"
+                + (" and mtime" if same_stat else "")
+                + ", different content (XXH3)"
+            )
+            name = f"corrupt_{kind}" if f"corrupt_{kind}" in KINDS else "corrupt_file"
+            report.add(name, path, shard, how)
+
+    def _unfinished(self, path: str, shard: str | None, seen: Seen) -> None:
+        if not seen.exists:
+            self.missing.add(path)
+            words = "claimed by a killed run, never written"
+        else:
+            if counted_in_data(path):
+                self.present_in_data += 1
+            words = "written by a killed run, maybe only in part"
+        self.report.add("unfinished", path, shard, f"{words}: run doit to finish the build")
+
+
+def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:
+    """Images without a caption or a table row, rows without an image (`audit_pairing`)."""
+    report, root = judge.report, str(settings.root) + os.sep
+    tallies = judge.tallies
+    if judge.textfile and tallies.wanted_captions != tallies.captions:
+        for path, shard, cap in images_without_caption(conn, root, judge.missing):
+            report.add("image_without_caption", path, shard, f"{cap} does not exist")
+    if table.readable and table.filenames != tallies.images:
+        rel = os.path.relpath(settings.table_path, settings.root)
+        no_row, no_image = row_mismatches(conn, root, str(settings.table_path), judge.missing)
+        for path, shard in no_row:
+            report.add("image_without_row", path, shard, "the table has no row for it")
+        for path in no_image:
+            report.add("row_without_image", path, None, f"{rel} has a row for it, not in data/")
+
+
+def _edited_words(seen: Seen) -> str:
+    words = "edited, picked up by the next doit"
+    if seen.data is not None:
+        _, error = parse_json(seen.data)
+        if error:
+            words += f"; but it is not usable now ({error}): fix it first"
+    return words
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -> None:
+    for path in strays(conn, str(settings.data_dir), present):
+        is_image = posixpath.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg")
+        report.add(
+            "stray",
+            path,
+            None,
+            "image the build did not write: the trainer would load it"
+            if is_image
+            else "file the build did not write",
+        )
+
+
+def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
+    """Size and name notes from each shard's partition (a few columns, one at a time)."""
+    columns = [
+        "filename",
+        "width",
+        "height",
+        "size_source",
+        "header_width",
+        "header_height",
+        "image_name",
+    ]
+    for (shard,) in conn.execute(
+        "SELECT name FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
+    ).fetchall():
+        try:
+            t = read_partition(settings, shard, columns)
+        except (OSError, pa.ArrowException):
+            continue  # missing or corrupt: reported with the files
+        names = t.column("filename").to_pylist()
+        header = pc.equal(t.column("size_source"), "header")
+        for i in _true_indices(header):
+            report.add(
+                "size_from_header",
+                f"data/{names[i]}",
+                shard,
+                "JSON has no usable width/height: the image header's "
+                f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()} is used",
+            )
+        differs = pc.and_(
+            pc.invert(header),
+            pc.or_(
+                pc.not_equal(t.column("width"), t.column("header_width")),
+                pc.not_equal(t.column("height"), t.column("header_height")),
+            ),
+        )
+        for i in _true_indices(differs):
+            report.add(
+                "header_size_mismatch",
+                f"data/{names[i]}",
+                shard,
+                f"JSON says {t['width'][i].as_py()}x{t['height'][i].as_py()}, the image header "
+                f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()}",
+            )
+        base = pc.replace_substring_regex(t.column("filename"), pattern=r"^.*/", replacement="")
+        wrong = pc.fill_null(pc.not_equal(t.column("image_name"), base), True)
+        for i in _true_indices(wrong):
+            name = t["image_name"][i].as_py()
+            report.add(
+                "image_name_mismatch",
+                f"data/{names[i]}",
+                shard,
+                "JSON has no image_name"
+                if name is None
+                else f"JSON image_name {name!r}, the member is {posixpath.basename(names[i])!r}",
+            )
+
+
+def _check_quirks(conn, report: AuditReport) -> None:
+    aside = {
+        (shard, member): path
+        for shard, member, path in conn.execute(
+            "SELECT shard, member, path FROM files WHERE kind = 'aside'"
+        )
+    }
+    for shard, kind, member, path, detail in conn.execute(
+        "SELECT shard, kind, member, path, detail FROM quirks ORDER BY shard, rowid"
+    ):
+        where = aside.get((shard, member)) or path
+        words = f"{member}: {detail}" if member else detail
+        if kind not in KINDS:
+            report.add("quirk", where, shard, f"{kind}: {words}")
+        else:
+            report.add(kind, where, shard, words)
+
+
+def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
+    known = set()
+    for name, path, size, mtime_ns, status, error in conn.execute(
+        "SELECT name, path, size, mtime_ns, status, error FROM shards ORDER BY name"
+    ):
+        known.add(name)
+        try:
+            st = os.stat(settings.root / path)
+        except FileNotFoundError:
+            report.add("tar_gone", path, name, "its extracted samples stay in the build")
+            continue
+        if status == "failed":
+            report.add("shard_failed", path, name, error or "not read to its end")
+        elif (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            report.add("tar_changed", path, name, "size or mtime differs from the extracted tar")
+    for tar in settings.shard_paths():
+        name = tar.name[:-4] if tar.name.endswith(".tar") else tar.name
+        if name not in known:
+            rel = os.path.relpath(tar, settings.root)
+            report.add("shard_new", rel, name, "not extracted yet")
+
+
+def _check_duplicates(conn, report: AuditReport) -> None:
+    """Images with the same content under several names (one grouped scan of the images)."""
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for digest, path, shard in conn.execute(
+        "SELECT xxh3, path, shard FROM files WHERE kind = 'image' AND xxh3 IN "
+        "(SELECT xxh3 FROM files WHERE kind = 'image' GROUP BY xxh3 HAVING count(*) > 1)"
+    ):
+        groups[digest].append((path, shard))
+    for members in groups.values():
+        members.sort()
+        (first, shard), others = members[0], [p for p, _ in members[1:]]
+        report.add("duplicate_content", first, shard, "same bytes as " + ", ".join(others))
+
+
+def _check_expected(conn, settings: Settings, report: AuditReport, table: TableFacts) -> None:
+    if settings.expected_samples is None:
+        return
+    samples = table.rows if table.readable else None
+    if samples is None:
+        samples = conn.execute("SELECT coalesce(sum(samples), 0) FROM shards").fetchone()[0]
+        report.samples = samples
+    if samples != settings.expected_samples:
+        report.add(
+            "expected_samples",
+            None,
+            None,
+            f"{samples} sample(s) in the build, expected_samples = {settings.expected_samples}",
+        )

@@ -1,0 +1,331 @@
+"""`doit audit --deep`: read and hash every file the manifest lists, in reader threads,
+and check each image against its JSON's own `md5_file_hash` / `sha512_hash`. Where an
+image fails those, the tar's own members (read at their recorded offsets) tell an edited
+checksum (a note) from a replaced image (damage)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from stat import S_ISDIR
+
+import xxhash
+
+from tasks.audit_pairing import counted_in_data
+from tasks.audit_report import AuditReport
+from tasks.progress import Progress
+from tasks.records import parse_json
+
+FILE_QUERY = "SELECT path, shard, kind, sample, size, mtime_ns, xxh3 FROM files"
+BIG_FILE = 64 << 20
+
+
+@dataclass
+class Seen:
+    """What is on disk for one manifest row."""
+
+    exists: bool
+    size: int | None = None
+    mtime_ns: int | None = None
+    xxh3: str | None = None  # None: not read (its stat matched)
+    data: bytes | None = None  # JSON bytes, kept when read (deep, or an edited JSON)
+
+
+def _deep_work(conn) -> Iterator[list[tuple]]:
+    """Manifest rows in batches for the readers, each sample's JSON right before its image.
+
+    One pass in table order (the build records a sample's JSON and image together, so the
+    partner is usually near and few rows wait in `pending`).
+    """
+    pending: dict[tuple, tuple] = {}
+    batch: list[tuple] = []
+    cursor = conn.execute(FILE_QUERY)
+    while rows := cursor.fetchmany(4096):
+        for r in rows:
+            kind = r[2]
+            if (kind == "json" or kind == "image") and r[0].startswith("data/"):
+                key = (r[1], r[3])
+                other = pending.pop(key, None)
+                if other is None:
+                    pending[key] = r
+                    continue
+                batch += (other, r) if kind == "image" else (r, other)
+            else:
+                batch.append(r)
+            if len(batch) >= 256:
+                yield batch
+                batch = []
+    batch.extend(pending.values())
+    for i in range(0, len(batch), 256):
+        yield batch[i : i + 256]
+
+
+def deep_files(conn, root: str, report: AuditReport, judge) -> None:
+    """Read and hash every file in reader threads; judge the results in order."""
+    total = conn.execute("SELECT coalesce(sum(size), 0) FROM files").fetchone()[0]
+    progress = Progress("audit --deep", total)
+    workers = min(16, 4 * (os.cpu_count() or 1))  # reads wait on the disk: keep it busy
+    mismatches: list = []
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for batch, results in _bounded_map(
+                pool, lambda b: _read_batch(root, b), _deep_work(conn), workers * 2
+            ):
+                last_json = None
+                for row, got in zip(batch, results, strict=True):
+                    judge.tally(row[0], row[2], row[3])
+                    if got is None:
+                        judge(row, Seen(False))
+                        continue
+                    size, mtime_ns, digest, data, checks = got
+                    report.bytes_read += size
+                    if digest == row[6] and size == row[4] and mtime_ns == row[5]:
+                        judge.report.files_checked += 1
+                        if counted_in_data(row[0]):
+                            judge.present_in_data += 1
+                    else:
+                        judge(row, Seen(True, size, mtime_ns, digest, data))
+                    if row[2] == "json":
+                        last_json = (row, digest)
+                    elif checks and last_json and last_json[0][1:4:2] == row[1:4:2]:
+                        _judge_checksums(report, last_json, row, digest, checks, mismatches)
+                progress.update(report.bytes_read)
+    finally:
+        progress.close()
+    _settle_checksums(conn, Path(root), mismatches, report)
+
+
+def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
+    """(item, fn(item)) in order, with at most `ahead` calls in flight (memory stays flat)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= ahead:
+            item0, fut = pending.popleft()
+            yield item0, fut.result()
+    while pending:
+        item0, fut = pending.popleft()
+        yield item0, fut.result()
+
+
+def _read_batch(root: str, batch: list[tuple]) -> list:
+    """Read and hash each row's file (a reader thread's work); None for a missing file.
+
+    Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks).
+    A JSON in data/ gives the checksums its image must have; the image right after it is
+    then hashed with md5/sha512 too, and `checks` is (wanted, got) for it.
+    """
+    out: list = []
+    append = out.append
+    want: dict[str, str] = {}
+    want_of = None
+    xxh3 = xxhash.xxh3_128_hexdigest
+    for row in batch:
+        path, kind = row[0], row[2]
+        if path.startswith("data/"):
+            if kind == "json":
+                got = _read_hash(root + path, {})
+                if got is None:
+                    append(None)
+                    continue
+                data = got[3]
+                want, want_of = wanted_from_bytes(data), (row[1], row[3])
+                append((got[0], got[1], got[2], data if got[2] != row[6] else None, None))
+                continue
+            if kind == "image" and want and want_of == (row[1], row[3]):
+                got = _read_hash(root + path, want)
+                append(None if got is None else (got[0], got[1], got[2], None, got[4]))
+                continue
+        try:
+            fd = os.open(root + path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            append(None)
+            continue
+        try:  # the common case inline: a small file, one read
+            st = os.fstat(fd)
+            if S_ISDIR(st.st_mode):
+                append(None)
+                continue
+            if st.st_size < BIG_FILE:
+                data = os.read(fd, st.st_size + 1)
+                if len(data) <= st.st_size:
+                    append((len(data), st.st_mtime_ns, xxh3(data), None, None))
+                    continue
+        finally:
+            os.close(fd)
+        got = _read_hash(root + path, {})
+        append(None if got is None else (got[0], got[1], got[2], None, None))
+    return out
+
+
+MD5_FIELD = re.compile(rb'"md5_file_hash"\s*:\s*"\s*([0-9a-fA-F]+)\s*"')
+SHA512_FIELD = re.compile(rb'"sha512_hash"\s*:\s*"\s*([0-9a-fA-F]+)\s*"')
+
+
+def wanted_from_bytes(raw: bytes | None) -> dict[str, str]:
+    """`wanted_checksums` of a JSON file's bytes; a plain one is not parsed (a regex finds
+    the two fields), anything unusual (a key twice, a value not hex) is."""
+    if not raw:
+        return {}
+    want = {}
+    for key, algo, pattern in (
+        (b'"md5_file_hash"', "md5", MD5_FIELD),
+        (b'"sha512_hash"', "sha512", SHA512_FIELD),
+    ):
+        n = raw.count(key)
+        if not n:
+            continue
+        found = pattern.search(raw) if n == 1 else None
+        if found is None:
+            obj, _ = parse_json(raw)
+            return wanted_checksums(obj)
+        want[algo] = found.group(1).decode("ascii").lower()
+    return want
+
+
+def wanted_checksums(obj: dict | None) -> dict[str, str]:
+    """The hex md5/sha512 a sample's JSON gives for its image (`md5_file_hash`, `sha512_hash`)."""
+    if not obj:
+        return {}
+    want = {}
+    for field_name, algo in (("md5_file_hash", "md5"), ("sha512_hash", "sha512")):
+        value = obj.get(field_name)
+        if isinstance(value, str) and value.strip():
+            want[algo] = value.strip().lower()
+    return want
+
+
+def _read_hash(path: str, want: dict[str, str]) -> tuple | None:
+    """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None).
+
+    A small file is read in one call (its bytes are returned); a big one in chunks.
+    `want` names md5/sha512 digests to compute as well. None: the file is not there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if S_ISDIR(st.st_mode):
+            return None
+        ask = min(st.st_size + 1, BIG_FILE)
+        data = os.read(fd, ask)
+        if len(data) < ask:  # the whole file (a short read of a regular file is its end)
+            got = {algo: hashlib.new(algo, data).hexdigest() for algo in want}
+            checks = (want, got) if want else None
+            return len(data), st.st_mtime_ns, xxhash.xxh3_128_hexdigest(data), data, checks
+        h = xxhash.xxh3_128()
+        extra = {algo: hashlib.new(algo) for algo in want}
+        size = 0
+        while data:
+            size += len(data)
+            h.update(data)
+            for e in extra.values():
+                e.update(data)
+            data = os.read(fd, BIG_FILE)
+    finally:
+        os.close(fd)
+    got = {algo: e.hexdigest() for algo, e in extra.items()}
+    return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None
+
+
+def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -> None:
+    """Count an image checked against its JSON's md5/sha512; keep mismatches for later."""
+    want, got = checks
+    if digest != image_row[6]:
+        return  # reported as corrupt_image already
+    report.checksums_checked += 1
+    if got == want:
+        return
+    wrong = [algo for algo in want if got.get(algo) != want[algo]]
+    if wrong:
+        json_row, json_digest = last_json
+        mismatches.append((json_row, json_digest, image_row, want, got, wrong))
+
+
+def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -> None:
+    """Decide what an image failing its JSON's checksum means, from the tar's own members.
+
+    The JSON's checksum fields differ from the tar's JSON: an edit (note). Else the tar's
+    image passes where the one in data/ fails: the image was replaced (damage, repair
+    restores it). Else the shard's own image fails its checksum (a note on the source).
+    Without the tar: damage, unless the JSON is edited since the build (note).
+    """
+    names = {"md5": "md5_file_hash", "sha512": "sha512_hash"}
+    tars = {n: p for n, p in conn.execute("SELECT name, path FROM shards")}
+    for json_row, json_digest, image_row, want, got, wrong in mismatches:
+        image, shard = image_row[0], image_row[1]
+        detail = ", ".join(f"{a} {got[a][:12]}… but {names[a]} {want[a][:12]}…" for a in wrong)
+        tar = root / tars[shard] if tars.get(shard) else None
+        if tar is None or not tar.is_file():
+            if json_digest != json_row[6]:
+                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+            else:
+                report.add(
+                    "checksum_mismatch", image, shard, f"{detail}; its tar is gone (cannot tell)"
+                )
+            continue
+        original_json = member_bytes(conn, tar, json_row[0])
+        if original_json is not None:
+            obj, _ = parse_json(original_json)
+            if wanted_checksums(obj) != want:
+                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+                continue
+        original_image = member_bytes(conn, tar, image)
+        if original_image is not None and checksums_match(original_image, want):
+            report.add(
+                "checksum_mismatch",
+                image,
+                shard,
+                f"{detail}; the tar's member passes: the image was replaced",
+            )
+        elif original_image is not None:
+            report.add(
+                "shard_checksum_mismatch",
+                image,
+                shard,
+                f"{detail}; the tar's own member fails too (damaged at the source)",
+            )
+        else:
+            report.add("checksum_mismatch", image, shard, f"{detail}; the tar changed")
+
+
+def checksums_match(data: bytes, want: dict[str, str]) -> bool:
+    return all(hashlib.new(algo, data).hexdigest() == value for algo, value in want.items())
+
+
+def member_bytes(conn, tar: Path, path: str) -> bytes | None:
+    """The bytes of the tar member a manifest row came from, or None (tar changed)."""
+    row = conn.execute("SELECT member, offset FROM files WHERE path = ?", (path,)).fetchone()
+    if row is None:
+        return None
+    try:
+        with open(tar, "rb") as fh:
+            return read_member(fh, row[0], row[1])
+    except OSError:
+        return None
+
+
+def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
+    """A member's bytes at its recorded data offset, if the tar header before it names it."""
+    if offset is None or offset < tarfile.BLOCKSIZE or not member:
+        return None
+    fh.seek(offset - tarfile.BLOCKSIZE)
+    block = fh.read(tarfile.BLOCKSIZE)
+    try:
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        return None
+    # a long name is cut to its first 100 bytes in the header itself (GNU/pax)
+    if not (info.name == member or (len(info.name) >= 99 and member.startswith(info.name))):
+        return None
+    data = fh.read(info.size)
+    return data if len(data) == info.size else None

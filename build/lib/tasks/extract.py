@@ -1,0 +1,552 @@
+"""`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
+
+The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
+and writes it under its claim (see tasks/claims.py: straight into `data/`, or staged when
+another shard owns the path). When the tar has been read to its end-of-archive marker,
+samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
+in batches: each batch settles contested paths, moves what goes aside and records final
+rows in one write transaction. The shard is marked done last, so a killed run redoes
+the shard and nothing half-done counts as done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from state.atomic import atomic_write
+from state.hashing import file_matches, hash_bytes, hash_file
+from state.manifest import (
+    ADOPT_KEY,
+    delete_files,
+    file_row,
+    files_of_shard,
+    get_meta,
+    open_manifest,
+    query,
+    shard_row,
+    upsert_files,
+    write_transaction,
+)
+from tasks.claims import Member, MemberWriter, owners_of
+from tasks.imagesize import image_size
+from tasks.partition import digest_pairs, json_digest, write_partition
+from tasks.progress import Progress
+from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
+from tasks.settings import Settings, partition_path, shard_name
+from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
+
+COMMIT_BATCH = 1000
+
+
+@dataclass
+class Sample:
+    key: str
+    json: Member | None = None
+    images: list[Member] = field(default_factory=list)
+    others: list[Member] = field(default_factory=list)
+
+
+@dataclass
+class Placement:
+    """Where one member ends up: `dest` relative to root, and its manifest kind."""
+
+    member: Member
+    dest: str
+    kind: str
+    sample: str
+
+
+@dataclass
+class ExtractResult:
+    """What `extract_shard` did."""
+
+    shard: str
+    status: str  # extracted | up-to-date | renamed | failed
+    samples: int = 0
+    aside: int = 0
+    written: int = 0
+    error: str | None = None
+
+
+def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
+    """Bring the manifest, `data/` and the partition of one shard up to date with its tar."""
+    db = open_manifest(settings.root)
+    try:
+        return _extract_shard(db, settings, Path(tar_path))
+    finally:
+        db.close()
+
+
+def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
+    name = shard_name(tar_path)
+    st = os.stat(tar_path)
+    rel = os.path.relpath(tar_path, settings.root)
+    row = shard_row(db, name)
+    if row and row["status"] == "done" and row["size"] == st.st_size:
+        same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
+        if same_stat or hash_file(tar_path) == row["xxh3"]:
+            if not same_stat:
+                with write_transaction(db) as conn:
+                    conn.execute(
+                        "UPDATE shards SET mtime_ns = ?, path = ? WHERE name = ?",
+                        (st.st_mtime_ns, rel, name),
+                    )
+            return ExtractResult(name, "up-to-date", samples=row["samples"] or 0)
+    renamed_from = _find_renamed(db, settings, name, tar_path, st)
+    if renamed_from:
+        _adopt_renamed(db, settings, renamed_from, name, rel, st)
+        return ExtractResult(name, "renamed", samples=(shard_row(db, name) or {}).get("samples", 0))
+    return _extract(db, settings, name, tar_path, rel, st)
+
+
+def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
+    """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
+    candidates = [
+        r
+        for r in query(
+            db,
+            "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
+            [st.st_size, name],
+        )
+        if not (settings.root / r["path"]).exists()
+    ]
+    if not candidates:
+        return None
+    digest = hash_file(tar_path)
+    for r in candidates:
+        if r["xxh3"] == digest:
+            return r["name"]
+    return None
+
+
+def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> None:
+    old_part = settings.parts_dir / f"shard={old}"
+    new_part = settings.parts_dir / f"shard={new}"
+    with write_transaction(db) as conn:
+        conn.execute("DELETE FROM shards WHERE name = ?", (new,))
+        conn.execute(
+            "UPDATE shards SET name = ?, path = ?, mtime_ns = ?, captions_key = NULL "
+            "WHERE name = ?",
+            (new, rel, st.st_mtime_ns, old),
+        )
+        conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
+        conn.execute("UPDATE quirks SET shard = ? WHERE shard = ?", (new, old))
+        if old_part.exists():
+            shutil.rmtree(new_part, ignore_errors=True)
+            old_part.rename(new_part)
+            old_rel = os.path.relpath(old_part, settings.root)
+            new_rel = os.path.relpath(new_part, settings.root)
+            conn.execute(
+                "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
+                "AND path LIKE ?",
+                (new_rel, len(old_rel) + 1, old_rel + "/%"),
+            )
+
+
+def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
+    tmp_dir = settings.state_dir / "tmp" / name
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    previous = {r["path"]: r for r in files_of_shard(db, name)}
+    quirks: list[dict] = []
+    try:
+        samples, duplicates, digest, streamed = _read_shard(
+            db, settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
+        )
+    except ShardReadError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _record_failure(db, settings, name, rel, st, str(exc))
+        return ExtractResult(name, "failed", error=str(exc))
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    try:
+        placements, rows = _decide(name, samples, duplicates, quirks)
+        placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
+        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    aside = sum(1 for p in placed.values() if p.kind == "aside")
+    return ExtractResult(
+        name, "extracted", samples=len(rows), aside=aside, written=streamed + written
+    )
+
+
+def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
+    """Stream the tar: write every regular member under the shard's claims, collect samples."""
+    writer = MemberWriter(
+        db, settings.root, name, tmp_dir, previous, get_meta(db, ADOPT_KEY) == "1"
+    )
+    samples: dict[str, Sample] = {}
+    seen: dict[str, Member] = {}
+    duplicates: list[Member] = []
+    reader = HashingReader(tar_path)
+    progress = Progress(f"extract {name}", total)
+    try:
+        for tm, data in iter_members(reader, tar_path):
+            progress.update(reader.tell())
+            if tm.kind == "dir":
+                continue
+            path = normalize_member_name(tm.name)
+            if path is None or tm.kind != "file":
+                why = "unsafe path" if path is None else f"{tm.kind} member"
+                quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
+                continue
+            kind = member_kind(path)
+            m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
+            if kind == "image":
+                m.header = image_size(data)
+            elif kind == "json":
+                raw = bytes(data)  # a view when large (iter_members)
+                m.obj, m.json_error = parse_json(raw)
+                if m.obj is not None:
+                    m.raw = raw.decode("utf-8")
+            if path in seen:  # the later member wins, as with tar xf
+                earlier = _drop_member(samples, seen[path])
+                writer.flush()
+                writer.move(earlier, _duplicate_dest(name, earlier, len(duplicates)))
+                duplicates.append(earlier)
+                quirks.append(
+                    _quirk(
+                        name,
+                        "duplicate_member",
+                        tm.name,
+                        None,
+                        "a later member of the same name replaces it (as tar xf)",
+                    )
+                )
+            seen[path] = m
+            writer.add(m, data)
+            key = sample_key(path)
+            sample = samples.get(key)
+            if sample is None:
+                sample = samples[key] = Sample(key)
+            if kind == "json":
+                sample.json = m
+            elif kind == "image":
+                sample.images.append(m)
+            else:
+                sample.others.append(m)
+        writer.flush()
+        digest, _ = reader.finish()
+    finally:
+        reader.close()
+        progress.close()
+    return samples, duplicates, digest, writer.written
+
+
+def _duplicate_dest(shard: str, m: Member, index: int) -> str:
+    return f"incomplete/{shard}/duplicate-members/{index}/{m.path}"
+
+
+def _drop_member(samples: dict[str, Sample], m: Member) -> Member:
+    s = samples[sample_key(m.path)]
+    if s.json is m:
+        s.json = None
+    s.images = [x for x in s.images if x is not m]
+    s.others = [x for x in s.others if x is not m]
+    return m
+
+
+def _quirk(shard: str, kind: str, member: str | None, path: str | None, detail: str) -> dict:
+    return {"shard": shard, "kind": kind, "member": member, "path": path, "detail": detail}
+
+
+def _winner(sample: Sample) -> Member:
+    """Of several images for one key, the one `image_name` names, else png, jpg, jpeg."""
+    wanted = sample.json.obj.get("image_name") if sample.json and sample.json.obj else None
+    for m in sample.images:
+        if isinstance(wanted, str) and os.path.basename(m.path) == wanted:
+            return m
+
+    def rank(m: Member) -> int:
+        ext = os.path.splitext(m.path)[1].lower()
+        return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
+
+    return min(sample.images, key=rank)
+
+
+def _aside(shard: str, m: Member, sample: str, sub: str = "") -> Placement:
+    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", "aside", sample)
+
+
+def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], quirks: list[dict]):
+    """Placements of every member and the partition row of every complete sample."""
+    placements: list[Placement] = []
+    rows: dict[str, dict] = {}
+    for m in duplicates:
+        placements.append(Placement(m, m.loc, "aside", sample_key(m.path)))
+    for key, s in samples.items():
+        for m in s.others:
+            quirks.append(
+                _quirk(
+                    name,
+                    "unexpected_member",
+                    m.member,
+                    None,
+                    "not an image (.png/.jpg/.jpeg) or .json: kept aside",
+                )
+            )
+            placements.append(_aside(name, m, key))
+        members = ([s.json] if s.json else []) + s.images
+        if not members:
+            continue
+        problem = None
+        if s.json is None:
+            problem = ("image_without_json", "image has no JSON")
+        elif not s.images:
+            problem = ("json_without_image", "JSON has no image")
+        elif s.json.obj is None:
+            problem = ("invalid_json", s.json.json_error)
+        if problem is None:
+            image = _winner(s)
+            if image.header is None:
+                problem = (
+                    "bad_image",
+                    f"{image.member}: not a readable PNG/JPEG header ({image.size} bytes)",
+                )
+        if problem:
+            for m in members:
+                quirks.append(_quirk(name, problem[0], m.member, None, problem[1]))
+                placements.append(_aside(name, m, key))
+            continue
+        for m in s.images:
+            if m is not image:
+                quirks.append(
+                    _quirk(
+                        name,
+                        "second_image",
+                        m.member,
+                        None,
+                        f"another image of sample {key!r} was kept",
+                    )
+                )
+                placements.append(_aside(name, m, key))
+        placements.append(Placement(s.json, f"data/{s.json.path}", "json", key))
+        placements.append(Placement(image, f"data/{image.path}", "image", key))
+        rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
+        s.json.obj = None  # the row holds what is needed now
+    return placements, rows
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _commit(
+    db,
+    settings: Settings,
+    name: str,
+    tar_path: Path,
+    placements: list[Placement],
+    rows: dict,
+    quirks: list[dict],
+):
+    """Settle contested paths, move members to their places and record them, batch by batch."""
+    placed: dict[str, Placement] = {}
+    made_dirs: set[str] = set()
+    written = 0
+    for batch in _batches(placements, COMMIT_BATCH):
+        with write_transaction(db) as conn:
+            lost = _settle(conn, settings, name, batch, quirks)
+            file_rows, vacated = [], []
+            for p in batch:
+                if p.sample in lost and p.kind != "aside":
+                    p = _aside(name, p.member, p.sample)
+                    rows.pop(p.sample, None)
+                m = p.member
+                if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
+                    vacated.append(m.loc)
+                written += _place(settings, tar_path, p, made_dirs)
+                file_rows.append(_file_row(settings, name, p))
+                placed[p.dest] = p
+            conn.executemany(
+                "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
+            )
+            upsert_files(conn, file_rows)
+    return placed, rows, written
+
+
+def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
+    """Samples of this batch whose paths a shard sorting earlier owns (they go aside).
+
+    Paths owned by a shard sorting later are taken over: that shard's copies go aside.
+    A member this shard wrote straight into `data/` whose path was taken meanwhile (by
+    a shard sorting earlier) finds its bytes where that shard put them, else in the tar.
+    """
+    dests = [p.dest for p in batch if p.kind != "aside"]
+    owners = {k: v for k, v in owners_of(conn, dests).items() if v != name}
+    lost: set[str] = set()
+    for p in batch:
+        other = owners.get(p.dest)
+        if other is None:
+            continue
+        if other < name:
+            lost.add(p.sample)
+            quirks.append(
+                _quirk(
+                    name,
+                    "duplicate_across_shards",
+                    p.member.member,
+                    p.dest,
+                    f"{p.dest} belongs to shard {other} (it sorts first): kept aside",
+                )
+            )
+        else:
+            _displace(conn, settings, other, p.dest)
+            quirks.append(
+                _quirk(
+                    other,
+                    "duplicate_across_shards",
+                    None,
+                    p.dest,
+                    f"{p.dest} taken by shard {name} (it sorts first): kept aside",
+                )
+            )
+    for p in batch:
+        m = p.member
+        if p.sample in lost and m.loc == p.dest:  # our direct copy was replaced
+            moved = f"incomplete/{name}/{m.path}"
+            m.loc = moved if file_matches(settings.root / moved, m.size, None, m.xxh3) else None
+    return lost
+
+
+def _displace(conn, settings: Settings, other: str, dest: str) -> None:
+    """Move another shard's copy of `dest` aside so that this shard can own the path."""
+    row = file_row(conn, dest)
+    aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
+    src = settings.root / dest
+    if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
+        (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, settings.root / aside)
+    row.update(path=aside, kind="aside")
+    delete_files(conn, [dest])
+    upsert_files(conn, [row])
+    conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
+
+
+def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]) -> int:
+    """Move a member's bytes to its destination; 1 if a file was written, else 0."""
+    m = p.member
+    if m.loc == p.dest:
+        return 0
+    dest = f"{settings.root}/{p.dest}"
+    folder = os.path.dirname(dest)
+    if folder not in made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        made_dirs.add(folder)
+    if m.tmp is not None:
+        os.replace(m.tmp, dest)
+    elif m.loc is not None:
+        os.replace(f"{settings.root}/{m.loc}", dest)
+    else:  # bytes no longer on disk: read the member again from the tar
+        with open(tar_path, "rb") as f:
+            f.seek(m.offset)
+            data = f.read(m.size)
+        if hash_bytes(data) != m.xxh3:
+            raise ShardReadError(tar_path, f"member {m.member!r} changed during extraction", None)
+        m.mtime_ns = atomic_write(Path(dest), data).st_mtime_ns
+    m.loc, m.tmp = p.dest, None
+    return 1
+
+
+def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
+    m = p.member
+    if m.mtime_ns is None or m.stale_stat:
+        st = os.stat(f"{settings.root}/{p.dest}")
+        size, mtime_ns = st.st_size, (-1 if m.stale_stat else st.st_mtime_ns)
+    else:
+        size, mtime_ns = m.size, m.mtime_ns
+    width, height = m.header if m.header else (None, None)
+    return {
+        "path": p.dest,
+        "shard": shard,
+        "kind": p.kind,
+        "sample": p.sample,
+        "member": m.member,
+        "offset": m.offset,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "xxh3": m.xxh3,
+        "width": width,
+        "height": height,
+    }
+
+
+def _finish(
+    db,
+    settings: Settings,
+    name: str,
+    rel: str,
+    st,
+    digest: str,
+    placed: dict,
+    previous: dict,
+    rows: dict,
+    quirks: list[dict],
+) -> None:
+    """Drop what this shard no longer holds, write its partition, mark it done."""
+    stale = [
+        r
+        for path, r in previous.items()
+        if path not in placed and r["kind"] in ("image", "json", "aside", "pending")
+    ]
+    for r in stale:
+        target = settings.root / r["path"]
+        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
+            target.unlink(missing_ok=True)
+    part_row = write_partition(settings, name, rows.values())
+    with write_transaction(db) as conn:
+        delete_files(conn, [r["path"] for r in stale])
+        conn.execute("DELETE FROM quirks WHERE shard = ?", (name,))
+        conn.executemany(
+            "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
+            [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
+        )
+        upsert_files(conn, [part_row])
+        current = json_digest(conn, name)
+        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
+        conn.execute("DELETE FROM shards WHERE name = ?", (name,))
+        conn.execute(
+            "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
+            "aside, error, part_xxh3, json_digest, captions_key) "
+            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?, ?, NULL)",
+            (
+                name,
+                rel,
+                st.st_size,
+                st.st_mtime_ns,
+                digest,
+                len(placed),
+                len(rows),
+                sum(1 for p in placed.values() if p.kind == "aside"),
+                part_row["xxh3"],
+                current if current == expected else None,
+            ),
+        )
+
+
+def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:
+    """Mark the shard failed; files and partition of an earlier good read stay as they were."""
+    part = partition_path(settings, name)
+    part_row = None if part.exists() else write_partition(settings, name, [])
+    with write_transaction(db) as conn:
+        if part_row:
+            upsert_files(conn, [part_row])
+        existing = conn.execute("SELECT status FROM shards WHERE name = ?", (name,)).fetchone()
+        if not existing:
+            conn.execute(
+                "INSERT INTO shards (name, path, size, mtime_ns, samples) VALUES (?, ?, ?, ?, 0)",
+                (name, rel, st.st_size, st.st_mtime_ns),
+            )
+        conn.execute(
+            "UPDATE shards SET status = 'failed', error = ?, path = ?, "
+            "part_xxh3 = coalesce(?, part_xxh3) WHERE name = ?",
+            (error, rel, part_row["xxh3"] if part_row else None, name),
+        )

@@ -1,0 +1,390 @@
+"""`doit repair`: restore what the audit finds damaged; never undo an edited JSON.
+
+What to repair comes from a fresh fast audit (run here, not read from a stale report),
+plus the damage only `doit audit --deep` can see (same size and mtime, other bytes; an
+image that fails its JSON's md5/sha512) taken from the last report, `state/audit.json`,
+and re-checked before anything is done about it (so an outdated report is harmless).
+
+- images, kept-aside files and *missing* JSON files: re-extracted from their tar by
+  seeking to the member's data offset recorded in the manifest (reads only the damaged
+  members); the bytes must hash (XXH3) to the manifest's value, are written atomically,
+  and the row's size/mtime_ns are updated. An edited JSON is never touched.
+- partitions: rebuilt from the JSON files in `data/` (as the `scan` task does).
+- captions: the shard's caption files are brought back in line with its partition.
+- the table: rebuilt from the partitions.
+- stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
+  `incomplete/`, where a shard named `strays` keeps its own files aside).
+- touched files (new mtime, same content): their rows get the new stat.
+
+What cannot be restored (the tar is gone, or no longer holds the member's bytes) is
+listed plainly in `RepairResult.failed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from state.atomic import atomic_write
+from state.hashing import hash_bytes, hash_file
+from state.manifest import file_row, open_manifest, query, write_transaction
+from tasks.audit import audit
+from tasks.audit_deep import checksums_match, read_member, wanted_checksums
+from tasks.audit_report import AuditReport, Finding, load_report
+from tasks.captions import write_captions
+from tasks.records import parse_json
+from tasks.scan import scan_edits
+from tasks.settings import Settings
+from tasks.table import build_table
+
+RESTORE_KINDS = (
+    "missing_image",
+    "missing_json",
+    "missing_aside",
+    "corrupt_image",
+    "corrupt_aside",
+    "checksum_mismatch",
+)
+CAPTION_KINDS = ("missing_caption", "corrupt_caption", "image_without_caption")
+PARTITION_KINDS = ("missing_partition", "corrupt_partition")
+TABLE_KINDS = (
+    "missing_table",
+    "corrupt_table",
+    "unreadable_table",
+    "image_without_row",
+    "row_without_image",
+)
+DEEP_ONLY = ("corrupt_image", "corrupt_aside", "corrupt_caption", "checksum_mismatch")
+STRAYS = "strays"
+
+
+@dataclass
+class RepairResult:
+    """What `repair` did, what it could not do, and the audit after it."""
+
+    restored: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)  # shards whose captions were redone
+    partitions: list[str] = field(default_factory=list)
+    table: bool = False
+    strays: list[tuple[str, str]] = field(default_factory=list)  # (from, to)
+    refreshed: int = 0
+    notes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    before: AuditReport | None = None
+    after: AuditReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and (self.after is None or self.after.ok)
+
+
+def repair(settings: Settings) -> RepairResult:
+    """Restore what a fresh audit (plus the last deep report, re-checked) finds damaged."""
+    result = RepairResult()
+    before = audit(settings, deep=False)
+    result.before = before
+    if before.of("no_manifest"):
+        result.failed.append(f"{before.findings[0].detail}: run `doit` to build first")
+        return result
+    findings = list(before.findings) + _deep_findings(settings, before)
+    kinds: dict[str, list[Finding]] = {}
+    for f in findings:
+        kinds.setdefault(f.kind, []).append(f)
+
+    def of(*names: str) -> list[Finding]:
+        return [f for n in names for f in kinds.get(n, [])]
+
+    db = open_manifest(settings.root)
+    try:
+        _move_strays(settings, of("stray"), result)
+        _restore_files(db, settings, of(*RESTORE_KINDS), result)
+        _refresh_touched(db, settings, of("touched"), result)
+    finally:
+        db.close()
+    damaged_parts = sorted({f.shard for f in of(*PARTITION_KINDS) if f.shard})
+    if damaged_parts:
+        _rebuild_partitions(settings, damaged_parts, result)
+    caption_shards = sorted(
+        {f.shard for f in of(*CAPTION_KINDS) if f.shard} | set(result.partitions)
+    )
+    for shard in caption_shards:
+        _rewrite_captions(settings, shard, result)
+    if of(*TABLE_KINDS) or result.partitions:
+        _rebuild_table(settings, result)
+    result.after = audit(settings, deep=False)
+    for f in result.after.findings:
+        if f.severity == "damage" and not any(f.path and f.path in x for x in result.failed):
+            result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
+    return result
+
+
+# --------------------------------------------------------------------------- deep findings
+
+
+def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
+    """Damage from the last deep report that a fast audit cannot see, if it still holds."""
+    report = load_report(settings)
+    if not report or not report.get("deep"):
+        return []
+    seen = {(f.kind, f.path) for f in fresh.findings}
+    out = []
+    db = open_manifest(settings.root)
+    try:
+        for item in report.get("findings") or []:
+            if not isinstance(item, dict) or item.get("kind") not in DEEP_ONLY:
+                continue
+            kind, path = item["kind"], item.get("path")
+            if not isinstance(path, str) or (kind, path) in seen:
+                continue
+            row = file_row(db, path)
+            if row is None or not (settings.root / path).is_file():
+                continue
+            if kind == "checksum_mismatch":
+                if _checksum_fails(db, settings, row):
+                    out.append(Finding(kind, "damage", path, row["shard"], item.get("detail", "")))
+            elif hash_file(settings.root / path) != row["xxh3"]:
+                out.append(Finding(kind, "damage", path, row["shard"], "found by audit --deep"))
+    finally:
+        db.close()
+    return out
+
+
+def _json_row(db, row: dict) -> dict | None:
+    rows = list(
+        query(
+            db,
+            "SELECT * FROM files WHERE shard = ? AND sample = ? AND kind = 'json'",
+            [row["shard"], row["sample"]],
+        )
+    )
+    return rows[0] if rows else None
+
+
+def _json_checksums(db, settings: Settings, row: dict) -> dict[str, str]:
+    """md5/sha512 the image's JSON (as on disk) gives for it."""
+    json_row = _json_row(db, row)
+    if json_row is None:
+        return {}
+    try:
+        obj, _ = parse_json((settings.root / json_row["path"]).read_bytes())
+    except OSError:
+        return {}
+    return wanted_checksums(obj)
+
+
+def _checksum_fails(db, settings: Settings, row: dict) -> bool:
+    want = _json_checksums(db, settings, row)
+    data = (settings.root / row["path"]).read_bytes()
+    return bool(want) and not checksums_match(data, want)
+
+
+# --------------------------------------------------------------------------- strays
+
+
+def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult) -> None:
+    base = settings.root / STRAYS
+    for f in strays:
+        src = settings.root / f.path
+        dest = base / f.path.removeprefix("data/")
+        n = 1
+        while dest.exists():
+            dest = dest.with_name(f"{Path(f.path).stem}.{n}{Path(f.path).suffix}")
+            n += 1
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            continue
+        result.strays.append((f.path, os.path.relpath(dest, settings.root)))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _restore_files(db, settings: Settings, findings: list[Finding], result: RepairResult) -> None:
+    """Re-extract damaged files from their tars, shard by shard, in member order."""
+    by_shard: dict[str, list[tuple[Finding, dict]]] = {}
+    for f in findings:
+        row = file_row(db, f.path) if f.path else None
+        if row is None:
+            continue
+        if row["kind"] == "json" and f.kind != "missing_json":
+            continue  # an edited JSON is the user's
+        by_shard.setdefault(row["shard"], []).append((f, row))
+    shards = {r["name"]: r for r in query(db, "SELECT name, path, status FROM shards")}
+    tmp_dir = settings.state_dir / "tmp" / "repair"
+    for shard, items in sorted(by_shard.items()):
+        info = shards.get(shard)
+        tar = settings.root / info["path"] if info else None
+        if tar is None or not tar.is_file():
+            where = info["path"] if info else f"the tar of shard {shard}"
+            for f, row in items:
+                result.failed.append(
+                    f"cannot restore {row['path']} ({f.kind}): its tar {where} is gone"
+                )
+            continue
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        with open(tar, "rb") as fh:
+            for f, row in sorted(items, key=lambda x: x[1]["offset"] or 0):
+                _restore_one(db, settings, fh, tar, f, row, tmp_dir, result)
+    if tmp_dir.exists():
+        with contextlib.suppress(OSError):
+            tmp_dir.rmdir()
+
+
+def _restore_one(db, settings, fh, tar: Path, f: Finding, row: dict, tmp_dir, result) -> None:
+    rel_tar = os.path.relpath(tar, settings.root)
+    data = read_member(fh, row["member"], row["offset"])
+    if data is None:
+        result.failed.append(
+            f"cannot restore {row['path']}: {rel_tar} no longer holds member "
+            f"{row['member']!r} at offset {row['offset']} (the tar changed; `doit` "
+            "re-extracts the shard if its content changed)"
+        )
+        return
+    digest = hash_bytes(data)
+    new_hash = None
+    if f.kind == "checksum_mismatch":
+        want = _json_checksums(db, settings, row)
+        if not want or not checksums_match(data, want):
+            result.failed.append(
+                f"cannot repair {row['path']}: member {row['member']!r} of {rel_tar} fails the "
+                "JSON's md5_file_hash/sha512_hash as well (the shard holds a damaged image)"
+            )
+            return
+        new_hash = digest
+    elif digest != row["xxh3"]:
+        if row["kind"] != "json":
+            result.failed.append(
+                f"cannot restore {row['path']}: member {row['member']!r} of {rel_tar} no longer "
+                "holds the bytes the build extracted (the tar changed; `doit` re-extracts it)"
+            )
+            return
+        new_hash = digest  # the edit the build had taken up went with the file
+        result.notes.append(
+            f"{row['path']}: restored as first extracted from {rel_tar}; the edited version "
+            "the build had taken up is gone with the file (the next `doit` takes this one up)"
+        )
+    st = atomic_write(settings.root / row["path"], data, tmp_dir)
+    with write_transaction(db) as conn:
+        conn.execute(
+            "UPDATE files SET size = ?, mtime_ns = ?, xxh3 = ? WHERE path = ?",
+            (st.st_size, st.st_mtime_ns, new_hash or row["xxh3"], row["path"]),
+        )
+        if new_hash and row["kind"] == "json":
+            conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (row["shard"],))
+    result.restored.append(row["path"])
+
+
+def _refresh_touched(db, settings: Settings, findings: list[Finding], result) -> None:
+    """Rows of files whose mtime changed but content did not get the new stat."""
+    updates = []
+    for f in findings:
+        row = file_row(db, f.path) if f.path else None
+        path = settings.root / f.path if f.path else None
+        if row is None or path is None or not path.is_file():
+            continue
+        st = path.stat()
+        if hash_file(path) == row["xxh3"]:
+            updates.append((st.st_size, st.st_mtime_ns, f.path))
+    if updates:
+        with write_transaction(db) as conn:
+            conn.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", updates)
+        result.refreshed += len(updates)
+
+
+# --------------------------------------------------------------------------- derived files
+
+
+def _rebuild_partitions(settings: Settings, shards: list[str], result: RepairResult) -> None:
+    """Rebuild damaged partitions from data/ (clear json_digest, then run `scan`)."""
+    db = open_manifest(settings.root)
+    try:
+        with write_transaction(db) as conn:
+            conn.executemany(
+                "UPDATE shards SET json_digest = NULL WHERE name = ?", [(s,) for s in shards]
+            )
+    finally:
+        db.close()
+    scan = scan_edits(settings)
+    result.partitions.extend(s for s in scan.rebuilt)
+    for error in scan.errors:
+        result.failed.append(f"cannot rebuild a partition: {error}")
+    if scan.edited:
+        result.notes.append(
+            f"{len(scan.edited)} edited JSON file(s) taken up while rebuilding partitions"
+        )
+
+
+def _rewrite_captions(settings: Settings, shard: str, result: RepairResult) -> None:
+    db = open_manifest(settings.root)
+    try:
+        with write_transaction(db) as conn:
+            conn.execute("UPDATE shards SET captions_key = NULL WHERE name = ?", (shard,))
+    finally:
+        db.close()
+    try:
+        write_captions(settings, shard)
+    except (OSError, ValueError) as exc:
+        result.failed.append(f"cannot rewrite the captions of {shard}: {exc}")
+        return
+    result.captions.append(shard)
+
+
+def _rebuild_table(settings: Settings, result: RepairResult) -> None:
+    rel = os.path.relpath(settings.table_path, settings.root)
+    db = open_manifest(settings.root)
+    try:
+        with write_transaction(db) as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (f"table_key:{rel}",))
+    finally:
+        db.close()
+    try:
+        build_table(settings)
+    except (OSError, ValueError) as exc:
+        result.failed.append(f"cannot rebuild {rel}: {exc}")
+        return
+    result.table = True
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_repair(result: RepairResult, settings: Settings) -> str:
+    """What repair did, what it could not do (plainly), and what the audit says now."""
+    lines = []
+    if result.restored:
+        lines.append(f"restored {len(result.restored)} file(s) from their tars:")
+        lines += [f"  {p}" for p in result.restored[:20]]
+        if len(result.restored) > 20:
+            lines.append(f"  … {len(result.restored) - 20} more")
+    if result.strays:
+        lines.append(
+            f"moved {len(result.strays)} stray file(s) out of data/ to {settings.root / STRAYS}/:"
+        )
+        lines += [f"  {a} -> {b}" for a, b in result.strays[:20]]
+    if result.partitions:
+        lines.append(f"rebuilt partition(s) from data/: {', '.join(result.partitions)}")
+    if result.captions:
+        lines.append(f"rewrote the caption files of: {', '.join(result.captions)}")
+    if result.table:
+        lines.append(f"rebuilt {settings.table_path.name}")
+    if result.refreshed:
+        lines.append(f"recorded the new mtime of {result.refreshed} touched file(s)")
+    lines += [f"note: {n}" for n in result.notes]
+    if not lines and not result.failed:
+        lines.append("nothing to repair")
+    for message in result.failed:
+        lines.append(f"NOT REPAIRED: {message}")
+    if result.after is not None:
+        edited = len(result.after.of("edited_json"))
+        if edited:
+            lines.append(f"left as edited: {edited} JSON file(s) (the next `doit` takes them up)")
+    lines.append(
+        "repair done; run `doit audit --deep` to confirm"
+        if result.ok
+        else "repair incomplete: see NOT REPAIRED above"
+    )
+    return "\n".join(lines)

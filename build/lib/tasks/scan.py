@@ -1,0 +1,133 @@
+"""`scan`: pick up JSON files edited in `data/` and bring each shard's partition up to date.
+
+Stat-level: a JSON whose size and mtime_ns match its manifest row is not read. An edited
+JSON is re-parsed and only its shard's partition is rewritten. A partition that is
+missing, damaged, or whose shard's JSON rows changed otherwise (a path taken over by
+a shard that sorts first) is rebuilt from the JSON files in `data/`; no tar is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from state.manifest import file_row, open_manifest, query, upsert_files, write_transaction
+from tasks.freshness import changed_json_rows, partitions_needing_rebuild
+from tasks.partition import json_digest, read_partition, write_partition
+from tasks.records import parse_json, partition_row
+from tasks.settings import Settings, partition_path
+
+
+class EditedJsonError(ValueError):
+    """A JSON in `data/` cannot be used; the message names the file."""
+
+
+@dataclass
+class ScanResult:
+    """What `scan_edits` found and did."""
+
+    edited: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def scan_edits(settings: Settings) -> ScanResult:
+    """Record edited JSON files and rewrite the partitions that depend on them."""
+    result = ScanResult()
+    db = open_manifest(settings.root)
+    try:
+        changed, result.missing = changed_json_rows(db, settings)
+        edited_by_shard: dict[str, set[str]] = {}
+        for path, shard, _size, _mtime, _xxh3, content_changed in changed:
+            if content_changed:
+                edited_by_shard.setdefault(shard, set()).add(path)
+                result.edited.append(path)
+        full = set(partitions_needing_rebuild(db, settings))
+        for shard in sorted(full | set(edited_by_shard)):
+            only = None if shard in full else edited_by_shard[shard]
+            try:
+                part_row = rebuild_partition(db, settings, shard, only)
+            except EditedJsonError as exc:
+                result.errors.append(str(exc))
+                continue
+            with write_transaction(db) as conn:
+                upsert_files(conn, _stat_rows(db, changed, shard))
+                upsert_files(conn, [part_row])
+                conn.execute(
+                    "UPDATE shards SET part_xxh3 = ?, json_digest = ? WHERE name = ?",
+                    (part_row["xxh3"], json_digest(conn, shard), shard),
+                )
+            result.rebuilt.append(shard)
+        untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
+        if untouched:  # touched without a content change: remember the new stat
+            with write_transaction(db) as conn:
+                for path, _shard, size, mtime_ns, _xxh3, _ in untouched:
+                    conn.execute(
+                        "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
+                        (size, mtime_ns, path),
+                    )
+    finally:
+        db.close()
+    return result
+
+
+def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
+    rows = []
+    for path, owner, size, mtime_ns, xxh3, _ in changed:
+        if owner != shard:
+            continue
+        old = file_row(db, path)
+        rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
+    return rows
+
+
+def _row_from_json(
+    settings: Settings, json_path: str, image_path: str, header: tuple[int, int]
+) -> dict:
+    file = settings.root / "data" / json_path
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError as exc:
+        raise EditedJsonError(f"{file}: missing; run `doit repair` to restore it") from exc
+    obj, error = parse_json(raw)
+    if obj is None:
+        raise EditedJsonError(
+            f"{file}: {error}; fix the file (the table keeps its previous row until then)"
+        )
+    return partition_row(image_path, json_path, obj, raw.decode("utf-8"), header)
+
+
+def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None) -> dict:
+    """Rewrite a shard's partition; re-parse only `only` (paths from root) when given."""
+    if only is not None and partition_path(settings, shard).exists():
+        rows = {r["json_path"]: r for r in read_partition(settings, shard).to_pylist()}
+        for path in only:
+            json_path = path.removeprefix("data/")
+            old = rows.get(json_path)
+            if old is None:
+                return rebuild_partition(db, settings, shard, None)
+            header = (old["header_width"], old["header_height"])
+            rows[json_path] = _row_from_json(settings, json_path, old["filename"], header)
+        return write_partition(settings, shard, rows.values())
+    samples: dict[str, dict] = {}
+    for r in query(
+        db,
+        "SELECT path, kind, sample, width, height FROM files WHERE shard = ? "
+        "AND kind IN ('image', 'json')",
+        [shard],
+    ):
+        samples.setdefault(r["sample"], {})[r["kind"]] = r
+    rows = []
+    for parts in samples.values():
+        if "image" not in parts or "json" not in parts:
+            continue
+        image = parts["image"]
+        rows.append(
+            _row_from_json(
+                settings,
+                parts["json"]["path"].removeprefix("data/"),
+                image["path"].removeprefix("data/"),
+                (image["width"], image["height"]),
+            )
+        )
+    return write_partition(settings, shard, rows)

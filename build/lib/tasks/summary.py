@@ -1,0 +1,91 @@
+"""`summary`: what the build holds, what was kept aside, and whether any shard failed."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+
+from state.manifest import connect_if_present, manifest_path, unreadable_manifest
+from tasks.settings import Settings
+
+EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
+
+
+@dataclass
+class BuildSummary:
+    """Counts from the manifest after a build."""
+
+    shards: int = 0
+    samples: int = 0
+    aside_files: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    tars_gone: list[str] = field(default_factory=list)
+    quirks: Counter = field(default_factory=Counter)
+    quirk_examples: dict[str, list[str]] = field(default_factory=dict)
+    shard_names: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def summarize(settings: Settings) -> BuildSummary:
+    """Read the manifest into a BuildSummary (an empty one when there is no manifest).
+
+    Plain sqlite3, not sqlite-utils: the summary runs on every `doit`, and importing
+    sqlite-utils took 0.1 s of a 0.45 s no-op at 30k samples.
+    """
+    s = BuildSummary()
+    db = connect_if_present(settings.root)
+    if db is None:
+        return s
+    try:
+        for name, tar, status, samples, error in db.execute(
+            "SELECT name, path, status, samples, error FROM shards ORDER BY name"
+        ):
+            s.shard_names.append(name)
+            present = (settings.root / tar).exists()
+            if status == "failed" and present:
+                s.failed[name] = error
+                continue
+            s.shards += 1
+            s.samples += samples or 0
+            if not present:
+                s.tars_gone.append(tar)
+        s.aside_files = db.execute("SELECT count(*) FROM files WHERE kind = 'aside'").fetchone()[0]
+        for kind, shard, member, path, detail in db.execute(
+            "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
+        ):
+            s.quirks[kind] += 1
+            examples = s.quirk_examples.setdefault(kind, [])
+            if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
+                examples.append(f"{shard}: {member or path}: {detail}")
+    except sqlite3.DatabaseError as exc:
+        raise unreadable_manifest(manifest_path(settings.root), exc) from exc
+    finally:
+        db.close()
+    return s
+
+
+def format_summary(s: BuildSummary, settings: Settings) -> str:
+    """The human summary printed at the end of `doit`."""
+    lines = [
+        f"shardprep: {s.shards} shard(s), {s.samples} sample(s) in {settings.table_path.name}"
+        f" ({settings.root})",
+    ]
+    if s.aside_files:
+        lines.append(
+            f"  kept aside: {s.aside_files} file(s) under "
+            f"{settings.incomplete_dir}/ (see `doit audit`)"
+        )
+    for kind, count in sorted(s.quirks.items()):
+        lines.append(f"  warning: {count} x {kind}:")
+        lines.extend(f"    {example}" for example in s.quirk_examples[kind])
+        if count > len(s.quirk_examples[kind]):
+            lines.append(f"    ... and {count - len(s.quirk_examples[kind])} more (`doit audit`)")
+    for path in s.tars_gone:
+        lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
+    for name, error in sorted(s.failed.items()):
+        lines.append(f"  ERROR: shard {name}: {error}")
+    return "\n".join(lines)

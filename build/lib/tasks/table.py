@@ -1,0 +1,96 @@
+"""`table`: consolidate the partitions into `<root>/<id>.parquet` (one row per sample).
+
+Columns `width`, `height`, `caption`, `filename`, in the preset's order and types.
+Partitions are streamed one at a time, so memory does not grow with the shard count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from state.atomic import TMP_SUFFIX
+from state.hashing import hash_file
+from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
+from tasks.captions import caption_texts, partition_columns
+from tasks.freshness import table_key, table_matches, table_shards
+from tasks.partition import read_partition
+from tasks.settings import Settings, partition_path
+
+TABLE_SCHEMA = pa.schema(
+    [
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("caption", pa.string()),
+        ("filename", pa.string()),
+    ]
+)
+
+
+@dataclass
+class TableResult:
+    """What `build_table` did."""
+
+    rows: int
+    shards: int
+    up_to_date: bool
+
+
+def build_table(settings: Settings) -> TableResult:
+    """Write `<id>.parquet` from the partitions, unless the manifest says it is current."""
+    db = open_manifest(settings.root)
+    try:
+        shards = table_shards(db)
+        key = table_key(settings, shards)
+        rel = os.path.relpath(settings.table_path, settings.root)
+        if table_matches(db, settings, key):
+            return TableResult(int(get_meta(db, f"table_rows:{rel}") or 0), len(shards), True)
+        rows = _write(settings, [name for name, _ in shards])
+        st = os.stat(settings.table_path)
+        with write_transaction(db) as conn:
+            upsert_files(
+                conn,
+                [
+                    {
+                        "path": rel,
+                        "kind": "table",
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "xxh3": hash_file(settings.table_path),
+                    }
+                ],
+            )
+            set_meta(conn, f"table_key:{rel}", key)
+            set_meta(conn, f"table_rows:{rel}", str(rows))
+        return TableResult(rows, len(shards), False)
+    finally:
+        db.close()
+
+
+def _write(settings: Settings, shards: list[str]) -> int:
+    tmp = settings.table_path.with_name(f".{settings.table_path.name}{TMP_SUFFIX}")
+    rows = 0
+    columns = partition_columns(settings) + ["width", "height"]
+    with pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer:
+        for shard in shards:
+            if not partition_path(settings, shard).exists():
+                continue
+            table = read_partition(settings, shard, columns)
+            captions = pa.array(caption_texts(table, settings), type=pa.string())
+            writer.write_table(
+                pa.table(
+                    [
+                        table.column("width"),
+                        table.column("height"),
+                        captions,
+                        table.column("filename"),
+                    ],
+                    schema=TABLE_SCHEMA,
+                )
+            )
+            rows += table.num_rows
+    os.replace(tmp, settings.table_path)
+    return rows

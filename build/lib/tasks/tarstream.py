@@ -1,0 +1,227 @@
+"""One sequential pass over a tar shard: its members' bytes, and the XXH3 of the whole file.
+
+Python's `tarfile` ends iteration silently at a header cut in half or at garbage, as if
+the archive had ended there; `read_shard` only reports success when the end-of-archive
+marker (a zero block) was really reached.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+BLOCK = tarfile.BLOCKSIZE
+READ_BUFFER = 1 << 20
+# A member this large is yielded as a view of its padded read rather than copied without
+# its padding (a second pass over every byte of a large image).
+VIEW_MIN = 64 << 10
+
+
+class ShardReadError(RuntimeError):
+    """The shard could not be read to its end-of-archive marker."""
+
+    def __init__(self, shard: Path, detail: str, last_member: str | None):
+        self.shard = shard
+        self.detail = detail
+        self.last_member = last_member
+        after = f"after member {last_member!r}" if last_member else "before its first member"
+        super().__init__(
+            f"{shard}: cannot be read to its end ({detail}) {after}; the download is "
+            "probably incomplete or damaged: run `doit download` again or replace/delete "
+            "the file, then run `doit`"
+        )
+
+
+class HashingReader(io.RawIOBase):
+    """A read-only file wrapper that hashes each byte of the file once, in file order.
+
+    Seeking forward past unread bytes reads and hashes them, so the digest always
+    covers the file from its start; seeking back re-reads without hashing again.
+    """
+
+    def __init__(self, path: Path):
+        self._f = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115
+        self._hash = xxhash.xxh3_128()
+        self._hashed = 0
+        self._pos = 0
+        self.name = str(path)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        end = self._pos + len(data)
+        if end > self._hashed:
+            self._hash.update(memoryview(data)[self._hashed - self._pos :])
+            self._hashed = end
+        self._pos = end
+        return data
+
+    def readinto(self, b) -> int:  # pragma: no cover - tarfile does not use it
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            raise io.UnsupportedOperation("HashingReader cannot seek from the end")
+        if offset > self._hashed:
+            self._f.seek(self._hashed)
+            self._pos = self._hashed
+            while self._pos < offset:
+                if not self.read(min(READ_BUFFER, offset - self._pos)):
+                    break
+        self._f.seek(offset)
+        self._pos = offset
+        return offset
+
+    def finish(self) -> tuple[str, int]:
+        """Hash the rest of the file; return (hex digest, file size)."""
+        self.seek(self._hashed)
+        while self.read(READ_BUFFER):
+            pass
+        return self._hash.hexdigest(), self._hashed
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@dataclass
+class TarMember:
+    """One member as found in the tar (name as written, not yet normalized)."""
+
+    name: str
+    kind: str  # file | dir | link | special
+    offset_data: int
+    size: int
+
+
+def normalize_member_name(name: str) -> str | None:
+    """The member's path under `data/` (leading `./` removed), or None if it would escape."""
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        return None
+    if "." not in name.partition("/")[0][:1] and "/." not in name and "//" not in name:
+        return name.rstrip("/") or None  # the common case: nothing to normalize
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return posixpath.join(*parts)
+
+
+_KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"1": "link", b"2": "link"}
+ZERO_BLOCK = bytes(BLOCK)
+
+
+def _octal(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 when the high bit is set."""
+    if field[:1] and field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * (len(field) - 1))) if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """`length key=value\n` records of a pax extended header."""
+    records, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def iter_members(
+    reader: HashingReader, shard: Path
+) -> Iterator[tuple[TarMember, bytes | memoryview | None]]:
+    """Yield each member with its bytes (None for non-files), then check the end marker.
+
+    Members of VIEW_MIN bytes or more come as a memoryview, smaller ones as bytes.
+
+    A small ustar/GNU/pax header reader (tarfile's own costs ~0.1 ms a member): GNU long
+    names (`L`/`K`) and pax `path`/`size`/`linkpath` records apply to the next member.
+    Raises ShardReadError when the shard ends before its end-of-archive marker, or at a
+    header whose checksum is wrong.
+    """
+    last: str | None = None
+    pending: dict[str, str] = {}
+    offset = 0
+    while True:
+        block = reader.read(BLOCK)
+        if len(block) < BLOCK:
+            what = "no end-of-archive marker" if not block else "a header cut short"
+            raise ShardReadError(shard, f"{what} at byte {offset}", last)
+        if block == ZERO_BLOCK:
+            return
+        stored = block[148:156].split(b"\0", 1)[0].strip()
+        try:
+            checksum_ok = int(stored, 8) == sum(block[:148]) + sum(block[156:]) + 256
+            size = _octal(block[124:136])
+        except ValueError:
+            checksum_ok = False
+        if not checksum_ok:
+            raise ShardReadError(shard, f"not a valid tar header at byte {offset}", last)
+        typeflag = block[156:157]
+        name = _text(block[0:100])
+        if block[257:263] == b"ustar\0" and block[345]:  # POSIX prefix field
+            name = _text(block[345:500]) + "/" + name
+        offset_data = offset + BLOCK
+        padded = -(-size // BLOCK) * BLOCK
+        kind = _KINDS.get(typeflag, "special")
+        if typeflag in (b"L", b"K", b"x", b"g"):
+            meta = reader.read(padded)
+            if len(meta) < padded:
+                raise ShardReadError(shard, f"an extended header cut short at byte {offset}", last)
+            meta = meta[:size]
+            if typeflag == b"L":
+                pending["path"] = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif typeflag == b"x":
+                pending.update(_pax_records(meta))
+            offset = offset_data + padded
+            continue
+        if "path" in pending:
+            name = pending["path"]
+        if "size" in pending:
+            size = int(pending["size"])
+            padded = -(-size // BLOCK) * BLOCK
+        pending = {}
+        data = None
+        if kind == "file":
+            data = reader.read(padded)
+            if len(data) < size:
+                raise ShardReadError(
+                    shard, f"member {name!r} is cut short ({len(data)} of {size} bytes)", last
+                )
+            if len(data) != padded:
+                raise ShardReadError(shard, f"member {name!r} is cut short (padding)", last)
+            if padded != size:
+                data = memoryview(data)[:size] if size >= VIEW_MIN else data[:size]
+        elif kind != "dir" and size and typeflag not in (b"1", b"2"):
+            skipped = reader.read(padded)  # data of a special member: read, never written
+            if len(skipped) != padded:
+                raise ShardReadError(shard, f"member {name!r} is cut short", last)
+        offset = offset_data + padded
+        last = name
+        yield TarMember(name, kind, offset_data, size), data
