@@ -155,3 +155,26 @@ def test_a_lock_held_by_another_process_names_it(tmp_path: Path):
         assert running_writer(tmp_path) is None  # our own lock is not "another build"
     finally:
         release(tmp_path)
+
+
+@pytest.mark.parametrize("parallel", [(), ("-n", "2", "-P", "process")])
+def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
+    root, reference = two_roots
+    run = subprocess.Popen(
+        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *parallel],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,  # Ctrl-C reaches every process of the terminal's group
+    )
+    _wait_for_lock_of(root, run)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 130, out + err
+    assert err.strip().splitlines() == [
+        "interrupted; run doit again (nothing half-done counts as done)"
+    ]
+    run_doit(root)
+    _same_as_clean_build(root, reference)

@@ -129,3 +129,39 @@ def test_a_truncated_manifest_gives_the_same_message_everywhere(built: Path):
         assert "run `doit reset_state`" in text, (task, text)
         assert "Traceback" not in text, task
     shutil.rmtree(built / "state")
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str = "8m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `folder` (needs root)."""
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"a full disk needs a small tmpfs, and mount failed: {mount.stderr!r}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_named_as_such_not_as_a_damaged_manifest(tmp_path: Path):
+    from sample.generate import make_dataset, write_config
+
+    with small_tmpfs(tmp_path / "disk") as disk:
+        root = disk / "ds"
+        make_dataset(root, shards=2, samples_per_shard=4)
+        write_config(root)
+        run_doit(root)
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        proc = run_doit(root, check=False)
+        (disk / "filler").unlink()
+        after = run_doit(root, check=False)
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text
+    assert "reset_state" not in text
+    assert proc.returncode == 0 or "no space left on the device" in text, text
+    assert after.returncode == 0, after.stdout + after.stderr
