@@ -89,6 +89,7 @@ def test_a_second_run_refuses_in_one_line_naming_the_holder(two_roots):
     assert f"a build is running (pid {first.pid}: " in audit.stdout
     assert "findings may be transient" in audit.stdout
     assert "extract" in listing.stdout
+    assert f"note: a build is running (pid {first.pid}: " in listing.stderr
     _same_as_clean_build(root, reference)
 
 
@@ -178,3 +179,20 @@ def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
     ]
     run_doit(root)
     _same_as_clean_build(root, reference)
+
+
+def test_a_process_started_by_the_holder_is_part_of_its_run(tmp_path: Path):
+    """Workers that import the tasks again (spawn, forkserver) must not refuse their run."""
+    script = (
+        "import subprocess, sys; from state.lock import acquire; acquire(sys.argv[1], ['run']);"
+        " child = 'import sys; from state.lock import acquire; acquire(sys.argv[1]); print(1)';"
+        " print(subprocess.run([sys.executable, '-c', child, sys.argv[1]],"
+        " capture_output=True, text=True).stdout.strip())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout.strip() == "1", proc.stderr
