@@ -83,7 +83,8 @@ def _take_root(settings: Settings, argv: list[str]) -> Path:
     except OSError as exc:
         raise RunRefused(
             f"{settings.root}: the dataset folder cannot be written "
-            f"({exc.strerror or exc}); fix its permissions or choose another `root`"
+            f"({exc.strerror or exc}: {exc.filename}); fix its permissions or choose another "
+            "`root`"
         ) from None
     dep_file = settings.state_dir / "doit.db"
     if (moved := quarantine_dep_file(dep_file)) is not None:

@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 LOCK_NAME = "lock"
+# "<pid> <root>" of the lock this process or an ancestor holds: a worker that imports the
+# task definitions again (spawn or forkserver start methods) must not refuse its own run
+HOLDER_ENV = "SHARDPREP_WRITER"
 _held: dict[Path, int] = {}  # root -> fd of the lock this process holds
 
 
@@ -27,6 +30,13 @@ class LockHeld(RuntimeError):
 def lock_path(root: Path) -> Path:
     """Where the writer lock of `root` lives."""
     return Path(root) / "state" / LOCK_NAME
+
+
+def _holder_pid(root: Path) -> str:
+    try:
+        return lock_path(root).read_text(encoding="utf-8", errors="replace").split("\n")[0]
+    except OSError:
+        return ""
 
 
 def holder_text(root: Path) -> str:
@@ -61,6 +71,8 @@ def acquire(root: Path, command: list[str] | None = None) -> None:
         os.close(fd)
         if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
             raise
+        if os.environ.get(HOLDER_ENV) == f"{_holder_pid(root)} {root}":
+            return
         raise LockHeld(
             f"another shardprep run ({holder_text(root)}) is writing {root}; "
             "wait for it or stop it"
@@ -70,6 +82,7 @@ def acquire(root: Path, command: list[str] | None = None) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, info, 0)
     _held[root] = fd
+    os.environ[HOLDER_ENV] = f"{os.getpid()} {root}"
 
 
 def release(root: Path) -> None:
@@ -77,6 +90,8 @@ def release(root: Path) -> None:
     fd = _held.pop(Path(root), None)
     if fd is not None:
         os.close(fd)
+        if os.environ.get(HOLDER_ENV) == f"{os.getpid()} {Path(root)}":
+            del os.environ[HOLDER_ENV]
 
 
 def running_writer(root: Path) -> str | None:

@@ -55,6 +55,8 @@ def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
         dep_file = _take_root(settings, [program, *argv])
     else:
         dep_file = _scratch_dep_file()
+        if settings is not None and line.command in READ_ONLY_COMMANDS:
+            _say_if_a_build_is_running(settings)
     config = {
         "default_tasks": DEFAULT_TASKS,
         "dep_file": str(dep_file),
@@ -91,6 +93,11 @@ def _take_root(settings: Settings, argv: list[str]) -> Path:
             file=sys.stderr,
         )
     return dep_file
+
+
+def _say_if_a_build_is_running(settings: Settings) -> None:
+    if (holder := lock.running_writer(settings.root)) is not None:
+        print(f"note: a build is running ({holder}) on {settings.root}", file=sys.stderr)
 
 
 def _scratch_dep_file() -> Path:
