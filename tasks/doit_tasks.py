@@ -7,6 +7,7 @@ work itself is done by the plain functions in tasks/ and state/ (via tasks/doit_
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sqlite3
@@ -113,6 +114,10 @@ def _scratch_dep_file() -> Path:
 
 
 def _remove_dep_files(path: Path) -> None:
+    # `list` and `help` never close doit's file, and dbm writes it when it is collected
+    if Globals.dep_manager is not None:
+        with contextlib.suppress(Exception):
+            Globals.dep_manager.close()
     for suffix in DEP_SUFFIXES:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 

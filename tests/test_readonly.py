@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,11 +78,17 @@ def test_list_help_info_and_audit_create_nothing(tmp_path: Path):
     config = tmp_path / "dataset.toml"
     config.write_text(f'root = "{root}"\n')
     before = _files(tmp_path, REPO / "state")
+    scratch = _scratch_dep_files()
     for args in (["list"], ["help"], ["help", "extract"], ["info", "table"], ["audit"]):
         proc = run_doit(root, *args, check=False, config=config)
         assert "Traceback" not in proc.stdout + proc.stderr, args
     assert _files(tmp_path, REPO / "state") == before
     assert not root.exists()
+    assert _scratch_dep_files() <= scratch  # doit's temporary state file is removed too
+
+
+def _scratch_dep_files() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("shardprep-*.doit.db*")}
 
 
 def test_list_and_help_leave_a_built_root_as_it_was(built: Path):
