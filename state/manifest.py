@@ -16,6 +16,7 @@ write lock first with `write_transaction`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -128,6 +129,11 @@ def open_manifest(root: Path) -> sqlite3.Connection:
             raise ManifestError(
                 f"{path}: still locked by another process after {WAL_SWITCH_WAIT_S} s ({exc})"
             ) from exc
+        if _no_space_left(path.parent):
+            raise ManifestError(
+                f"no space left on the device of {path.parent} (opening the manifest: {exc}); "
+                "free some space and run `doit` again (nothing half-written counts as done)"
+            ) from exc
         raise unreadable_manifest(path, exc) from exc
     _ensure_schema(conn, Path(root))
     return conn
@@ -149,6 +155,14 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
             if not _is_locked(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def _no_space_left(folder: Path) -> bool:
+    """SQLite says only "disk I/O error" when it cannot create its -wal/-shm files."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:

@@ -199,10 +199,14 @@ def report_path(settings: Settings) -> Path:
     return settings.state_dir / REPORT_NAME
 
 
-def write_report(settings: Settings, report: AuditReport) -> Path:
-    """Write the report atomically to `state/audit.json`; return its path."""
+def write_report(settings: Settings, report: AuditReport) -> Path | None:
+    """Write the report atomically to `state/audit.json`; return its path.
+
+    A root that was never built has no `state/`: the audit creates nothing there (None).
+    """
     path = report_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        return None
     data = report.to_dict()
     findings = data.pop("findings")
     head = json.dumps(data, ensure_ascii=False, indent=1)  # ends with "\n}"

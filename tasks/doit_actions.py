@@ -13,8 +13,9 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
+from state import lock
 from state.atomic import DiskFullError
-from state.manifest import ManifestError
+from state.manifest import ManifestError, manifest_path, unreadable_manifest
 from state.recovery import reset_state
 from tasks.settings import Settings
 
@@ -28,6 +29,8 @@ def describe_failure(exc: BaseException, settings: Settings) -> str:
             f"no space left on the device of {settings.state_dir} (writing the manifest): "
             "free some space and run `doit` again (nothing half-written counts as done)"
         )
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return str(unreadable_manifest(manifest_path(settings.root), exc))
     return str(exc)
 
 
@@ -130,6 +133,12 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
+    if not settings.shard_paths():
+        print(
+            f"warning: no tar matches shards = {settings.shards!r} under {settings.root}; "
+            "check `shards` and `root` (or run `doit download`)",
+            flush=True,
+        )
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
     return None
@@ -160,16 +169,31 @@ def run_download(settings: Settings) -> TaskFailed | None:
 
 
 def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
-    """Check the disk against the manifest, write state/audit.json; fail on damage."""
+    """Check the disk against the manifest, write state/audit.json; fail on damage.
+
+    The findings are printed even when audit.json cannot be saved (a read-only dataset).
+    """
     from tasks.audit import audit
     from tasks.audit_report import format_report, write_report
 
+    if (holder := lock.running_writer(settings.root)) is not None:
+        print(f"note: a build is running ({holder}): findings may be transient", flush=True)
     try:
         report = audit(settings, deep=deep)
-        write_report(settings, report)
-    except (*KNOWN_FAILURES, sqlite3.Error) as exc:
-        return TaskFailed(f"audit: {exc}")
-    print(format_report(report, settings), flush=True)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"audit: {describe_failure(exc, settings)}")
+    try:
+        saved = write_report(settings, report)
+        unsaved = None
+    except OSError as exc:
+        saved, unsaved = None, exc
+    print(format_report(report, settings if saved else None), flush=True)
+    if unsaved is not None:
+        print(
+            f"note: {settings.state_dir / 'audit.json'} could not be saved "
+            f"({unsaved.strerror or unsaved})",
+            flush=True,
+        )
     if not report.ok:
         damage = sum(1 for f in report.findings if f.severity == "damage")
         return TaskFailed(f"audit: {damage} damaged or missing file(s); see above")
@@ -182,8 +206,8 @@ def run_repair(settings: Settings) -> TaskFailed | None:
 
     try:
         result = repair(settings)
-    except (*KNOWN_FAILURES, sqlite3.Error) as exc:
-        return TaskFailed(f"repair: {exc}")
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"repair: {describe_failure(exc, settings)}")
     print(format_repair(result, settings), flush=True)
     if not result.ok:
         return TaskFailed(f"repair: {len(result.failed)} problem(s) could not be repaired")

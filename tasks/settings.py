@@ -135,7 +135,26 @@ def load_settings(
         raise SettingsError(f"{config_file}: missing required key `root` (the dataset folder)")
     base = cwd if sources["root"] == "the command line" else config_file.parent
     root = (base / values["root"]).resolve()
+    if root.exists() and not root.is_dir():
+        raise SettingsError(f"{sources['root']}: `root` {root} is a file, not a folder")
+    if "shards" in values:
+        unresolved = (base / values["root"]).absolute()
+        values["shards"] = _relative_glob(values["shards"], root, unresolved, sources["shards"])
     return _build(values, root, config_file.resolve(), sources)
+
+
+def _relative_glob(pattern: str, root: Path, unresolved: Path, source: str) -> str:
+    """`shards` relative to root; an absolute glob is accepted when it lies under root."""
+    if not Path(pattern).is_absolute():
+        return pattern
+    for top in (root, unresolved):
+        try:
+            return str(Path(pattern).relative_to(top))
+        except ValueError:
+            continue
+    raise SettingsError(
+        f"{source}: `shards` {pattern!r} is outside root {root}; give a glob relative to root"
+    )
 
 
 def _check(key: str, value: Any, source: str) -> None:
@@ -155,6 +174,10 @@ def _check(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: `caption_strategy` must be {what}, got {value!r}")
     if key in ("id", "shards", "caption_field") and value == "":
         raise SettingsError(f"{source}: `{key}` must not be empty")
+    if key == "root" and value == "":
+        raise SettingsError(f"{source}: `root` must not be empty (the dataset folder)")
+    if key == "expected_samples" and value < 0:
+        raise SettingsError(f"{source}: `expected_samples` must be 0 or more, got {value}")
     if key == "id" and ("/" in value or value.startswith(".")):
         raise SettingsError(f"{source}: `id` must be a plain name, got {value!r}")
 

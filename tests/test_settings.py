@@ -81,3 +81,47 @@ def test_doit_reports_a_bad_setting_and_fails(tmp_path: Path):
     assert "`caption_strategy` must be" in proc.stdout + proc.stderr
     listing = run_doit(tmp_path, "list", config=cfg)
     assert "extract" in listing.stdout and "table" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ('root = "."\nexpected_samples = -1\n', {}, "`expected_samples` must be 0 or more, got -1"),
+        ('root = "."\n', {"root": ""}, "the command line: `root` must not be empty"),
+        ('root = ""\n', {}, "`root` must not be empty"),
+        ('root = "."\nshards = "/elsewhere/*.tar"\n', {}, "`shards` '/elsewhere/*.tar' is outside"),
+        ('root = "afile"\n', {}, "is a file, not a folder"),
+    ],
+)
+def test_more_settings_that_are_one_line_errors(tmp_path, text, overrides, expected):
+    (tmp_path / "afile").write_text("x")
+    cfg = _write(tmp_path, text)
+    with pytest.raises(SettingsError) as err:
+        load_settings(cfg, overrides, cwd=tmp_path)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_absolute_shards_glob_under_root_is_accepted(dataset: Path):
+    glob = str(dataset / "hub" / "data" / "*.tar")
+    s = load_settings(dataset / "dataset.toml", {"shards": glob})
+    assert s.shards == "hub/data/*.tar"
+    assert len(s.shard_paths()) == 3
+    run_doit(dataset, f"shards={glob}")
+    assert (dataset / "dalle3.parquet").is_file()
+
+
+def test_a_glob_that_matches_no_tar_warns_naming_it(tmp_path: Path):
+    cfg = _write(tmp_path, 'root = "."\nshards = "nothing/*.tar"\n')
+    proc = run_doit(tmp_path, config=cfg)
+    assert "warning: no tar matches shards = 'nothing/*.tar' under " + str(tmp_path) in proc.stdout
+
+
+def test_a_bad_setting_stops_a_build_in_one_line(tmp_path: Path):
+    cfg = _write(tmp_path, 'root = "."\nexpected_samples = -5\n')
+    proc = run_doit(tmp_path, check=False, config=cfg)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR: {cfg}: `expected_samples` must be 0 or more, got -5"
+    ]
+    assert proc.stdout == ""

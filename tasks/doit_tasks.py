@@ -1,0 +1,297 @@
+"""The task dicts doit runs, built from the settings and the command line.
+
+dodo.py (for `doit`) and tasks/cli.py (for `shardprep`) both call `dodo_namespace`; the
+work itself is done by the plain functions in tasks/ and state/ (via tasks/doit_actions).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+
+from doit import Globals
+from doit.exceptions import InvalidDodoFile
+
+from state import lock
+from state.checker import checker_for
+from state.manifest import open_readonly
+from state.recovery import DEP_SUFFIXES, quarantine_dep_file
+from tasks import doit_actions as act
+from tasks.cli import READ_ONLY_COMMANDS, CommandLine, parse_command_line
+from tasks.dataloader import dataloader_is_current
+from tasks.freshness import (
+    captions_are_current,
+    scan_is_up_to_date,
+    shard_is_done,
+    table_is_current,
+)
+from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_name
+
+DEFAULT_TASKS = ["extract", "scan", "captions", "table", "dataloader", "summary"]
+INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
+
+
+class RunRefused(InvalidDodoFile):
+    """This run may not start (another run writes the root, or it cannot be written);
+    doit prints the message as one `ERROR:` line and exits 3."""
+
+
+def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
+    """DOIT_CONFIG and the task creators for a run given `argv` from the folder `cwd`."""
+    line = parse_command_line(argv)
+    _on_interrupt_say_one_line()
+    settings, error = _load(line, cwd)
+    if error is not None and line.command not in READ_ONLY_COMMANDS:
+        raise RunRefused(error)  # `list` and `help` still show the tasks
+    if settings is not None and line.writes:
+        dep_file = _take_root(settings, [program, *argv])
+    else:
+        dep_file = _scratch_dep_file()
+        if settings is not None and line.command in READ_ONLY_COMMANDS:
+            _say_if_a_build_is_running(settings)
+    config = {
+        "default_tasks": DEFAULT_TASKS,
+        "dep_file": str(dep_file),
+        "check_file_uptodate": checker_for(settings.root if settings else Path(cwd)),
+        "action_string_formatting": "new",
+    }
+    return {"DOIT_CONFIG": config, **_creators(settings, error, dep_file)}
+
+
+def _load(line: CommandLine, cwd: Path) -> tuple[Settings | None, str | None]:
+    overrides = {k: v for k, v in line.variables.items() if k != "config"}
+    try:
+        return load_settings(line.variables.get("config"), overrides, cwd=cwd), None
+    except SettingsError as exc:
+        return None, str(exc)
+
+
+def _take_root(settings: Settings, argv: list[str]) -> Path:
+    """Take the writer lock of the root; return doit's dependency file beside it."""
+    try:
+        lock.acquire(settings.root, argv)
+    except lock.LockHeld as exc:
+        raise RunRefused(str(exc)) from None
+    except OSError as exc:
+        raise RunRefused(
+            f"{settings.root}: the dataset folder cannot be written "
+            f"({exc.strerror or exc}: {exc.filename}); fix its permissions or choose another "
+            "`root`"
+        ) from None
+    dep_file = settings.state_dir / "doit.db"
+    if (moved := quarantine_dep_file(dep_file)) is not None:
+        print(
+            f"warning: doit's state file {dep_file} was damaged and has been moved to "
+            f"{moved}; the manifest still knows what is done, so nothing is redone",
+            file=sys.stderr,
+        )
+    return dep_file
+
+
+def _say_if_a_build_is_running(settings: Settings) -> None:
+    if (holder := lock.running_writer(settings.root)) is not None:
+        print(f"note: a build is running ({holder}) on {settings.root}", file=sys.stderr)
+
+
+def _scratch_dep_file() -> Path:
+    """doit's dependency file for a run that writes nothing: a temporary one, removed at exit.
+
+    A read-only run must create nothing under root (which may be read-only or absent);
+    its tasks (`audit`) are never up to date, so doit's memory of them is not needed.
+    """
+    path = Path(tempfile.gettempdir()) / f"shardprep-{os.getpid()}.doit.db"
+    atexit.register(_remove_dep_files, path)
+    return path
+
+
+def _remove_dep_files(path: Path) -> None:
+    # `list` and `help` never close doit's file, and dbm writes it when it is collected
+    if Globals.dep_manager is not None:
+        with contextlib.suppress(Exception):
+            Globals.dep_manager.close()
+    for suffix in DEP_SUFFIXES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_interrupt_say_one_line() -> None:
+    """Ctrl-C ends the run with one line instead of a traceback (doit saves its state)."""
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+    if os.getpid() == _MAIN_PID:
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+def _guard_dep_file_save(dep_file: Path) -> None:
+    """A failed save of doit's dependency file (disk full) is one warning, not a traceback.
+
+    The manifest records every finished piece of work, so the next run redoes nothing.
+    """
+    manager = Globals.dep_manager
+    if manager is None or getattr(manager, "_shardprep_guarded", False):
+        return
+    close = manager.close
+
+    def guarded_close() -> None:
+        try:
+            close()
+        except OSError as exc:
+            print(
+                f"warning: doit's state file {dep_file} could not be saved "
+                f"({exc.strerror or exc}); the manifest knows what is done, "
+                "so the next run redoes nothing",
+                file=sys.stderr,
+            )
+
+    manager.close = guarded_close
+    manager._shardprep_guarded = True
+
+
+def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> dict:
+    """The task creators (`task_<name>` functions) of one run."""
+
+    def creator(doc: str, subtasks: bool = False) -> Callable:
+        """Shared by every task: the settings error, the dep-file guard, verbosity 2."""
+
+        def wrap(make: Callable[[Settings], dict | Iterator[dict]]) -> Callable:
+            @wraps(make)
+            def task_creator():
+                _guard_dep_file_save(dep_file)
+                if settings is None:
+                    failing = {"actions": [(act.fail_settings, [error])], "uptodate": [False]}
+                    made = [{"name": None, **failing}] if subtasks else failing
+                else:
+                    made = make(settings)
+                if subtasks:
+                    return ({"doc": doc, "verbosity": 2, **t} for t in made)
+                return {"doc": doc, "verbosity": 2, **made}
+
+            task_creator.__doc__ = doc
+            return task_creator
+
+        return wrap
+
+    def shards(s: Settings) -> dict[str, str]:
+        """shard name -> tar path, for the tars present."""
+        return {shard_name(p): str(p) for p in s.shard_paths()}
+
+    def all_shards(s: Settings) -> list[str]:
+        return sorted(set(shards(s)) | set(_known_shards(s)))
+
+    @creator("Read each tar shard once into data/, the manifest and its partition.", True)
+    def task_extract(s: Settings) -> Iterator[dict]:
+        for name, tar in shards(s).items():
+            yield {
+                "name": name,
+                "doc": f"extract {tar}",
+                "actions": [(act.run_extract, [s, tar])],
+                "file_dep": [tar],
+                "targets": [str(partition_path(s, name))],
+                "uptodate": [(shard_is_done, [s, name])],
+            }
+
+    @creator("Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.")
+    def task_scan(s: Settings) -> dict:
+        return {
+            "actions": [(act.run_scan, [s])],
+            "task_dep": ["extract"],
+            "uptodate": [(scan_is_up_to_date, [s])],
+        }
+
+    @creator("Write data/<stem>.txt per image (caption_strategy=textfile); only changed.", True)
+    def task_captions(s: Settings) -> Iterator[dict]:
+        present = shards(s)
+        for name in all_shards(s):
+            yield {
+                "name": name,
+                "actions": [(act.run_captions, [s, name])],
+                "file_dep": [str(partition_path(s, name))] if name in present else [],
+                "task_dep": ["scan"],
+                "uptodate": [(captions_are_current, [s, name])],
+            }
+
+    @creator("Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here).")
+    def task_table(s: Settings) -> dict:
+        return {
+            "actions": [(act.run_table, [s])],
+            "file_dep": [str(partition_path(s, n)) for n in shards(s)],
+            "task_dep": ["scan"],
+            "targets": [str(s.table_path)],
+            "uptodate": [(table_is_current, [s])],
+        }
+
+    @creator("Write the SimpleTuner entry into <root>/multidatabackend.json.")
+    def task_dataloader(s: Settings) -> dict:
+        return {
+            "actions": [(act.run_dataloader, [s])],
+            "targets": [str(s.backend_path)],
+            "uptodate": [(dataloader_is_current, [s])],
+        }
+
+    @creator("Print what the build holds and what was kept aside; fail if a shard was unreadable.")
+    def task_summary(s: Settings) -> dict:
+        return {
+            "actions": [(act.run_summary, [s])],
+            "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+            "uptodate": [False],
+        }
+
+    @creator("Move a damaged manifest aside; the next doit rebuilds it from the tars and data/.")
+    def task_reset_state(s: Settings) -> dict:
+        return {"actions": [(act.run_reset_state, [s])], "uptodate": [False]}
+
+    @creator("Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/.")
+    def task_download(s: Settings) -> dict:
+        return {"actions": [(act.run_download, [s])], "uptodate": [False]}
+
+    @creator("Check data/, the table and kept-aside files against the manifest (--deep: re-hash).")
+    def task_audit(s: Settings) -> dict:
+        return {
+            "actions": [(act.run_audit, [s])],
+            "params": [
+                {
+                    "name": "deep",
+                    "long": "deep",
+                    "type": bool,
+                    "default": False,
+                    "help": "re-hash every file and check images against the JSON's md5/sha512",
+                }
+            ],
+            "uptodate": [False],
+        }
+
+    @creator("Restore damaged or missing files from the tars and partitions; move strays aside.")
+    def task_repair(s: Settings) -> dict:
+        return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
+
+    return {name: value for name, value in locals().items() if name.startswith("task_")}
+
+
+def _known_shards(settings: Settings) -> list[str]:
+    """Shards the manifest has a partition for (their tar may be gone)."""
+    conn = open_readonly(settings.root)
+    if conn is None:
+        return []
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM shards WHERE part_xxh3 IS NOT NULL")]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
