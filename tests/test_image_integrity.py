@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -201,3 +202,27 @@ def test_big_images_are_checked_while_read_in_chunks(tmp_path: Path, monkeypatch
         "data/bad_crc_e.png",
     }
     assert report.ok
+
+
+def test_an_image_the_build_noted_cut_is_named_once(tmp_path: Path):
+    """When the build records the cut as a quirk (the length walk, `crc=False`), the deep
+    audit does not name the same image a second time."""
+    root = tmp_path / "ds"
+    _cut_dataset(root)
+    run_doit(root)
+    conn = sqlite3.connect(root / "state/manifest.sqlite")
+    with conn:  # the row the build's check would write for cut_c.png
+        conn.execute(
+            "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
+            ("data-000000", "truncated_image", "cut_c.png", "data/cut_c.png", "PNG cut at build"),
+        )
+    conn.close()
+    rc, report = _audit(root, "--deep")
+    assert rc == 0
+    cut = [f for f in report["findings"] if f["kind"] == "truncated_image"]
+    assert sorted(f["path"] for f in cut) == [
+        "data/bad_crc_e.png",
+        "data/cut_c.png",
+        "data/cut_d.jpg",
+    ]
+    assert next(f for f in cut if f["path"] == "data/cut_c.png")["detail"].endswith("at build")
