@@ -235,9 +235,9 @@ class _JpegWalk:
         first = pos
         while pos + 4 <= n:
             at = self.base + pos - first
-            if data[pos] != 0xFF:
-                self.problem = f"JPEG marker expected at byte {at}"
-                return None
+            if data[pos] != 0xFF:  # stray bytes before a marker: decoders skip them, so do we
+                pos += 1
+                continue
             marker = data[pos + 1]
             if marker == 0xFF:  # fill byte
                 pos += 1

@@ -80,6 +80,7 @@ def test_whole_images_pass_and_every_cut_is_found(name: str):
         IMAGES["png"] + b"\x00" * 100,  # bytes after IEND / EOI: some tools append them
         IMAGES["jpeg"] + b"\x00" * 100,
         IMAGES["jpeg"] + b"trailer data of a phone",
+        IMAGES["jpeg"][:2] + b"\x00\x00" + IMAGES["jpeg"][2:],  # decoders skip stray bytes
     ],
     ids=[
         "png_8k_idats",
@@ -88,6 +89,7 @@ def test_whole_images_pass_and_every_cut_is_found(name: str):
         "png_pad",
         "jpeg_pad",
         "jpeg_tail",
+        "jpeg_stray_bytes",
     ],
 )
 def test_real_encoder_layouts_pass_and_their_cuts_are_found(data: bytes):
