@@ -1,7 +1,10 @@
 """`doit audit --deep`: read and hash every file the manifest lists, in reader threads,
 and check each image against its JSON's own `md5_file_hash` / `sha512_hash`. Where an
 image fails those, the tar's own members (read at their recorded offsets) tell an edited
-checksum (a note) from a replaced image (damage)."""
+checksum (a note) from a replaced image (damage). In the same read, each image is checked
+to be whole (`tasks/imagecheck.py`): one that is cut or corrupt inside but has the bytes
+the build wrote came so from its tar (a note, `truncated_image`); one whose bytes changed
+is damage already (`corrupt_image`)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import xxhash
 
 from tasks.audit_pairing import counted_in_data
 from tasks.audit_report import AuditReport
+from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
 
@@ -73,6 +77,7 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
     progress = Progress("audit --deep", total)
     workers = min(16, 4 * (os.cpu_count() or 1))  # reads wait on the disk: keep it busy
     mismatches: list = []
+    cut: list[tuple[str, str, str]] = []
     try:
         with ThreadPoolExecutor(workers) as pool:
             for batch, results in _bounded_map(
@@ -84,8 +89,10 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
                     if got is None:
                         judge(row, Seen(False))
                         continue
-                    size, mtime_ns, digest, data, checks = got
+                    size, mtime_ns, digest, data, checks, problem = got
                     report.bytes_read += size
+                    if problem is not None and digest == row[6]:
+                        cut.append((row[0], row[1], problem))
                     if digest == row[6] and size == row[4] and mtime_ns == row[5]:
                         judge.report.files_checked += 1
                         if counted_in_data(row[0]):
@@ -100,6 +107,19 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
     finally:
         progress.close()
     _settle_checksums(conn, Path(root), mismatches, report)
+    _note_cut_images(conn, cut, report)
+
+
+def _note_cut_images(conn, cut: list[tuple[str, str, str]], report: AuditReport) -> None:
+    """Note each image the tar held cut or corrupt, but not one the build noted already."""
+    for path, shard, problem in cut:
+        noted = conn.execute(
+            "SELECT 1 FROM quirks q JOIN files f ON f.shard = q.shard AND f.member = q.member"
+            " WHERE f.path = ? AND q.kind = 'truncated_image' LIMIT 1",
+            (path,),
+        ).fetchone()
+        if noted is None:
+            report.add("truncated_image", path, shard, problem)
 
 
 def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
@@ -118,9 +138,10 @@ def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
 def _read_batch(root: str, batch: list[tuple]) -> list:
     """Read and hash each row's file (a reader thread's work); None for a missing file.
 
-    Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks).
-    A JSON in data/ gives the checksums its image must have; the image right after it is
-    then hashed with md5/sha512 too, and `checks` is (wanted, got) for it.
+    Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks,
+    problem). A JSON in data/ gives the checksums its image must have; the image right
+    after it is then hashed with md5/sha512 too, and `checks` is (wanted, got) for it.
+    `problem` says why an image is not whole (`image_problem`), else None.
     """
     out: list = []
     append = out.append
@@ -137,11 +158,11 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
                     continue
                 data = got[3]
                 want, want_of = wanted_from_bytes(data), (row[1], row[3])
-                append((got[0], got[1], got[2], data if got[2] != row[6] else None, None))
+                append((got[0], got[1], got[2], data if got[2] != row[6] else None, None, None))
                 continue
             if kind == "image" and want and want_of == (row[1], row[3]):
-                got = _read_hash(root + path, want)
-                append(None if got is None else (got[0], got[1], got[2], None, got[4]))
+                got = _read_hash(root + path, want, True)
+                append(None if got is None else (got[0], got[1], got[2], None, got[4], got[5]))
                 continue
         try:
             fd = os.open(root + path, os.O_RDONLY)
@@ -156,12 +177,13 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
             if st.st_size < BIG_FILE:
                 data = os.read(fd, st.st_size + 1)
                 if len(data) <= st.st_size:
-                    append((len(data), st.st_mtime_ns, xxh3(data), None, None))
+                    problem = image_problem(data) if kind == "image" else None
+                    append((len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
                     continue
         finally:
             os.close(fd)
-        got = _read_hash(root + path, {})
-        append(None if got is None else (got[0], got[1], got[2], None, None))
+        got = _read_hash(root + path, {}, kind == "image")
+        append(None if got is None else (got[0], got[1], got[2], None, None, got[5]))
     return out
 
 
@@ -202,11 +224,12 @@ def wanted_checksums(obj: dict | None) -> dict[str, str]:
     return want
 
 
-def _read_hash(path: str, want: dict[str, str]) -> tuple | None:
-    """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None).
+def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | None:
+    """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None, problem).
 
     A small file is read in one call (its bytes are returned); a big one in chunks.
-    `want` names md5/sha512 digests to compute as well. None: the file is not there.
+    `want` names md5/sha512 digests to compute as well; `image`: check the bytes are a
+    whole image (`problem` says why not, else None). None: the file is not there.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -221,20 +244,26 @@ def _read_hash(path: str, want: dict[str, str]) -> tuple | None:
         if len(data) < ask:  # the whole file (a short read of a regular file is its end)
             got = {algo: hashlib.new(algo, data).hexdigest() for algo in want}
             checks = (want, got) if want else None
-            return len(data), st.st_mtime_ns, xxhash.xxh3_128_hexdigest(data), data, checks
+            problem = image_problem(data) if image else None
+            digest = xxhash.xxh3_128_hexdigest(data)
+            return len(data), st.st_mtime_ns, digest, data, checks, problem
         h = xxhash.xxh3_128()
         extra = {algo: hashlib.new(algo) for algo in want}
+        check = ImageCheck() if image else None
         size = 0
         while data:
             size += len(data)
             h.update(data)
             for e in extra.values():
                 e.update(data)
+            if check is not None:
+                check.feed(data)
             data = os.read(fd, BIG_FILE)
     finally:
         os.close(fd)
     got = {algo: e.hexdigest() for algo, e in extra.items()}
-    return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None
+    problem = check.result() if check is not None else None
+    return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None, problem
 
 
 def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -> None:

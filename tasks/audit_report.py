@@ -72,6 +72,11 @@ KINDS: dict[str, tuple[str, str]] = {
     "duplicate_across_shards": (NOTE, "{n} file name(s) in two shards (the later kept aside)"),
     "second_image": (NOTE, "{n} second image(s) for one sample (kept aside)"),
     "bad_image": (NOTE, "{n} member(s) of samples with an unreadable image (kept aside)"),
+    "truncated_image": (
+        NOTE,
+        "{n} image(s) cut short or corrupt inside, as their tar held them (PNG chunk CRC or "
+        "IEND, JPEG EOI)",
+    ),
     "unexpected_member": (NOTE, "{n} member(s) neither image nor JSON (kept aside)"),
     "quirk": (NOTE, "{n} other data quirk(s) of the shards"),
     "size_from_header": (NOTE, "{n} sample(s) have no usable width/height in their JSON"),

@@ -134,26 +134,65 @@ def _big_dataset(root: Path) -> None:
     write_config(root)
 
 
+BUILT = ("data", "incomplete", "state/parts")
+
+
+def _built(root: Path) -> set[str]:
+    """Paths (relative to root) of the files under BUILT, and the table if it exists."""
+    out = set()
+    for sub in BUILT:
+        for folder, _dirs, names in os.walk(root / sub):
+            rel = os.path.relpath(folder, root)
+            out.update(os.path.join(rel, name) for name in names)
+    if (root / "dalle3.parquet").exists():
+        out.add("dalle3.parquet")
+    return out
+
+
+def _kill_when(root: Path, final: set[str], at: int) -> int:
+    """Start `doit`, kill -9 it once `at` of the files a whole build leaves are on disk
+    and this run has added one; return how many were there when it was killed."""
+    before = len(_built(root) & final)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while proc.poll() is None:
+            present = len(_built(root) & final)
+            if present >= max(at, before + 1):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the build ended (exit {proc.returncode}) first"
+    return present
+
+
 def test_killed_runs_resume_to_the_same_result(tmp_path: Path):
+    """Six kill -9s, each while the build is provably mid-work: after this run added a
+    file and before the build left all of its files (checked after the kill)."""
     clean = tmp_path / "clean"
     _big_dataset(clean)
     run_doit(clean)
     expected = _content(clean)
+    final = _built(clean)
     rng = random.Random(1234)
     killed = tmp_path / "killed"
     _big_dataset(killed)
-    for _ in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "doit", f"config={killed / 'dataset.toml'}"],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        time.sleep(rng.uniform(0.2, 2.5))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # one kill point in each sixth of the first 90% of the files: extraction, then captions
+    span = len(final) * 9 // 10
+    points = [rng.randrange(1 + i * span // 6, (i + 1) * span // 6) for i in range(6)]
+    for at in points:
+        present = _kill_when(killed, final, at)
+        after = _built(killed) & final
+        assert present >= at and len(after) < len(final), (at, present, len(after), len(final))
     run_doit(killed)
     assert _content(killed) == expected
     assert _ran(run_doit(killed)) == ["summary"]
