@@ -116,7 +116,8 @@ def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
             for name in names:
                 add(f"data/{name}")
             caption = batch.column("caption")
-            _note_rows(report, "empty_caption", names, pc.equal(caption, ""), "caption is empty")
+            blank = pc.or_(pc.equal(caption, ""), pc.utf8_is_space(caption))
+            _note_rows(report, "empty_caption", names, blank, "caption is empty or blank")
             if textfile:
                 multi = pc.match_substring_regex(caption, r"[\r\n]")
                 _note_rows(

@@ -52,10 +52,10 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
     columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
     if known == set(fields):  # the common case, as select_caption without a dict per row
         if len(fields) == 1:
-            texts = [v or "" for v in columns[fields[0]]]
+            texts = ["" if v is None else v for v in columns[fields[0]]]
         else:
             rows = zip(*(columns[f] for f in fields), strict=True)
-            texts = [next((v for v in values if v), "") for values in rows]
+            texts = [_first_caption(values) for values in rows]
         if settings.join_caption_lines:
             texts = [join_caption_lines(t) for t in texts]
         return texts
@@ -66,6 +66,14 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
         )
         for i in range(table.num_rows)
     ]
+
+
+def _first_caption(values: tuple[str | None, ...]) -> str:
+    """select_caption over values already taken from the fields, in order."""
+    for v in values:
+        if v is not None and v.strip():
+            return v
+    return next((v for v in values if v is not None), "")
 
 
 def caption_path(filename: str) -> str:
