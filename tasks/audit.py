@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from state.caption_state import WRITING
 from state.hashing import hash_file
 from state.manifest import manifest_path, open_readonly
 from tasks.audit_deep import FILE_QUERY, Seen, deep_files
@@ -46,10 +47,16 @@ from tasks.audit_pairing import (
 )
 from tasks.audit_report import KINDS, AuditReport
 from tasks.audit_stat import stat_all_rows
+from tasks.captions import EDITED_CAPTIONS
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json
 from tasks.settings import Settings
+
+EDITED_CAPTION_WORDS = (
+    "edited by hand: kept (the table keeps the caption field's text); moved to "
+    "incomplete/edited-captions/ if a caption setting changes this caption's text"
+)
 
 # --------------------------------------------------------------------------- audit
 
@@ -77,6 +84,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
             if not report.of("unreadable_table"):
                 report.add("missing_table", rel, None, "not built yet: run doit")
         _check_strays(conn, settings, judge.present_in_data, report)
+        _check_edited_aside(settings, report)
         _check_partitions(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
@@ -260,8 +268,8 @@ class _Judge:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        if kind == "pending":  # claimed by a run that did not finish it
-            self._unfinished(path, shard, seen)
+        if kind == "pending" or (kind == "caption" and mtime_ns == WRITING):
+            self._unfinished(path, shard, seen)  # claimed or rewritten by an unfinished run
             return
         if not seen.exists:
             self.missing.add(path)
@@ -280,6 +288,8 @@ class _Judge:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
         elif kind == "json":
             report.add("edited_json", path, shard, _edited_words(seen))
+        elif kind == "caption" and not same_stat:  # written since the build: a hand edit
+            report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
             how = (
                 f"{seen.size} bytes, the build wrote {size}"
@@ -341,6 +351,19 @@ def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -
             if is_image
             else "file the build did not write",
         )
+
+
+def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
+    """Caption files edited by hand that the build moved aside before replacing them."""
+    folder = settings.incomplete_dir / EDITED_CAPTIONS
+    if not folder.is_dir():
+        return
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.relpath(os.path.join(dirpath, name), settings.root)
+            report.add(
+                "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
+            )
 
 
 def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:

@@ -58,6 +58,16 @@ KINDS: dict[str, tuple[str, str]] = {
     "unreadable_table": (DAMAGE, "the table cannot be read"),
     "checksum_mismatch": (DAMAGE, "{n} image(s) fail their JSON's md5_file_hash/sha512_hash"),
     "edited_json": (NOTE, "{n} JSON file(s) edited since the build: picked up by the next doit"),
+    "edited_caption": (
+        NOTE,
+        "{n} caption file(s) edited by hand: kept (a caption switch that changes their text "
+        "moves them to incomplete/edited-captions/)",
+    ),
+    "edited_caption_aside": (
+        NOTE,
+        "{n} caption file(s) edited by hand were replaced by a new caption text: your "
+        "version is under incomplete/edited-captions/",
+    ),
     "edited_checksum": (NOTE, "{n} edited JSON file(s) give a hash their image does not have"),
     "shard_checksum_mismatch": (
         NOTE,

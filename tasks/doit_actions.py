@@ -18,6 +18,7 @@ from state.manifest import ManifestError
 from state.recovery import reset_state
 from tasks.settings import Settings
 
+EXAMPLES = 5  # files named per kind in a task's output
 KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError, sqlite3.Error)
 
 
@@ -92,7 +93,33 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
             f"{r.unchanged} unchanged",
             flush=True,
         )
+    for line in describe_caption_edits(r):
+        print(line, flush=True)
+    for line in r.failed:  # the summary fails the run; other shards go on
+        print(f"ERROR captions of {shard}: {line}", flush=True)
     return None
+
+
+def describe_caption_edits(r) -> list[str]:
+    """Lines naming the caption files edited by hand that a captions run kept or moved."""
+    lines = []
+    if r.kept_edited:
+        lines.append(
+            f"{r.shard}: {len(r.kept_edited)} caption file(s) edited by hand kept as they are "
+            "(the table's caption column keeps the caption field's text):"
+        )
+        lines += [f"  {p}" for p in r.kept_edited[:EXAMPLES]]
+        if len(r.kept_edited) > EXAMPLES:
+            lines.append(f"  ... and {len(r.kept_edited) - EXAMPLES} more (`doit audit`)")
+    if r.moved_edited:
+        lines.append(
+            f"warning: {r.shard}: {len(r.moved_edited)} caption file(s) edited by hand (or left "
+            "by a killed run) were replaced by the new caption text; your version is kept at:"
+        )
+        lines += [f"  {a} -> {b}" for a, b in r.moved_edited[:EXAMPLES]]
+        if len(r.moved_edited) > EXAMPLES:
+            lines.append(f"  ... and {len(r.moved_edited) - EXAMPLES} more (`doit audit`)")
+    return lines
 
 
 def run_table(settings: Settings) -> TaskFailed | None:
@@ -128,8 +155,13 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
-    if not s.ok:
+    if s.failed:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
+    if s.caption_failed:
+        return TaskFailed(
+            f"the caption files of {len(s.caption_failed)} shard(s) could not all be written "
+            "(see above)"
+        )
     return None
 
 

@@ -6,6 +6,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
+from state.caption_state import caption_failures
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.settings import Settings
 
@@ -24,10 +25,11 @@ class BuildSummary:
     quirks: Counter = field(default_factory=Counter)
     quirk_examples: dict[str, list[str]] = field(default_factory=dict)
     shard_names: list[str] = field(default_factory=list)
+    caption_failed: dict[str, str] = field(default_factory=dict)  # shard -> one line
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.caption_failed
 
 
 def summarize(settings: Settings) -> BuildSummary:
@@ -53,6 +55,7 @@ def summarize(settings: Settings) -> BuildSummary:
             s.samples += samples or 0
             if not present:
                 s.tars_gone.append(tar)
+        s.caption_failed = caption_failures(db)
         s.aside_files = db.execute("SELECT count(*) FROM files WHERE kind = 'aside'").fetchone()[0]
         for kind, shard, member, path, detail in db.execute(
             "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
@@ -88,4 +91,6 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
     for name, error in sorted(s.failed.items()):
         lines.append(f"  ERROR: shard {name}: {error}")
+    for error in s.caption_failed.values():
+        lines.append(f"  ERROR: {error}")
     return "\n".join(lines)

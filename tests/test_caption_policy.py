@@ -5,8 +5,10 @@ file that cannot be written."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import run_doit, table_rows
 from tarbuild import M, png, sample_json, write_tar
 
@@ -70,3 +72,112 @@ def test_a_single_field_keeps_the_presets_bytes_and_the_audit_flags_blank(tmp_pa
     preset = sorted(compile_rows(root / "data"), key=lambda r: r["filename"])
     assert table_rows(root) == preset
     assert _findings(_audit(root), "empty_caption") == ["data/a.png", "data/c.png"]
+
+
+# --------------------------------------------------------------------------- hand edits
+
+
+def _two_shards(root: Path) -> Path:
+    _shard(root, "data-000000", {"a": {}, "b": {}})
+    _shard(root, "data-000001", {"c": {}, "d": {}})
+    write_config(root)
+    return root
+
+
+def test_a_caption_edited_by_hand_is_kept_named_and_never_lost_across_a_switch(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    txt = root / "data" / "a.txt"
+    txt.write_text("my own caption")
+
+    run_doit(root)  # nothing changed: the edit stays
+    assert txt.read_text() == "my own caption"
+    report = _audit(root)
+    assert report["ok"]
+    assert _findings(report, "edited_caption") == ["data/a.txt"]
+
+    out = run_doit(root, "caption_field=long_caption").stdout
+    aside = root / "incomplete" / "edited-captions" / "a.txt"
+    assert aside.read_text() == "my own caption"
+    assert "data/a.txt -> incomplete/edited-captions/a.txt" in out
+    assert txt.read_text() == "long a"
+    run_doit(root)  # and back: the build's text, the edit still aside
+    assert txt.read_text() == "short a"
+    assert aside.read_text() == "my own caption"
+    report = _audit(root)
+    assert report["ok"]
+    assert _findings(report, "edited_caption_aside") == ["incomplete/edited-captions/a.txt"]
+
+
+def test_an_edit_whose_text_the_build_keeps_survives_a_rebuild_of_its_shard(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    (root / "data" / "a.txt").write_text("mine")
+    sidecar = root / "data" / "b.json"  # another sample of the shard: its captions run again
+    sidecar.write_text(sidecar.read_text().replace("short b", "short B"))
+    out = run_doit(root).stdout
+    assert (root / "data" / "a.txt").read_text() == "mine"
+    assert (root / "data" / "b.txt").read_text() == "short B"
+    assert "data/a.txt" in out  # named as kept
+    result = run_doit(root, "repair")
+    assert (root / "data" / "a.txt").read_text() == "mine"
+    assert "nothing to repair" in result.stdout
+
+
+def test_parquet_then_textfile_moves_an_edited_caption_aside(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    (root / "data" / "c.txt").write_text("mine")
+    out = run_doit(root, "caption_strategy=parquet").stdout
+    assert (root / "data" / "c.txt").read_text() == "mine"
+    assert "data/c.txt" in out
+    out = run_doit(root).stdout
+    assert (root / "data" / "c.txt").read_text() == "short c"
+    assert (root / "incomplete" / "edited-captions" / "c.txt").read_text() == "mine"
+    assert "incomplete/edited-captions/c.txt" in out
+
+
+# --------------------------------------------------------------------------- unwritable
+
+
+def test_a_caption_path_that_is_a_folder_fails_only_its_own_shards_captions(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    (root / "data" / "a.txt").mkdir(parents=True)
+    proc = run_doit(root, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out
+    assert "data/a.txt is a folder where the caption file goes: move it away" in out
+    assert (root / "data" / "b.txt").read_text() == "short b"  # its own shard's others
+    assert (root / "data" / "c.txt").read_text() == "short c"  # and the other shard's
+    assert [r["filename"] for r in table_rows(root)] == ["a.png", "b.png", "c.png", "d.png"]
+    (root / "data" / "a.txt").rmdir()
+    run_doit(root)
+    assert (root / "data" / "a.txt").read_text() == "short a"
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    flag = "+i" if on else "-i"
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_an_immutable_caption_fails_only_its_own_shard_across_a_switch(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    locked = root / "data" / "c.txt"
+    if not _immutable(locked, True):
+        pytest.skip("chattr +i does not work here (needs root on ext4)")
+    try:
+        proc = run_doit(root, "caption_field=long_caption", check=False)
+        assert proc.returncode != 0
+        out = proc.stdout + proc.stderr
+        assert "Traceback" not in out
+        assert "cannot write data/c.txt" in out
+        assert (root / "data" / "a.txt").read_text() == "long a"
+        assert (root / "data" / "d.txt").read_text() == "long d"
+        assert {r["caption"] for r in table_rows(root)} == {"long a", "long b", "long c", "long d"}
+    finally:
+        _immutable(locked, False)
+    run_doit(root, "caption_field=long_caption")
+    assert locked.read_text() == "long c"
+    assert _audit(root)["ok"]
