@@ -35,6 +35,7 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
+from tasks.caption_fields import check_caption_fields
 from tasks.freshness import captions_key
 from tasks.partition import read_partition
 from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
@@ -123,6 +124,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         if row["captions_key"] == key:
             result.up_to_date = True
             return result
+        check_caption_fields(db, settings)  # before anything is written
         existing = caption_rows(db, shard)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":

@@ -81,10 +81,13 @@ def run_scan(settings: Settings) -> TaskFailed | None:
 
 def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     """Write or remove the caption files of one shard."""
+    from tasks.caption_fields import CaptionFieldError
     from tasks.captions import write_captions
 
     try:
         r = write_captions(settings, shard)
+    except CaptionFieldError as exc:
+        return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"captions of {shard}: {describe_failure(exc, settings)}")
     if not r.up_to_date and (r.written or r.removed):
@@ -124,10 +127,13 @@ def describe_caption_edits(r) -> list[str]:
 
 def run_table(settings: Settings) -> TaskFailed | None:
     """Consolidate the partitions into the table."""
+    from tasks.caption_fields import CaptionFieldError
     from tasks.table import build_table
 
     try:
         r = build_table(settings)
+    except CaptionFieldError as exc:
+        return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{settings.table_path}: {describe_failure(exc, settings)}")
     if not r.up_to_date:

@@ -181,3 +181,52 @@ def test_an_immutable_caption_fails_only_its_own_shard_across_a_switch(tmp_path:
     run_doit(root, "caption_field=long_caption")
     assert locked.read_text() == "long c"
     assert _audit(root)["ok"]
+
+
+# --------------------------------------------------------------------------- unknown fields
+
+
+def _caption_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "data").glob("*.txt"))}
+
+
+@pytest.mark.parametrize(
+    "value, named",
+    [
+        ("long_captoin", "`long_captoin`"),
+        ('["long_captoin", "short_caption"]', "`long_captoin`"),
+        ('["short_caption", "nope", "missing"]', "`nope`, `missing`"),
+    ],
+)
+def test_a_caption_field_no_sample_has_is_an_error_and_changes_nothing(
+    tmp_path: Path, value: str, named: str
+):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    before = _caption_files(root)
+    table = (root / "dalle3.parquet").read_bytes()
+    proc = run_doit(root, f"caption_field={value}", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out
+    assert f"caption_field: no sample has {named} (fields seen: " in out
+    assert "short_caption, long_caption" in out
+    assert _caption_files(root) == before
+    assert (root / "dalle3.parquet").read_bytes() == table
+    proc = run_doit(root, f"caption_field={value}", "table", check=False)  # the table alone too
+    assert proc.returncode != 0 and "no sample has" in proc.stdout + proc.stderr
+    assert (root / "dalle3.parquet").read_bytes() == table
+
+
+def test_a_field_only_the_json_has_is_found_and_a_field_some_samples_lack_is_fine(
+    tmp_path: Path,
+):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", {"a": {"my_caption": "mine a"}, "b": {}})
+    _shard(root, "data-000001", {"c": {}})
+    write_config(root)
+    run_doit(root, 'caption_field=["my_caption", "short_caption"]')
+    assert _caption_files(root) == {"a.txt": b"mine a", "b.txt": b"short b", "c.txt": b"short c"}
+    run_doit(root, "caption_field=my_caption")
+    assert _caption_files(root)["c.txt"] == b""
+    assert _findings(_audit(root), "empty_caption") == ["data/b.png", "data/c.png"]
