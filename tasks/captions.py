@@ -5,6 +5,11 @@ committed after its file is complete, so a killed write is redone); switching
 `caption_field` back restores the exact bytes. With `caption_strategy = "parquet"` the
 caption files this build wrote are removed (never a file the manifest does not list,
 nor one changed since we wrote it).
+
+A caption file edited by hand (its bytes differ from what the build last wrote) is the
+user's: it stays while the build's text for it stays the same (a plain `doit`, a rebuild
+of its shard, `parquet` and back), and is moved to `incomplete/edited-captions/` and named
+before a different text replaces it (a `caption_field` switch, an edited JSON).
 """
 
 from __future__ import annotations
@@ -340,11 +345,13 @@ def _remove_unwanted(db, settings, existing, wanted, result) -> None:
             continue
         target = settings.root / path
         try:
-            if r[1] != WRITING and file_matches(target, *r):
-                os.unlink(target)
-                result.removed += 1
-            elif target.exists():
+            if r[1] == WRITING or file_matches(target, *r):  # ours (maybe cut short)
+                if _is_file(str(target)):
+                    os.unlink(target)
+                    result.removed += 1
+            elif _is_file(str(target)):  # edited by hand: stays, and so does its row
                 result.kept_edited.append(path)
+                continue
         except OSError as exc:
             result.failed.append(f"cannot remove {path} ({exc.strerror or exc}): remove it by hand")
             continue

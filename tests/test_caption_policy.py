@@ -5,6 +5,7 @@ file that cannot be written."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def _shard(root: Path, name: str, samples: dict[str, dict]) -> None:
     write_tar(root / SHARDS / f"{name}.tar", members)
 
 
-def _audit(root: Path) -> dict:
-    run_doit(root, "audit", check=False)
+def _audit(root: Path, *args: str) -> dict:
+    run_doit(root, *args, "audit", check=False)
     return json.loads((root / "state" / "audit.json").read_text())
 
 
@@ -122,17 +123,31 @@ def test_an_edit_whose_text_the_build_keeps_survives_a_rebuild_of_its_shard(tmp_
     result = run_doit(root, "repair")
     assert (root / "data" / "a.txt").read_text() == "mine"
     assert "nothing to repair" in result.stdout
+    assert "left as edited: 1 caption file(s)" in result.stdout
+    (root / "data" / "b.txt").unlink()  # damage in the same shard: its captions are redone
+    result = run_doit(root, "repair")
+    assert (root / "data" / "b.txt").read_text() == "short B"
+    assert (root / "data" / "a.txt").read_text() == "mine"
 
 
-def test_parquet_then_textfile_moves_an_edited_caption_aside(tmp_path: Path):
+def test_parquet_and_back_keeps_an_edited_caption_and_a_new_text_moves_it_aside(
+    tmp_path: Path,
+):
     root = _two_shards(tmp_path / "ds")
     run_doit(root)
     (root / "data" / "c.txt").write_text("mine")
     out = run_doit(root, "caption_strategy=parquet").stdout
     assert (root / "data" / "c.txt").read_text() == "mine"
+    assert not (root / "data" / "d.txt").exists()
     assert "data/c.txt" in out
-    out = run_doit(root).stdout
-    assert (root / "data" / "c.txt").read_text() == "short c"
+    report = _audit(root, "caption_strategy=parquet")
+    assert report["ok"]  # not a stray: still the user's caption
+    assert _findings(report, "edited_caption") == ["data/c.txt"]
+    run_doit(root)
+    assert (root / "data" / "c.txt").read_text() == "mine"  # the build's text is the same
+    out = run_doit(root, "caption_strategy=parquet", "caption_field=long_caption").stdout
+    out += run_doit(root, "caption_field=long_caption").stdout
+    assert (root / "data" / "c.txt").read_text() == "long c"
     assert (root / "incomplete" / "edited-captions" / "c.txt").read_text() == "mine"
     assert "incomplete/edited-captions/c.txt" in out
 
@@ -230,3 +245,23 @@ def test_a_field_only_the_json_has_is_found_and_a_field_some_samples_lack_is_fin
     run_doit(root, "caption_field=my_caption")
     assert _caption_files(root)["c.txt"] == b""
     assert _findings(_audit(root), "empty_caption") == ["data/b.png", "data/c.png"]
+
+
+def test_a_rewrite_a_killed_run_cut_short_is_redone_not_taken_for_an_edit(tmp_path: Path):
+    root = _two_shards(tmp_path / "ds")
+    run_doit(root)
+    # what a run killed inside a caption switch leaves: the row marked, the file half-done
+    conn = sqlite3.connect(root / "state" / "manifest.sqlite")
+    with conn:
+        conn.execute("UPDATE files SET mtime_ns = -1 WHERE path = 'data/a.txt'")
+        conn.execute("UPDATE shards SET captions_key = NULL")
+    conn.close()
+    (root / "data" / "a.txt").write_text("lon")
+    report = _audit(root)
+    assert _findings(report, "unfinished") == ["data/a.txt"]
+    assert not report["ok"]
+    out = run_doit(root, "caption_field=long_caption").stdout
+    assert (root / "data" / "a.txt").read_text() == "long a"
+    assert not (root / "incomplete").exists()
+    assert "edited" not in out
+    assert _audit(root, "caption_field=long_caption")["ok"]
