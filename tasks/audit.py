@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from state.caption_state import WRITING
+from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
 from state.manifest import manifest_path, open_readonly
 from tasks.audit_deep import FILE_QUERY, Seen, deep_files
@@ -47,7 +47,6 @@ from tasks.audit_pairing import (
 )
 from tasks.audit_report import KINDS, AuditReport
 from tasks.audit_stat import stat_all_rows
-from tasks.captions import EDITED_CAPTIONS
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json

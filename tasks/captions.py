@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
+    EDITED_CAPTIONS,
     WRITING,
     caption_rows,
     mark_writing,
@@ -47,7 +48,6 @@ from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
 from tasks.settings import Settings, partition_path
 
 WRITE_BATCH = 2000
-EDITED_CAPTIONS = "edited-captions"  # under incomplete/: hand edits a new text replaced
 
 
 @dataclass

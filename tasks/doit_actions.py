@@ -116,8 +116,8 @@ def describe_caption_edits(r) -> list[str]:
             lines.append(f"  ... and {len(r.kept_edited) - EXAMPLES} more (`doit audit`)")
     if r.moved_edited:
         lines.append(
-            f"warning: {r.shard}: {len(r.moved_edited)} caption file(s) edited by hand (or left "
-            "by a killed run) were replaced by the new caption text; your version is kept at:"
+            f"warning: {r.shard}: {len(r.moved_edited)} caption file(s) edited by hand were "
+            "replaced by the new caption text; your version is kept at:"
         )
         lines += [f"  {a} -> {b}" for a, b in r.moved_edited[:EXAMPLES]]
         if len(r.moved_edited) > EXAMPLES:

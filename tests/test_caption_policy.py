@@ -102,8 +102,9 @@ def test_a_caption_edited_by_hand_is_kept_named_and_never_lost_across_a_switch(t
     assert aside.read_text() == "my own caption"
     assert "data/a.txt -> incomplete/edited-captions/a.txt" in out
     assert txt.read_text() == "long a"
-    run_doit(root)  # and back: the build's text, the edit still aside
+    out = run_doit(root).stdout  # and back: the build's text, the edit still aside
     assert txt.read_text() == "short a"
+    assert "1 caption file(s) you edited by hand" in out  # the summary keeps saying so
     assert aside.read_text() == "my own caption"
     report = _audit(root)
     assert report["ok"]
