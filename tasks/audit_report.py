@@ -15,7 +15,8 @@ The report is written atomically to `state/audit.json`:
 
 `KINDS` lists every kind with its severity. Damage (exit status 1) is something the build
 wrote that is missing or corrupt, or a `data/` that is not trainer-safe; the shards' own
-quirks, edited JSON files, deleted tars and an `expected_samples` mismatch are notes.
+quirks, edited JSON and caption files, deleted tars and an `expected_samples` mismatch
+are notes.
 """
 
 from __future__ import annotations
