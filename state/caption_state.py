@@ -50,9 +50,11 @@ def set_caption_failure(conn: sqlite3.Connection, shard: str, detail: str | None
 
 
 def caption_failures(db: sqlite3.Connection) -> dict[str, str]:
-    """shard -> why its captions could not all be written."""
+    """shard -> why its captions could not all be written (shards the manifest still has:
+    a shard renamed since keeps no stale failure)."""
     rows = db.execute(
-        "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key",
-        (FAILED_PREFIX, FAILED_PREFIX[:-1] + chr(ord(":") + 1)),
+        "SELECT key, value FROM meta WHERE key >= ? AND key < ? "
+        "AND substr(key, ?) IN (SELECT name FROM shards) ORDER BY key",
+        (FAILED_PREFIX, FAILED_PREFIX[:-1] + chr(ord(":") + 1), len(FAILED_PREFIX) + 1),
     )
     return {key[len(FAILED_PREFIX) :]: value for key, value in rows}

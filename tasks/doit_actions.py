@@ -161,13 +161,13 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
-    if s.failed:
-        return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
-    if s.caption_failed:
+    if s.caption_failed and not s.failed:
         return TaskFailed(
             f"the caption files of {len(s.caption_failed)} shard(s) could not all be written "
             "(see above)"
         )
+    if not s.ok:
+        return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
     return None
 
 

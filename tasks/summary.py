@@ -22,17 +22,17 @@ class BuildSummary:
     shards: int = 0
     samples: int = 0
     aside_files: int = 0
+    caption_failed: dict[str, str] = field(default_factory=dict)  # shard -> one line
+    edited_captions_aside: int = 0  # under incomplete/edited-captions/
     failed: dict[str, str] = field(default_factory=dict)
     tars_gone: list[str] = field(default_factory=list)
     quirks: Counter = field(default_factory=Counter)
     quirk_examples: dict[str, list[str]] = field(default_factory=dict)
     shard_names: list[str] = field(default_factory=list)
-    caption_failed: dict[str, str] = field(default_factory=dict)  # shard -> one line
-    edited_captions_aside: int = 0  # under incomplete/edited-captions/
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.caption_failed
+        return not self.failed
 
 
 def summarize(settings: Settings) -> BuildSummary:
@@ -99,6 +99,8 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
             f"replaced by a new caption text; yours are under "
             f"{settings.incomplete_dir / EDITED_CAPTIONS}/"
         )
+    for error in s.caption_failed.values():
+        lines.append(f"  ERROR: {error}")
     for kind, count in sorted(s.quirks.items()):
         lines.append(f"  warning: {count} x {kind}:")
         lines.extend(f"    {example}" for example in s.quirk_examples[kind])
@@ -108,6 +110,4 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
     for name, error in sorted(s.failed.items()):
         lines.append(f"  ERROR: shard {name}: {error}")
-    for error in s.caption_failed.values():
-        lines.append(f"  ERROR: {error}")
     return "\n".join(lines)
