@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import run_doit, table_rows
+from preset_reference import compile_rows
 from tarbuild import M, png, sample_json, write_tar
 
 from sample.generate import write_config
-from tests.preset_reference import compile_rows
+from tasks.records import caption_value, select_caption
 
 SHARDS = Path("hub/data")
 
@@ -266,3 +267,17 @@ def test_a_rewrite_a_killed_run_cut_short_is_redone_not_taken_for_an_edit(tmp_pa
     assert not (root / "incomplete").exists()
     assert "edited" not in out
     assert _audit(root, "caption_field=long_caption")["ok"]
+
+
+def test_blank_caption_rules():
+    assert caption_value(["  ", "", "b"]) == "b"
+    assert caption_value(["  ", "\t"]) == "  "  # nothing else: the value as given
+    assert caption_value("   ") == "   "
+    fields = ("short_caption", "long_caption")
+    assert select_caption({"short_caption": " ", "long_caption": "l"}, None, fields) == "l"
+    assert select_caption({"short_caption": " ", "long_caption": None}, None, fields) == " "
+    assert select_caption({"short_caption": None, "long_caption": "\n"}, None, fields) == "\n"
+    assert select_caption({"short_caption": None, "long_caption": "\n"}, None, fields, True) == ""
+    raw = json.dumps({"custom": "  "})
+    assert select_caption({"short_caption": "s"}, raw, ("custom", "short_caption")) == "s"
+    assert select_caption({}, raw, ("custom",)) == "  "
