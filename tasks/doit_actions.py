@@ -98,8 +98,10 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
         )
     for line in describe_caption_edits(r):
         print(line, flush=True)
-    for line in r.failed:  # the summary fails the run; other shards go on
+    for line in r.failed[:EXAMPLES]:  # the summary fails the run; other shards go on
         print(f"ERROR captions of {shard}: {line}", flush=True)
+    if len(r.failed) > EXAMPLES:
+        print(f"  ... and {len(r.failed) - EXAMPLES} more caption file(s) not written", flush=True)
     return None
 
 
