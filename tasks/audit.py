@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
 from state.manifest import manifest_path, open_readonly
 from tasks.audit_dataloader import check_dataloader
@@ -51,6 +52,11 @@ from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json
 from tasks.settings import Settings
+
+EDITED_CAPTION_WORDS = (
+    "edited by hand: kept (the table keeps the caption field's text); moved to "
+    "incomplete/edited-captions/ if a caption setting changes this caption's text"
+)
 
 # --------------------------------------------------------------------------- audit
 
@@ -78,6 +84,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
             if not report.of("unreadable_table"):
                 report.add("missing_table", rel, None, "not built yet: run doit")
         _check_strays(conn, settings, judge.present_in_data, report)
+        _check_edited_aside(settings, report)
         _check_partitions(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
@@ -118,7 +125,8 @@ def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
             for name in names:
                 add(f"data/{name}")
             caption = batch.column("caption")
-            _note_rows(report, "empty_caption", names, pc.equal(caption, ""), "caption is empty")
+            blank = pc.or_(pc.equal(caption, ""), pc.utf8_is_space(caption))
+            _note_rows(report, "empty_caption", names, blank, "caption is empty or blank")
             if textfile:
                 multi = pc.match_substring_regex(caption, r"[\r\n]")
                 _note_rows(
@@ -261,8 +269,8 @@ class _Judge:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        if kind == "pending":  # claimed by a run that did not finish it
-            self._unfinished(path, shard, seen)
+        if kind == "pending" or (kind == "caption" and mtime_ns == WRITING):
+            self._unfinished(path, shard, seen)  # claimed or rewritten by an unfinished run
             return
         if not seen.exists:
             self.missing.add(path)
@@ -281,6 +289,8 @@ class _Judge:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
         elif kind == "json":
             report.add("edited_json", path, shard, _edited_words(seen))
+        elif kind == "caption" and not same_stat:  # written since the build: a hand edit
+            report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
             how = (
                 f"{seen.size} bytes, the build wrote {size}"
@@ -342,6 +352,19 @@ def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -
             if is_image
             else "file the build did not write",
         )
+
+
+def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
+    """Caption files edited by hand that the build moved aside before replacing them."""
+    folder = settings.incomplete_dir / EDITED_CAPTIONS
+    if not folder.is_dir():
+        return
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.relpath(os.path.join(dirpath, name), settings.root)
+            report.add(
+                "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
+            )
 
 
 def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:

@@ -15,7 +15,8 @@ The report is written atomically to `state/audit.json`:
 
 `KINDS` lists every kind with its severity. Damage (exit status 1) is something the build
 wrote that is missing or corrupt, or a `data/` that is not trainer-safe; the shards' own
-quirks, edited JSON files, deleted tars and an `expected_samples` mismatch are notes.
+quirks, edited JSON and caption files, deleted tars and an `expected_samples` mismatch
+are notes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ KINDS: dict[str, tuple[str, str]] = {
     "unreadable_table": (DAMAGE, "the table cannot be read"),
     "checksum_mismatch": (DAMAGE, "{n} image(s) fail their JSON's md5_file_hash/sha512_hash"),
     "edited_json": (NOTE, "{n} JSON file(s) edited since the build: picked up by the next doit"),
+    "edited_caption": (
+        NOTE,
+        "{n} caption file(s) edited by hand: kept (a caption switch that changes their text "
+        "moves them to incomplete/edited-captions/)",
+    ),
+    "edited_caption_aside": (
+        NOTE,
+        "{n} caption file(s) edited by hand were replaced by a new caption text: your "
+        "version is under incomplete/edited-captions/",
+    ),
     "edited_checksum": (NOTE, "{n} edited JSON file(s) give a hash their image does not have"),
     "shard_checksum_mismatch": (
         NOTE,

@@ -5,26 +5,43 @@ committed after its file is complete, so a killed write is redone); switching
 `caption_field` back restores the exact bytes. With `caption_strategy = "parquet"` the
 caption files this build wrote are removed (never a file the manifest does not list,
 nor one changed since we wrote it).
+
+A caption file edited by hand (its bytes differ from what the build last wrote) is the
+user's: it stays while the build's text for it stays the same (a plain `doit`, a rebuild
+of its shard, `parquet` and back), and is moved to `incomplete/edited-captions/` and named
+before a different text replaces it (a `caption_field` switch, an edited JSON).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
-import sys
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
+from stat import S_ISREG
 
 import pyarrow as pa
 
-from state.atomic import InPlaceRewriter, write_if_absent, write_in_place
+from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
+from state.caption_state import (
+    EDITED_CAPTIONS,
+    WRITING,
+    caption_rows,
+    mark_writing,
+    record_written,
+    set_caption_failure,
+)
 from state.hashing import file_matches, hash_bytes
 from state.manifest import (
     delete_files,
+    file_row,
     open_manifest,
     shard_row,
     upsert_files,
     write_transaction,
 )
+from tasks.caption_fields import check_caption_fields
 from tasks.freshness import captions_key
 from tasks.partition import read_partition
 from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
@@ -41,7 +58,9 @@ class CaptionResult:
     written: int = 0
     unchanged: int = 0
     removed: int = 0
-    kept_edited: int = 0
+    kept_edited: list[str] = field(default_factory=list)  # edited by hand, left in place
+    moved_edited: list[tuple[str, str]] = field(default_factory=list)  # (from, to)
+    failed: list[str] = field(default_factory=list)  # one line per file not written
     up_to_date: bool = False
 
 
@@ -52,10 +71,10 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
     columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
     if known == set(fields):  # the common case, as select_caption without a dict per row
         if len(fields) == 1:
-            texts = [v or "" for v in columns[fields[0]]]
+            texts = ["" if v is None else v for v in columns[fields[0]]]
         else:
             rows = zip(*(columns[f] for f in fields), strict=True)
-            texts = [next((v for v in values if v), "") for values in rows]
+            texts = [_first_caption(values) for values in rows]
         if settings.join_caption_lines:
             texts = [join_caption_lines(t) for t in texts]
         return texts
@@ -66,6 +85,14 @@ def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
         )
         for i in range(table.num_rows)
     ]
+
+
+def _first_caption(values: tuple[str | None, ...]) -> str:
+    """select_caption over values already taken from the fields, in order."""
+    for v in values:
+        if v is not None and v.strip():
+            return v
+    return next((v for v in values if v is not None), "")
 
 
 def caption_path(filename: str) -> str:
@@ -84,7 +111,13 @@ def partition_columns(settings: Settings) -> list[str]:
 
 
 def write_captions(settings: Settings, shard: str) -> CaptionResult:
-    """Bring the caption files of one shard in line with its partition and the settings."""
+    """Bring the caption files of one shard in line with its partition and the settings.
+
+    A caption file edited by hand (its bytes differ from what the build last wrote) is
+    the user's: left in place while the build's text for it is unchanged, and moved to
+    `incomplete/edited-captions/` (named in the result) before a new text replaces it.
+    A file that cannot be written is named in `result.failed`; the rest are written.
+    """
     result = CaptionResult(shard)
     db = open_manifest(settings.root)
     try:
@@ -96,7 +129,8 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         if row["captions_key"] == key:
             result.up_to_date = True
             return result
-        existing = _caption_rows(db, shard)
+        check_caption_fields(db, settings)  # before anything is written
+        existing = caption_rows(db, shard)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
             table = read_partition(settings, shard, partition_columns(settings))
@@ -107,77 +141,192 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
                 strict=True,
             ):
                 wanted[caption_path(filename)] = (sample, text)
-        _write_wanted(db, settings, shard, wanted, existing, result)
+        _Writer(db, settings, shard, result).write(wanted, existing)
         _remove_unwanted(db, settings, existing, wanted, result)
+        failure = _failure_line(shard, result.failed)
         with write_transaction(db) as conn:
-            conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
+            set_caption_failure(conn, shard, failure)
+            if failure is None:
+                conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
     finally:
         db.close()
     return result
 
 
-def _caption_rows(db, shard: str) -> dict[str, tuple[int, int, str]]:
-    """path -> (size, mtime_ns, xxh3) of the shard's caption rows."""
-    rows = db.execute(
-        "SELECT path, size, mtime_ns, xxh3 FROM files WHERE shard = ? AND kind = 'caption'",
-        [shard],
-    )
-    return {path: (size, mtime_ns, xxh3) for path, size, mtime_ns, xxh3 in rows}
+def _failure_line(shard: str, failed: list[str]) -> str | None:
+    if not failed:
+        return None
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f"captions of {shard}: {failed[0]}{more}"
 
 
-def _write_wanted(db, settings, shard, wanted, existing, result) -> None:
-    """Write the captions whose text changed; record them (a changed row is updated in
-    place: its indexed columns stay as they are, which makes a switch cheap)."""
-    new: list[dict] = []
-    rewrites: list[tuple[str, bytes, str, str]] = []  # (target, data, xxh3, path)
-    root = str(settings.root) + os.sep
-    with InPlaceRewriter() as rewriter:
-        for path, (sample, text) in wanted.items():
-            data = text.encode("utf-8", "surrogatepass")
-            digest = hash_bytes(data)
-            old = existing.get(path)
-            target = root + path
-            if old is not None:
-                if old[2] == digest and file_matches(target, *old):
-                    result.unchanged += 1
-                else:
-                    rewrites.append((target, data, digest, path))
-                    result.written += 1
+class _Writer:
+    """Writes the wanted captions of one shard, batch by batch, file by file."""
+
+    def __init__(self, db, settings: Settings, shard: str, result: CaptionResult):
+        self.db, self.settings, self.shard, self.result = db, settings, shard, result
+        self.root = str(settings.root) + os.sep
+        self.new: list[dict] = []
+        self.rewrites: list[tuple[str, bytes, str, str]] = []  # (target, data, xxh3, path)
+
+    def write(self, wanted: dict[str, tuple[str, str]], existing: dict) -> None:
+        """Write the captions whose text changed; record them (a changed row is updated
+        in place: its indexed columns stay as they are, which makes a switch cheap)."""
+        with InPlaceRewriter() as rewriter:
+            self.rewriter = rewriter
+            for path, (sample, text) in wanted.items():
+                data = text.encode("utf-8", "surrogatepass")
+                try:
+                    self._one(path, sample, data, hash_bytes(data), existing.get(path))
+                except DiskFullError:
+                    raise
+                except OSError as exc:
+                    self._failed(path, exc)
+                if len(self.new) + len(self.rewrites) >= WRITE_BATCH:
+                    self._flush()
+            self._flush()
+
+    def _one(self, path: str, sample: str, data: bytes, digest: str, old) -> None:
+        target = self.root + path
+        result = self.result
+        if old is None:
+            self._create(path, sample, target, data, digest)
+        elif old[1] == WRITING:  # a rewrite a killed run may have cut short
+            self.rewrites.append((target, data, digest, path))
+        elif file_matches(target, *old):  # what the build last wrote
+            if old[2] == digest:
+                result.unchanged += 1
             else:
-                st = write_if_absent(target, data)
-                if st is not None:
-                    result.written += 1
-                elif _holds(target, data):  # written before the state was reset
-                    st = os.stat(target)
-                    result.unchanged += 1
-                else:  # stale, or cut short by a killed run: no row vouches for it
-                    st = write_in_place(target, data)
-                    result.written += 1
-                new.append(
-                    {
-                        "path": path,
-                        "shard": shard,
-                        "kind": "caption",
-                        "sample": sample,
-                        "size": st.st_size,
-                        "mtime_ns": st.st_mtime_ns,
-                        "xxh3": digest,
-                    }
-                )
-            if len(new) + len(rewrites) >= WRITE_BATCH:
-                _flush(db, new, _rewrite(rewriter, rewrites))
-        _flush(db, new, _rewrite(rewriter, rewrites))
+                self.rewrites.append((target, data, digest, path))
+        elif not _is_file(target):  # gone (a folder there fails when written)
+            self.rewrites.append((target, data, digest, path))
+        elif _holds(target, data):
+            st = os.stat(target)
+            self._flush_rows([(st.st_size, st.st_mtime_ns, digest, path)])
+            result.unchanged += 1
+        elif old[2] == digest:  # edited by hand; the build's text is the same: the user's
+            result.kept_edited.append(path)
+        else:
+            self._move_aside(path)
+            self.rewrites.append((target, data, digest, path))
+
+    def _create(self, path: str, sample: str, target: str, data: bytes, digest: str) -> None:
+        result = self.result
+        st = write_if_absent(target, data)
+        if st is None:
+            if _holds(target, data):  # written before the state was reset
+                st = os.stat(target)
+                result.unchanged += 1
+            else:
+                if not self._vouched_by_another_shard(path, target):
+                    self._move_aside(path)  # edited by hand, or cut short by a killed run
+                st = write_in_place(target, data)
+                result.written += 1
+        else:
+            result.written += 1
+        self.new.append(
+            {
+                "path": path,
+                "shard": self.shard,
+                "kind": "caption",
+                "sample": sample,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "xxh3": digest,
+            }
+        )
+
+    def _vouched_by_another_shard(self, path: str, target: str) -> bool:
+        """The file is the caption another shard wrote for the path (its owner changed)."""
+        row = file_row(self.db, path)
+        return (
+            row is not None
+            and row["kind"] == "caption"
+            and row["mtime_ns"] != WRITING
+            and file_matches(target, row["size"], row["mtime_ns"], row["xxh3"])
+        )
+
+    def _move_aside(self, path: str) -> None:
+        """Move a caption file the build is about to replace to incomplete/edited-captions/."""
+        dest = move_edited_caption(self.settings, path)
+        self.result.moved_edited.append((path, dest))
+
+    def _failed(self, path: str, exc: OSError) -> None:
+        if isinstance(exc, IsADirectoryError) or os.path.isdir(self.root + path):
+            line = f"{path} is a folder where the caption file goes: move it away"
+        else:
+            line = (
+                f"cannot write {path} ({exc.strerror or exc}): make it writable "
+                "(chmod u+w, or chattr -i) or move it away"
+            )
+        self.result.failed.append(f"{line}, then run doit again")
+
+    def _flush(self) -> None:
+        """Record the new rows, then rewrite the changed files (marked as being written
+        first, so a killed rewrite is never taken for a hand edit)."""
+        if self.new:
+            with write_transaction(self.db) as conn:
+                upsert_files(conn, self.new)
+            self.new.clear()
+        if not self.rewrites:
+            return
+        jobs, self.rewrites = self.rewrites, []
+        with write_transaction(self.db) as conn:
+            mark_writing(conn, [path for _, _, _, path in jobs])
+        try:
+            stats = self.rewriter.rewrite([(target, data) for target, data, _, _ in jobs])
+        except DiskFullError:
+            raise
+        except OSError:  # one file at a time, to name the ones that cannot be written
+            stats = []
+            for target, data, _, path in jobs:
+                try:
+                    stats.append(write_in_place(target, data))
+                except DiskFullError:
+                    raise
+                except OSError as exc:
+                    self._failed(path, exc)
+                    stats.append(None)
+        rows = [
+            (st.st_size, st.st_mtime_ns, digest, path)
+            for st, (_, _, digest, path) in zip(stats, jobs, strict=True)
+            if st is not None
+        ]
+        self.result.written += len(rows)
+        self._flush_rows(rows)
+
+    def _flush_rows(self, rows: list[tuple[int, int, str, str]]) -> None:
+        if rows:
+            with write_transaction(self.db) as conn:
+                record_written(conn, rows)
 
 
-def _rewrite(rewriter: InPlaceRewriter, rewrites: list[tuple]) -> list[tuple]:
-    """Write the batch of changed captions; their (size, mtime_ns, xxh3, path) rows."""
-    stats = rewriter.rewrite([(target, data) for target, data, _, _ in rewrites])
-    rows = [
-        (st.st_size, st.st_mtime_ns, digest, path)
-        for st, (_, _, digest, path) in zip(stats, rewrites, strict=True)
-    ]
-    rewrites.clear()
-    return rows
+def move_edited_caption(settings: Settings, path: str) -> str:
+    """Move `path` (a caption under data/) to incomplete/edited-captions/, under a new
+    name if an earlier edit is there already; its new path relative to the root."""
+    rel = path[len("data/") :] if path.startswith("data/") else path
+    base = settings.incomplete_dir / EDITED_CAPTIONS / rel
+    dest, n = base, 0
+    while dest.exists():
+        n += 1
+        dest = base.with_name(f"{base.name}.{n}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src = settings.root / path
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copy2(src, dest)  # data/ on another file system
+        os.unlink(src)
+    return os.path.relpath(dest, settings.root)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _holds(path: str, data: bytes) -> bool:
@@ -189,32 +338,23 @@ def _holds(path: str, data: bytes) -> bool:
         return False
 
 
-def _flush(db, new: list[dict], changed: list[tuple]) -> None:
-    if new or changed:
-        with write_transaction(db) as conn:
-            upsert_files(conn, new)
-            conn.executemany(
-                "UPDATE files SET size = ?, mtime_ns = ?, xxh3 = ? WHERE path = ?", changed
-            )
-        new.clear()
-        changed.clear()
-
-
 def _remove_unwanted(db, settings, existing, wanted, result) -> None:
     gone = []
     for path, r in existing.items():
         if path in wanted:
             continue
         target = settings.root / path
-        if file_matches(target, *r):
-            os.unlink(target)
-            result.removed += 1
-        elif target.exists():
-            result.kept_edited += 1
-            print(
-                f"warning: {target} changed since the build wrote it: left in place",
-                file=sys.stderr,
-            )
+        try:
+            if r[1] == WRITING or file_matches(target, *r):  # ours (maybe cut short)
+                if _is_file(str(target)):
+                    os.unlink(target)
+                    result.removed += 1
+            elif _is_file(str(target)):  # edited by hand: stays, and so does its row
+                result.kept_edited.append(path)
+                continue
+        except OSError as exc:
+            result.failed.append(f"cannot remove {path} ({exc.strerror or exc}): remove it by hand")
+            continue
         gone.append(path)
     if gone:
         with write_transaction(db) as conn:

@@ -19,6 +19,7 @@ from state.manifest import ManifestError, manifest_path, unreadable_manifest
 from state.recovery import reset_state
 from tasks.settings import Settings
 
+EXAMPLES = 5  # files named per kind in a task's output
 KNOWN_FAILURES = (DiskFullError, ManifestError, ValueError, OSError, sqlite3.Error)
 
 
@@ -83,10 +84,13 @@ def run_scan(settings: Settings) -> TaskFailed | None:
 
 def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     """Write or remove the caption files of one shard."""
+    from tasks.caption_fields import CaptionFieldError
     from tasks.captions import write_captions
 
     try:
         r = write_captions(settings, shard)
+    except CaptionFieldError as exc:
+        return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"captions of {shard}: {describe_failure(exc, settings)}")
     if not r.up_to_date and (r.written or r.removed):
@@ -95,15 +99,46 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
             f"{r.unchanged} unchanged",
             flush=True,
         )
+    for line in describe_caption_edits(r):
+        print(line, flush=True)
+    for line in r.failed[:EXAMPLES]:  # the summary fails the run; other shards go on
+        print(f"ERROR captions of {shard}: {line}", flush=True)
+    if len(r.failed) > EXAMPLES:
+        print(f"  ... and {len(r.failed) - EXAMPLES} more caption file(s) not written", flush=True)
     return None
+
+
+def describe_caption_edits(r) -> list[str]:
+    """Lines naming the caption files edited by hand that a captions run kept or moved."""
+    lines = []
+    if r.kept_edited:
+        lines.append(
+            f"{r.shard}: {len(r.kept_edited)} caption file(s) edited by hand kept as they are "
+            "(the table's caption column keeps the caption field's text):"
+        )
+        lines += [f"  {p}" for p in r.kept_edited[:EXAMPLES]]
+        if len(r.kept_edited) > EXAMPLES:
+            lines.append(f"  ... and {len(r.kept_edited) - EXAMPLES} more (`doit audit`)")
+    if r.moved_edited:
+        lines.append(
+            f"warning: {r.shard}: {len(r.moved_edited)} caption file(s) edited by hand were "
+            "replaced by the new caption text; your version is kept at:"
+        )
+        lines += [f"  {a} -> {b}" for a, b in r.moved_edited[:EXAMPLES]]
+        if len(r.moved_edited) > EXAMPLES:
+            lines.append(f"  ... and {len(r.moved_edited) - EXAMPLES} more (`doit audit`)")
+    return lines
 
 
 def run_table(settings: Settings) -> TaskFailed | None:
     """Consolidate the partitions into the table."""
+    from tasks.caption_fields import CaptionFieldError
     from tasks.table import build_table
 
     try:
         r = build_table(settings)
+    except CaptionFieldError as exc:
+        return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{settings.table_path}: {describe_failure(exc, settings)}")
     if not r.up_to_date:
@@ -138,6 +173,11 @@ def run_summary(settings: Settings) -> TaskFailed | None:
             f"warning: no tar matches shards = {settings.shards!r} under {settings.root}; "
             "check `shards` and `root` (or run `doit download`)",
             flush=True,
+        )
+    if s.caption_failed and not s.failed:
+        return TaskFailed(
+            f"the caption files of {len(s.caption_failed)} shard(s) could not all be written "
+            "(see above)"
         )
     if not s.ok:
         return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")

@@ -71,7 +71,8 @@ def parse_json(raw: bytes) -> tuple[dict | None, str | None]:
 
 
 def caption_value(value: Any) -> str | None:
-    """A field's caption: a string as is (even empty), a list's first non-empty string.
+    """A field's caption: a string as is (even empty or blank), a list's first string
+    that is not blank (else its first string).
 
     Anything else (absent, null, a number, a list of no strings) is no caption (None).
     """
@@ -80,10 +81,15 @@ def caption_value(value: Any) -> str | None:
     if isinstance(value, list):
         strings = [v for v in value if isinstance(v, str)]
         for item in strings:
-            if item:
+            if not is_blank(item):
                 return item
         return strings[0] if strings else None
     return None
+
+
+def is_blank(text: str | None) -> bool:
+    """Whether a caption is absent, empty or whitespace only (no caption to train on)."""
+    return text is None or not text.strip()
 
 
 def json_size(obj: dict) -> tuple[int, int] | None:
@@ -139,10 +145,12 @@ def select_caption(
 ) -> str:
     """The caption of one sample for `caption_field` (a tuple tried in order).
 
-    The first field with a non-empty caption wins, else the caption is "" (an empty
-    string is a caption, as in the preset). `row_captions` maps known field -> caption.
+    The first field whose caption is not blank wins; when every one is blank or absent,
+    the first field that has a string gives it as is (the preset writes a field's value
+    unchanged), else the caption is "". `row_captions` maps known field -> caption.
     """
     parsed: dict | None = None
+    fallback: str | None = None
     for field in fields:
         if field in row_captions:
             value = row_captions[field]
@@ -150,9 +158,13 @@ def select_caption(
             if parsed is None:
                 parsed = (json.loads(raw) if raw else None) or {}
             value = clean_text(caption_value(parsed.get(field)))
-        if value:
+        if not is_blank(value):
             return join_caption_lines(value) if join_lines else value
-    return ""
+        if fallback is None:
+            fallback = value
+    if fallback is None:
+        return ""
+    return join_caption_lines(fallback) if join_lines else fallback
 
 
 def join_caption_lines(text: str) -> str:

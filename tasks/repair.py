@@ -10,7 +10,8 @@ and re-checked before anything is done about it (so an outdated report is harmle
   members); the bytes must hash (XXH3) to the manifest's value, are written atomically,
   and the row's size/mtime_ns are updated. An edited JSON is never touched.
 - partitions: rebuilt from the JSON files in `data/` (as the `scan` task does).
-- captions: the shard's caption files are brought back in line with its partition.
+- captions: the shard's caption files are brought back in line with its partition; a
+  caption edited by hand is not damage and is left as it is.
 - the table: rebuilt from the partitions.
 - stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
   `incomplete/`, where a shard named `strays` keeps its own files aside).
@@ -326,10 +327,15 @@ def _rewrite_captions(settings: Settings, shard: str, result: RepairResult) -> N
     finally:
         db.close()
     try:
-        write_captions(settings, shard)
+        r = write_captions(settings, shard)
     except (OSError, ValueError) as exc:
         result.failed.append(f"cannot rewrite the captions of {shard}: {exc}")
         return
+    result.failed.extend(f"captions of {shard}: {line}" for line in r.failed)
+    result.notes.extend(
+        f"{a}: edited by hand, replaced by the caption text; your version is kept at {b}"
+        for a, b in r.moved_edited
+    )
     result.captions.append(shard)
 
 
@@ -382,6 +388,9 @@ def format_repair(result: RepairResult, settings: Settings) -> str:
         edited = len(result.after.of("edited_json"))
         if edited:
             lines.append(f"left as edited: {edited} JSON file(s) (the next `doit` takes them up)")
+        edited = len(result.after.of("edited_caption"))
+        if edited:
+            lines.append(f"left as edited: {edited} caption file(s) (yours; see `doit audit`)")
     lines.append(
         "repair done; run `doit audit --deep` to confirm"
         if result.ok

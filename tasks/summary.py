@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from state.caption_state import EDITED_CAPTIONS, caption_failures
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.settings import Settings
 
@@ -19,6 +22,8 @@ class BuildSummary:
     shards: int = 0
     samples: int = 0
     aside_files: int = 0
+    caption_failed: dict[str, str] = field(default_factory=dict)  # shard -> one line
+    edited_captions_aside: int = 0  # under incomplete/edited-captions/
     failed: dict[str, str] = field(default_factory=dict)
     tars_gone: list[str] = field(default_factory=list)
     quirks: Counter = field(default_factory=Counter)
@@ -53,6 +58,8 @@ def summarize(settings: Settings) -> BuildSummary:
             s.samples += samples or 0
             if not present:
                 s.tars_gone.append(tar)
+        s.caption_failed = caption_failures(db)
+        s.edited_captions_aside = _count_files(settings.incomplete_dir / EDITED_CAPTIONS)
         s.aside_files = db.execute("SELECT count(*) FROM files WHERE kind = 'aside'").fetchone()[0]
         for kind, shard, member, path, detail in db.execute(
             "SELECT kind, shard, member, path, detail FROM quirks ORDER BY shard, rowid"
@@ -68,6 +75,13 @@ def summarize(settings: Settings) -> BuildSummary:
     return s
 
 
+def _count_files(folder: Path) -> int:
+    """Files under `folder` (0, after one stat, when it does not exist)."""
+    if not folder.is_dir():
+        return 0
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
 def format_summary(s: BuildSummary, settings: Settings) -> str:
     """The human summary printed at the end of `doit`."""
     lines = [
@@ -79,6 +93,14 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
             f"  kept aside: {s.aside_files} file(s) under "
             f"{settings.incomplete_dir}/ (see `doit audit`)"
         )
+    if s.edited_captions_aside:
+        lines.append(
+            f"  note: {s.edited_captions_aside} caption file(s) you edited by hand were "
+            f"replaced by a new caption text; yours are under "
+            f"{settings.incomplete_dir / EDITED_CAPTIONS}/"
+        )
+    for error in s.caption_failed.values():
+        lines.append(f"  ERROR: {error}")
     for kind, count in sorted(s.quirks.items()):
         lines.append(f"  warning: {count} x {kind}:")
         lines.extend(f"    {example}" for example in s.quirk_examples[kind])

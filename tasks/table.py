@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from state.atomic import TMP_SUFFIX
 from state.hashing import hash_file
 from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
+from tasks.caption_fields import check_caption_fields
 from tasks.captions import caption_texts, partition_columns
 from tasks.freshness import table_key, table_matches, table_shards
 from tasks.partition import read_partition
@@ -48,6 +49,7 @@ def build_table(settings: Settings) -> TableResult:
         rel = os.path.relpath(settings.table_path, settings.root)
         if table_matches(db, settings, key):
             return TableResult(int(get_meta(db, f"table_rows:{rel}") or 0), len(shards), True)
+        check_caption_fields(db, settings)
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:

@@ -1,0 +1,60 @@
+"""Manifest facts about caption files: rewrites under way, shards whose captions failed.
+
+- A caption row whose `mtime_ns` is `WRITING` is being rewritten by the build: a file
+  that differs from such a row was cut short by a killed run, not edited by hand.
+- `meta` key `caption_failed:<shard>`: why the shard's caption files could not all be
+  written (the summary fails the run while one is recorded).
+- `meta` key `caption_fields`: which caption fields the partitions hold, for one set of
+  partitions (so every `captions:<shard>` task does not look again).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+WRITING = -1
+EDITED_CAPTIONS = "edited-captions"  # under incomplete/: hand edits a new text replaced
+FAILED_PREFIX = "caption_failed:"
+FIELDS_KEY = "caption_fields"
+
+
+def caption_rows(db: sqlite3.Connection, shard: str) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, xxh3) of the shard's caption rows."""
+    rows = db.execute(
+        "SELECT path, size, mtime_ns, xxh3 FROM files WHERE shard = ? AND kind = 'caption'",
+        [shard],
+    )
+    return {path: (size, mtime_ns, xxh3) for path, size, mtime_ns, xxh3 in rows}
+
+
+def mark_writing(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
+    """Mark caption rows as being rewritten (inside the caller's transaction)."""
+    conn.executemany("UPDATE files SET mtime_ns = ? WHERE path = ?", ((WRITING, p) for p in paths))
+
+
+def record_written(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, str, str]]) -> None:
+    """Set (size, mtime_ns, xxh3) of rewritten caption files, given as (..., path)."""
+    conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, xxh3 = ? WHERE path = ?", rows)
+
+
+def set_caption_failure(conn: sqlite3.Connection, shard: str, detail: str | None) -> None:
+    """Record why a shard's captions failed, or clear it (`detail` None)."""
+    if detail is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (FAILED_PREFIX + shard,))
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (FAILED_PREFIX + shard, detail),
+        )
+
+
+def caption_failures(db: sqlite3.Connection) -> dict[str, str]:
+    """shard -> why its captions could not all be written (shards the manifest still has:
+    a shard renamed since keeps no stale failure)."""
+    rows = db.execute(
+        "SELECT key, value FROM meta WHERE key >= ? AND key < ? "
+        "AND substr(key, ?) IN (SELECT name FROM shards) ORDER BY key",
+        (FAILED_PREFIX, FAILED_PREFIX[:-1] + chr(ord(":") + 1), len(FAILED_PREFIX) + 1),
+    )
+    return {key[len(FAILED_PREFIX) :]: value for key, value in rows}
