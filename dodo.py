@@ -26,7 +26,7 @@ from tasks.freshness import (
     shard_is_done,
     table_is_current,
 )
-from tasks.settings import SettingsError, load_settings, partition_path, shard_name
+from tasks.settings import SettingsError, load_settings, partition_path, shard_names
 
 
 def _overrides() -> dict[str, str]:
@@ -67,8 +67,9 @@ def _failing(doc: str) -> dict:
 
 
 def _shards() -> dict[str, str]:
-    """shard name -> tar path, for the tars present."""
-    return {shard_name(p): str(p) for p in SETTINGS.shard_paths()}
+    """shard name -> tar path, for the tars present (a name two tars share counts once)."""
+    unique, clashes = shard_names(SETTINGS)
+    return {**{n: str(p) for n, p in unique.items()}, **{n: str(p[0]) for n, p in clashes.items()}}
 
 
 def _known_shards() -> list[str]:
@@ -93,7 +94,16 @@ def task_extract():
     if SETTINGS is None:
         yield {"name": None, **_failing("Read each tar shard once.")}
         return
-    for name, tar in _shards().items():
+    unique, clashes = shard_names(SETTINGS)
+    for name, tars in clashes.items():
+        yield {
+            "name": name,
+            "doc": f"two tars named {name}",
+            "actions": [(act.run_name_clash, [SETTINGS, name, [str(t) for t in tars]])],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+    for name, tar in ((n, str(p)) for n, p in unique.items()):
         yield {
             "name": name,
             "doc": f"extract {tar}",

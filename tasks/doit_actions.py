@@ -57,6 +57,13 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     return None
 
 
+def run_name_clash(settings: Settings, name: str, tars: list[str]) -> None:
+    """Two tars map to one shard name: neither is extracted; `summary` fails the run."""
+    from tasks.extract import record_name_clash
+
+    print(f"ERROR {record_name_clash(settings, name, [Path(t) for t in tars])}", flush=True)
+
+
 def run_scan(settings: Settings) -> TaskFailed | None:
     """Pick up edited JSON files; fail naming any JSON that cannot be used."""
     from tasks.scan import scan_edits

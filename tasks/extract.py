@@ -18,10 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state.atomic import atomic_write
+from state.atomic import DiskFullError, atomic_write
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
     ADOPT_KEY,
+    ManifestError,
     delete_files,
     file_row,
     files_of_shard,
@@ -32,13 +33,20 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
-from tasks.claims import Member, MemberWriter, owners_of
+from tasks.claims import Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
 from tasks.settings import Settings, partition_path, shard_name
-from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
+from tasks.tarstream import (
+    HashingReader,
+    ShardReadError,
+    iter_members,
+    name_problem,
+    normalize_member_name,
+    printable,
+)
 
 COMMIT_BATCH = 1000
 
@@ -78,12 +86,48 @@ def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
     db = open_manifest(settings.root)
     try:
         return _extract_shard(db, settings, Path(tar_path))
+    except (DiskFullError, ManifestError, sqlite3.OperationalError):
+        raise  # the root's trouble, not this shard's: every shard would meet it
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is sqlite3.DatabaseError:  # a damaged manifest
+            raise
+        return _shard_failed(db, settings, Path(tar_path), exc)
+    except Exception as exc:  # whatever a member or value did, it stops this shard only
+        return _shard_failed(db, settings, Path(tar_path), exc)
     finally:
         db.close()
 
 
+def record_name_clash(settings: Settings, name: str, tars: list[Path]) -> str:
+    """Mark shard `name` failed because several tars have that name; return the message."""
+    listed = " and ".join(str(t) for t in tars)
+    error = (
+        f"{listed} both map to shard name {name!r}; neither is extracted: rename or move "
+        "one of them, then run `doit`"
+    )
+    db = open_manifest(settings.root)
+    try:
+        rel = os.path.relpath(tars[0], settings.root)
+        _record_failure(db, settings, name, rel, os.stat(tars[0]), error)
+    finally:
+        db.close()
+    return error
+
+
+def _shard_failed(db, settings: Settings, tar_path: Path, exc: Exception) -> ExtractResult:
+    """Record a shard that stopped on something other than its bytes; the rest builds."""
+    name = shard_name(tar_path, settings)
+    error = (
+        f"{tar_path}: could not be extracted ({type(exc).__name__}: {printable(str(exc))}); "
+        "the other shards are built; fix or remove this file, then run `doit`"
+    )
+    st = os.stat(tar_path)
+    _record_failure(db, settings, name, os.path.relpath(tar_path, settings.root), st, error)
+    return ExtractResult(name, "failed", error=error)
+
+
 def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
-    name = shard_name(tar_path)
+    name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
     row = shard_row(db, name)
@@ -184,6 +228,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
     )
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
+    names = _Names()
     duplicates: list[Member] = []
     reader = HashingReader(tar_path)
     progress = Progress(f"extract {name}", total)
@@ -193,10 +238,23 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
             if tm.kind == "dir":
                 continue
             path = normalize_member_name(tm.name)
-            if path is None or tm.kind != "file":
-                why = "unsafe path" if path is None else f"{tm.kind} member"
-                quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
+            why = _refusal(path, tm.kind, names)
+            if why is not None:
+                quirks.append(
+                    _quirk(name, "refused", printable(tm.name), None, f"{why}: not written")
+                )
                 continue
+            if (other := names.case_twin(path)) is not None:
+                quirks.append(
+                    _quirk(
+                        name,
+                        "case_collision",
+                        tm.name,
+                        None,
+                        f"differs from member {other!r} only in case: both are built, but a "
+                        "case-insensitive file system (macOS, Windows) would hold only one",
+                    )
+                )
             kind = member_kind(path)
             m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
             if kind == "image":
@@ -238,6 +296,53 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
         reader.close()
         progress.close()
     return samples, duplicates, digest, writer.written
+
+
+class _Names:
+    """The member paths of one shard, to find a name used as both file and folder."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+        self.lower: dict[str, str] = {}
+
+    def conflict(self, path: str) -> str | None:
+        """Why `path` cannot be written beside the members seen so far, or None."""
+        if path in self.folders:
+            return f"{path!r} is also the folder of earlier members"
+        folder = path
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            if folder in self.files:
+                return f"its folder {folder!r} is also an earlier member (a file)"
+        return None
+
+    def add(self, path: str) -> None:
+        """Remember a member path (and its folders) that will be written."""
+        self.files.add(path)
+        folder = path
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            self.folders.add(folder)
+
+    def case_twin(self, path: str) -> str | None:
+        """An earlier, different path equal to `path` but for case."""
+        twin = self.lower.setdefault(path.lower(), path)
+        return twin if twin != path else None
+
+
+def _refusal(path: str | None, kind: str, names: _Names) -> str | None:
+    """Why a member is not written at all, or None; records the path when it is."""
+    if path is None:
+        return "unsafe path"
+    if kind == "sparse":
+        return "a sparse file (tar --sparse) is not supported: rebuild the tar without --sparse"
+    if kind != "file":
+        return f"{kind} member"
+    why = name_problem(path) or names.conflict(path)
+    if why is None:
+        names.add(path)
+    return why
 
 
 def _duplicate_dest(shard: str, m: Member, index: int) -> str:
@@ -352,9 +457,14 @@ def _commit(
     placed: dict[str, Placement] = {}
     made_dirs: set[str] = set()
     written = 0
+    blocked = _blocked(settings, name, placements, quirks)
     for batch in _batches(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
-            lost = _settle(conn, settings, name, batch, quirks)
+            lost = _settle(conn, settings, name, batch, quirks) | blocked
+            conn.executemany(
+                "DELETE FROM files WHERE path = ? AND shard = ? AND kind = 'pending'",
+                [(p.dest, name) for p in batch if p.sample in lost and p.kind != "aside"],
+            )
             file_rows, vacated = [], []
             for p in batch:
                 if p.sample in lost and p.kind != "aside":
@@ -371,6 +481,32 @@ def _commit(
             )
             upsert_files(conn, file_rows)
     return placed, rows, written
+
+
+def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
+    """Samples whose path in `data/` a file or folder of another shard stands in the way of.
+
+    Only members not yet at their place are looked at: a member written straight into
+    `data/` found its path free.
+    """
+    blocked: set[str] = set()
+    root = str(settings.root)
+    for p in placements:
+        if p.kind == "aside" or p.member.loc == p.dest or p.sample in blocked:
+            continue
+        why = path_blocked(root, p.dest)
+        if why is not None:
+            blocked.add(p.sample)
+            quirks.append(
+                _quirk(
+                    name,
+                    "path_conflict",
+                    p.member.member,
+                    p.dest,
+                    f"{why} (from another shard): its sample is kept aside",
+                )
+            )
+    return blocked
 
 
 def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
