@@ -28,6 +28,7 @@ from pathlib import Path
 from state.atomic import atomic_write
 from tasks.progress import human_bytes
 from tasks.settings import Settings
+from tasks.tarstream import printable
 
 DAMAGE = "damage"
 NOTE = "note"
@@ -230,10 +231,10 @@ def format_report(report: AuditReport, settings: Settings | None = None) -> str:
         more = f", … {len(found) - EXAMPLES} more" if len(found) > EXAMPLES else ""
         lines.append(f"  {severity:6} {kind}: {text}")
         if all(f.path for f in found[:EXAMPLES]):
-            names = ", ".join(f.path for f in found[:EXAMPLES])
+            names = ", ".join(printable(f.path) for f in found[:EXAMPLES])
             lines.append(f"         {'' if len(found) == 1 else 'e.g. '}{names}{more}")
         else:
-            lines.append(f"         {found[0].detail}{more}")
+            lines.append(f"         {printable(found[0].detail)}{more}")
     if report.deep:
         lines.append(
             f"  read {human_bytes(report.bytes_read)} in {report.files_checked} file(s) in "

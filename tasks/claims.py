@@ -15,7 +15,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from state.atomic import raise_if_disk_full, write_all, write_new
+from state.atomic import move_file, raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
 from state.manifest import upsert_files, write_transaction
 
@@ -84,10 +84,10 @@ class MemberWriter:
         target = f"{self.root}/{dest}"
         self._ensure_dir(os.path.dirname(target))
         if m.tmp is not None:
-            os.replace(m.tmp, target)
+            move_file(m.tmp, target)
             m.tmp = None
         elif m.loc is not None:
-            os.replace(f"{self.root}/{m.loc}", target)
+            move_file(f"{self.root}/{m.loc}", target)
         m.loc = dest
 
     def _claim(self, members: list[Member]) -> set[str]:

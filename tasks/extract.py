@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state.atomic import DiskFullError, atomic_write
+from state.atomic import DiskFullError, atomic_write, move_file
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
     ADOPT_KEY,
@@ -560,7 +560,7 @@ def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
         (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, settings.root / aside)
+        move_file(src, settings.root / aside)
     row.update(path=aside, kind="aside")
     delete_files(conn, [dest])
     upsert_files(conn, [row])
@@ -578,9 +578,9 @@ def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]
         os.makedirs(folder, exist_ok=True)
         made_dirs.add(folder)
     if m.tmp is not None:
-        os.replace(m.tmp, dest)
+        move_file(m.tmp, dest)
     elif m.loc is not None:
-        os.replace(f"{settings.root}/{m.loc}", dest)
+        move_file(f"{settings.root}/{m.loc}", dest)
     else:  # bytes no longer on disk: read the member again from the tar
         with open(tar_path, "rb") as f:
             f.seek(m.offset)

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state.atomic import atomic_write
+from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
 from state.manifest import file_row, open_manifest, query, write_transaction
 from tasks.audit import audit
@@ -194,7 +194,7 @@ def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult
             n += 1
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(src, dest)
+            move_file(src, dest)
         except FileNotFoundError:
             continue
         result.strays.append((f.path, os.path.relpath(dest, settings.root)))

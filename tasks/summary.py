@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.settings import Settings
+from tasks.tarstream import printable
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
 
@@ -24,6 +25,7 @@ class BuildSummary:
     quirks: Counter = field(default_factory=Counter)
     quirk_examples: dict[str, list[str]] = field(default_factory=dict)
     shard_names: list[str] = field(default_factory=list)
+    kept_from_earlier: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +50,9 @@ def summarize(settings: Settings) -> BuildSummary:
             present = (settings.root / tar).exists()
             if status == "failed" and present:
                 s.failed[name] = error
-                continue
+                if not samples:
+                    continue
+                s.kept_from_earlier.append(name)  # its earlier good read stays in the build
             s.shards += 1
             s.samples += samples or 0
             if not present:
@@ -60,7 +64,7 @@ def summarize(settings: Settings) -> BuildSummary:
             s.quirks[kind] += 1
             examples = s.quirk_examples.setdefault(kind, [])
             if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
-                examples.append(f"{shard}: {member or path}: {detail}")
+                examples.append(f"{shard}: {printable(member or path)}: {printable(detail)}")
     except sqlite3.DatabaseError as exc:
         raise unreadable_manifest(manifest_path(settings.root), exc) from exc
     finally:
@@ -88,4 +92,6 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
     for name, error in sorted(s.failed.items()):
         lines.append(f"  ERROR: shard {name}: {error}")
+        if name in s.kept_from_earlier:
+            lines.append(f"    (shard {name} as extracted earlier stays in the build)")
     return "\n".join(lines)

@@ -58,8 +58,9 @@ class CompressedShardError(ShardReadError):
     def __init__(self, shard: Path, what: str, tool: str):
         RuntimeError.__init__(
             self,
-            f"{shard}: is {what}, not a plain tar: decompress it ({tool} < FILE > FILE.tar) "
-            "or fetch the uncompressed shard, then run `doit`",
+            f"{shard}: is {what}, not a plain tar: decompress it ({tool} -c {shard.name} > "
+            f"{shard.name}.plain && mv {shard.name}.plain {shard.name}) or fetch the "
+            "uncompressed shard, then run `doit`",
         )
         self.shard, self.detail, self.last_member = shard, what, None
 
@@ -240,6 +241,8 @@ def iter_members(
     offset = 0
     while True:
         block = reader.read(BLOCK)
+        if offset == 0 and (compressed := compression_of(block)):
+            raise CompressedShardError(shard, *compressed)
         if len(block) < BLOCK:
             what = "no end-of-archive marker" if not block else "a header cut short"
             raise ShardReadError(shard, f"{what} at byte {offset}", last)
@@ -252,8 +255,6 @@ def iter_members(
         except ValueError:
             checksum_ok = False
         if not checksum_ok:
-            if offset == 0 and (compressed := compression_of(block)):
-                raise CompressedShardError(shard, *compressed)
             raise ShardReadError(shard, f"not a valid tar header at byte {offset}", last)
         typeflag = block[156:157]
         name = _text(block[0:100])
