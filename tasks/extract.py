@@ -479,6 +479,7 @@ def _commit(
             conn.executemany(
                 "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
             )
+            remove_empty_folders(settings.data_dir, vacated)
             upsert_files(conn, file_rows)
     return placed, rows, written
 
@@ -561,6 +562,7 @@ def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
         (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
         move_file(src, settings.root / aside)
+        remove_empty_folders(settings.data_dir, [dest])
     row.update(path=aside, kind="aside")
     delete_files(conn, [dest])
     upsert_files(conn, [row])
@@ -628,15 +630,22 @@ def _finish(
     quirks: list[dict],
 ) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
+    edited = _edited_dir(name)
     stale = [
         r
         for path, r in previous.items()
-        if path not in placed and r["kind"] in ("image", "json", "aside", "pending")
+        if path not in placed
+        and r["kind"] in ("image", "json", "aside", "pending")
+        and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
+    kept: list[dict] = []
     for r in stale:
         target = settings.root / r["path"]
         if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
             target.unlink(missing_ok=True)
+        elif r["path"].startswith("data/") and target.is_file():
+            kept.append(_keep_edited(settings, name, r, quirks))
+    remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         delete_files(conn, [r["path"] for r in stale])
@@ -645,7 +654,7 @@ def _finish(
             "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
             [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
         )
-        upsert_files(conn, [part_row])
+        upsert_files(conn, [part_row, *kept])
         current = json_digest(conn, name)
         expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
         conn.execute("DELETE FROM shards WHERE name = ?", (name,))
@@ -666,6 +675,52 @@ def _finish(
                 current if current == expected else None,
             ),
         )
+
+
+def _edited_dir(shard: str) -> str:
+    return f"incomplete/{shard}/edited-by-hand/"
+
+
+def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> dict:
+    """Move a file of this shard that was changed on disk, and that the shard's new
+    bytes no longer hold, to `incomplete/<shard>/edited/`; return its `files` row."""
+    dest = f"{_edited_dir(name)}{r['path'].removeprefix('data/')}"
+    target = settings.root / dest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    move_file(settings.root / r["path"], target)
+    st = target.stat()
+    quirks.append(
+        _quirk(
+            name,
+            "edited_kept_aside",
+            r["member"],
+            dest,
+            f"{r['path']} was changed by hand, but the shard's new tar no longer holds its "
+            f"sample: your version is kept as {dest}",
+        )
+    )
+    return {
+        **r,
+        "path": dest,
+        "kind": "aside",
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "xxh3": hash_file(target),
+    }
+
+
+def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
+    """Remove the folders of `paths` (relative to top's parent) that are now empty, up to
+    `top` (kept)."""
+    base = top.parent
+    folders = {os.path.dirname(base / p) for p in paths}
+    for folder in sorted(folders, key=len, reverse=True):
+        while len(folder) > len(str(top)) and folder.startswith(str(top)):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:

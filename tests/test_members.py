@@ -274,3 +274,15 @@ def test_an_edited_json_the_changed_shard_no_longer_holds_is_kept_and_named(tmp_
     assert len(kept) == 1 and "mine" in kept[0].read_text()
     assert "edited" in out and "b.json" in out
     assert not edited.exists()
+    write_tar(root / SHARDS / "data-000000.tar", _good("a", 1))  # changed again
+    _build_and_audit(root)
+    assert kept[0].exists() and "mine" in kept[0].read_text()  # never deleted by the build
+
+
+def test_folders_emptied_by_members_kept_aside_are_removed(tmp_path: Path):
+    odd = [M("sub/deep/only.json", sample_json("only")), M("sub2/bad.png", b"not an image")]
+    odd += [M("sub2/bad.json", sample_json("bad"))]
+    root = _dataset(tmp_path / "ds", _around(odd))
+    _build_and_audit(root)
+    assert (root / "incomplete/data-000001/sub/deep/only.json").exists()
+    assert sorted(p.name for p in (root / "data").iterdir() if p.is_dir()) == []
