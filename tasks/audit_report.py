@@ -196,7 +196,8 @@ def write_report(settings: Settings, report: AuditReport) -> Path:
     # '}, {"kind": ' only ever occurs between two findings
     rows = json.dumps(findings, ensure_ascii=False)[1:-1].replace('}, {"kind": ', '},\n  {"kind": ')
     text = head[:-2] + ',\n "findings": [' + (f"\n  {rows}\n ]" if rows else "]") + "\n}\n"
-    atomic_write(path, text.encode("utf-8"))
+    # a name that is not UTF-8 stays a JSON escape (`\udce9`), so the file stays valid
+    atomic_write(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 

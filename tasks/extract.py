@@ -186,9 +186,10 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
             old_rel = os.path.relpath(old_part, settings.root)
             new_rel = os.path.relpath(new_part, settings.root)
             conn.execute(
+                # substr, not LIKE: a shard name may hold `_` or `%`
                 "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
-                "AND path LIKE ?",
-                (new_rel, len(old_rel) + 1, old_rel + "/%"),
+                "AND substr(path, 1, ?) = ?",
+                (new_rel, len(old_rel) + 1, len(old_rel) + 1, old_rel + "/"),
             )
 
 

@@ -38,6 +38,7 @@ from tasks.records import parse_json
 from tasks.scan import scan_edits
 from tasks.settings import Settings
 from tasks.table import build_table
+from tasks.tarstream import printable
 
 RESTORE_KINDS = (
     "missing_image",
@@ -357,14 +358,14 @@ def format_repair(result: RepairResult, settings: Settings) -> str:
     lines = []
     if result.restored:
         lines.append(f"restored {len(result.restored)} file(s) from their tars:")
-        lines += [f"  {p}" for p in result.restored[:20]]
+        lines += [f"  {printable(p)}" for p in result.restored[:20]]
         if len(result.restored) > 20:
             lines.append(f"  … {len(result.restored) - 20} more")
     if result.strays:
         lines.append(
             f"moved {len(result.strays)} stray file(s) out of data/ to {settings.root / STRAYS}/:"
         )
-        lines += [f"  {a} -> {b}" for a, b in result.strays[:20]]
+        lines += [f"  {printable(a)} -> {printable(b)}" for a, b in result.strays[:20]]
     if result.partitions:
         lines.append(f"rebuilt partition(s) from data/: {', '.join(result.partitions)}")
     if result.captions:

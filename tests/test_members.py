@@ -286,3 +286,18 @@ def test_folders_emptied_by_members_kept_aside_are_removed(tmp_path: Path):
     _build_and_audit(root)
     assert (root / "incomplete/data-000001/sub/deep/only.json").exists()
     assert sorted(p.name for p in (root / "data").iterdir() if p.is_dir()) == []
+
+
+def test_files_with_odd_names_put_into_data_are_strays_the_audit_names(tmp_path: Path):
+    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
+    run_doit(root)
+    (root / "data").joinpath("new\nline.png").write_bytes(png(2))
+    with open(bytes(root / "data") + b"/caf\xe9.png", "wb") as f:
+        f.write(png(3))
+    audit = run_doit(root, "audit", check=False)
+    out = _no_traceback(audit)
+    assert audit.returncode != 0 and "caf\\xe9.png" in out and "new\\nline.png" in out
+    json.loads((root / "state/audit.json").read_text(encoding="utf-8"))
+    repair = run_doit(root, "repair", check=False)
+    assert "caf\\xe9.png" in _no_traceback(repair)
+    assert run_doit(root, "audit", check=False).returncode == 0
