@@ -205,9 +205,14 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         )
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        _drop_unfinished(db, settings, name, previous)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
-    except BaseException:
+    except Exception:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _drop_unfinished(db, settings, name, previous)
+        raise
+    except BaseException:  # interrupted: the rerun finishes what the claims hold
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     try:
@@ -722,6 +727,23 @@ def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
             except OSError:
                 break
             folder = os.path.dirname(folder)
+
+
+def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
+    """Remove what a read that failed wrote into `data/` under new claims: images
+    without a row or caption would make `data/` unsafe for training."""
+    rows = [
+        r
+        for r in files_of_shard(db, name, "pending")
+        if previous.get(r["path"], {}).get("kind", "pending") == "pending"
+    ]
+    for r in rows:
+        target = settings.root / r["path"]
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+    with write_transaction(db) as conn:
+        delete_files(conn, [r["path"] for r in rows])
+    remove_empty_folders(settings.data_dir, [r["path"] for r in rows])
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:

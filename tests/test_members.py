@@ -301,3 +301,16 @@ def test_files_with_odd_names_put_into_data_are_strays_the_audit_names(tmp_path:
     repair = run_doit(root, "repair", check=False)
     assert "caf\\xe9.png" in _no_traceback(repair)
     assert run_doit(root, "audit", check=False).returncode == 0
+
+
+def test_a_shard_cut_short_after_a_written_batch_leaves_data_trainer_safe(tmp_path: Path):
+    many = [m for k in range(300) for m in _good(f"k{k}", k + 10)]  # more than one batch
+    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1), "data-000001": many})
+    tar = root / SHARDS / "data-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size * 9 // 10])
+    proc = run_doit(root, check=False)
+    assert proc.returncode != 0 and "data-000001.tar: cannot be read to its end" in proc.stdout
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["a.json", "a.png", "a.txt"]
+    audit = run_doit(root, "audit", check=False)
+    assert audit.returncode == 0, audit.stdout
+    assert "shard_failed" in audit.stdout
