@@ -33,6 +33,7 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
+from tasks.audit_pairing import is_trainer_file
 from tasks.claims import Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, write_partition
@@ -49,6 +50,7 @@ from tasks.tarstream import (
 )
 
 COMMIT_BATCH = 1000
+CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
 
 
 @dataclass
@@ -345,10 +347,20 @@ def _refusal(path: str | None, kind: str, names: _Names) -> str | None:
         return "a sparse file (tar --sparse) is not supported: rebuild the tar without --sparse"
     if kind != "file":
         return f"{kind} member"
-    why = name_problem(path) or names.conflict(path)
+    why = name_problem(path) or _reserved(path) or names.conflict(path)
     if why is None:
         names.add(path)
     return why
+
+
+def _reserved(path: str) -> str | None:
+    """Why `path` would collide with a file the build or the trainer writes, or None."""
+    folders = path.split("/")[:-1]
+    if any(f.endswith(CAPTION_SUFFIX) for f in folders):
+        return f"a folder named like a caption file ({CAPTION_SUFFIX}) would block one"
+    if not folders and is_trainer_file(path):
+        return "named like SimpleTuner's own file in data/ (it rewrites those)"
+    return None
 
 
 def _duplicate_dest(shard: str, m: Member, index: int) -> str:

@@ -60,6 +60,8 @@ def _build_and_audit(root: Path) -> str:
     _no_traceback(audit)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     _trainer_safe(root)
+    again = run_doit(root, check=False)  # a rerun neither fails nor redoes the shards
+    assert again.returncode == 0 and "samples," not in _no_traceback(again), again.stdout
     return out
 
 
@@ -78,6 +80,11 @@ ODD_NAMES = {
     "long_component": [M(f"{LONG}.json", sample_json(LONG)), M(f"{LONG}.png", png(9))],
     "newline": [M("new\nline.json", sample_json("new\nline")), M("new\nline.png", png(9))],
     "control": [M("bell\x07.png", png(9))],
+    "folder_named_like_a_caption": [M("a.txt/y.json", sample_json("y")), M("a.txt/y.png", png(9))],
+    "trainer_file": [
+        M("aspect_ratio_bucket_indices_dalle3.json", sample_json("t")),
+        M("aspect_ratio_bucket_indices_dalle3.png", png(9)),
+    ],
     "file_then_folder": [
         M("x.png", png(8)),
         M("x.json", sample_json("x")),
