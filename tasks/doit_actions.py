@@ -65,7 +65,7 @@ def run_name_clash(settings: Settings, name: str, tars: list[str]) -> None:
 
 
 def run_scan(settings: Settings) -> TaskFailed | None:
-    """Pick up edited JSON files; fail naming any JSON that cannot be used."""
+    """Pick up edited JSON files; warn naming any JSON that cannot be used."""
     from tasks.scan import scan_edits
 
     try:
@@ -80,8 +80,8 @@ def run_scan(settings: Settings) -> TaskFailed | None:
         )
     elif r.rebuilt:
         print(f"partitions rebuilt from data/: {', '.join(r.rebuilt)}", flush=True)
-    if r.errors:
-        return TaskFailed("\n".join(r.errors))
+    for error in r.errors:  # a JSON the user broke is a quirk: the other work goes on
+        print(f"warning: {error}", flush=True)
     return None
 
 

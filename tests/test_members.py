@@ -321,3 +321,18 @@ def test_a_shard_cut_short_after_a_written_batch_leaves_data_trainer_safe(tmp_pa
     audit = run_doit(root, "audit", check=False)
     assert audit.returncode == 0, audit.stdout
     assert "shard_failed" in audit.stdout
+
+
+def test_a_json_broken_by_hand_stops_nothing_else(tmp_path: Path):
+    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
+    run_doit(root)
+    (root / "data/a.json").write_text('{"broken')
+    write_tar(root / SHARDS / "data-000001.tar", _good("b", 2))
+    proc = run_doit(root, check=False)
+    out = _no_traceback(proc)
+    assert proc.returncode == 0, out
+    assert "a.json: invalid JSON" in out and "warning" in out
+    assert {r["filename"] for r in table_rows(root)} == {"a.png", "b.png"}
+    assert (root / "data/b.txt").read_text() == "short b"
+    _trainer_safe(root)
+    _no_traceback(run_doit(root, "audit", check=False))
