@@ -25,7 +25,9 @@ NAME_MAX = 255 - len("..shardprep-tmp")
 # Longest member path (bytes) accepted: well inside PATH_MAX (4096) once the root,
 # `incomplete/<shard>/duplicate-members/<n>/` and a caption's `.txt` are added.
 PATH_MAX = 3000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, and the Unicode line and paragraph separators (line breaks to
+# str.splitlines and to many viewers)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAGIC = {
     b"\x1f\x8b": ("gzip-compressed", "gunzip"),
     b"BZh": ("bzip2-compressed", "bunzip2"),

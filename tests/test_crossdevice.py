@@ -1,4 +1,5 @@
-"""A root whose `data/` lives on another file system (a symlink to another disk)."""
+"""A root whose `data/` (or `incomplete/`, `state/`, `strays/`) lives on another file
+system, through a symlink to another disk."""
 
 from __future__ import annotations
 
@@ -51,12 +52,13 @@ def _members(shard: int) -> list[M]:
     ]
 
 
-def test_a_data_folder_on_another_file_system_builds_repairs_and_audits(
-    tmp_path: Path, other_disk: Path
+@pytest.mark.parametrize("moved", ["data", "incomplete", "state", "strays"])
+def test_a_folder_on_another_file_system_builds_repairs_and_audits(
+    tmp_path: Path, other_disk: Path, moved: str
 ):
     root = tmp_path / "ds"
     (root).mkdir()
-    (root / "data").symlink_to(other_disk)
+    (root / moved).symlink_to(other_disk)
     write_tar(root / SHARDS / "data-000001.tar", _members(1))
     write_config(root)
     run_doit(root)  # shard 1 alone owns shared.png first
