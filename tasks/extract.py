@@ -151,7 +151,9 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
 
 
 def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
-    """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
+    """A done shard whose bytes equal this new tar's and whose tar is gone, or is this
+    very tar under the name an earlier naming rule gave it, if any."""
+    rel = os.path.relpath(tar_path, settings.root)
     candidates = [
         r
         for r in query(
@@ -159,7 +161,7 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
             "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
             [st.st_size, name],
         )
-        if not (settings.root / r["path"]).exists()
+        if r["path"] == rel or not (settings.root / r["path"]).exists()
     ]
     if not candidates:
         return None

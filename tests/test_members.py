@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -337,3 +338,20 @@ def test_a_json_broken_by_hand_stops_nothing_else(tmp_path: Path):
     assert (root / "data/b.txt").read_text() == "short b"
     _trainer_safe(root)
     _no_traceback(run_doit(root, "audit", check=False))
+
+
+def test_shards_built_under_their_old_names_are_adopted_not_rebuilt(tmp_path: Path):
+    root = tmp_path / "ds"
+    write_tar(root / "hub/data/x.tar", _good("a", 1))
+    write_config(root, shards="hub/**/*.tar")
+    run_doit(root)
+    conn = sqlite3.connect(root / "state/manifest.sqlite")  # as the flat-name rule left it
+    with conn:
+        conn.execute("UPDATE shards SET name = 'x'")
+        conn.execute("UPDATE files SET shard = 'x' WHERE shard IS NOT NULL")
+    conn.close()
+    shutil.move(root / "state/parts/shard=data__x", root / "state/parts/shard=x")
+    out = _build_and_audit(root)
+    assert "same bytes as an extracted shard" in out
+    assert not list(root.glob("incomplete/**/*.png"))
+    assert {r["filename"] for r in table_rows(root)} == {"a.png"}
