@@ -81,6 +81,7 @@ ODD_NAMES = {
     "long_component": [M(f"{LONG}.json", sample_json(LONG)), M(f"{LONG}.png", png(9))],
     "newline": [M("new\nline.json", sample_json("new\nline")), M("new\nline.png", png(9))],
     "control": [M("bell\x07.png", png(9))],
+    "escaping": [M("../up.png", png(9)), M("/abs.json", b"{}"), M("back\\slash.png", png(9))],
     "line_separator": [M("sep\u2028.json", sample_json("sep")), M("sep\u2028.png", png(9))],
     "folder_named_like_a_caption": [M("a.txt/y.json", sample_json("y")), M("a.txt/y.png", png(9))],
     "trainer_file": [
