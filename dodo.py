@@ -67,9 +67,8 @@ def _failing(doc: str) -> dict:
 
 
 def _shards() -> dict[str, str]:
-    """shard name -> tar path, for the tars present (a name two tars share counts once)."""
-    unique, clashes = shard_names(SETTINGS)
-    return {**{n: str(p) for n, p in unique.items()}, **{n: str(p[0]) for n, p in clashes.items()}}
+    """shard name -> tar path, for the tars present (the summary names those refused)."""
+    return {name: str(path) for name, path in shard_names(SETTINGS)[0].items()}
 
 
 def _known_shards() -> list[str]:
@@ -94,16 +93,7 @@ def task_extract():
     if SETTINGS is None:
         yield {"name": None, **_failing("Read each tar shard once.")}
         return
-    unique, clashes = shard_names(SETTINGS)
-    for name, tars in clashes.items():
-        yield {
-            "name": name,
-            "doc": f"two tars named {name}",
-            "actions": [(act.run_name_clash, [SETTINGS, name, [str(t) for t in tars]])],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
-    for name, tar in ((n, str(p)) for n, p in unique.items()):
+    for name, tar in _shards().items():
         yield {
             "name": name,
             "doc": f"extract {tar}",

@@ -57,13 +57,6 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     return None
 
 
-def run_name_clash(settings: Settings, name: str, tars: list[str]) -> None:
-    """Two tars map to one shard name: neither is extracted; `summary` fails the run."""
-    from tasks.extract import record_name_clash
-
-    print(f"ERROR {record_name_clash(settings, name, [Path(t) for t in tars])}", flush=True)
-
-
 def run_scan(settings: Settings) -> TaskFailed | None:
     """Pick up edited JSON files; warn naming any JSON that cannot be used."""
     from tasks.scan import scan_edits
@@ -136,7 +129,10 @@ def run_summary(settings: Settings) -> TaskFailed | None:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
     if not s.ok:
-        return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
+        return TaskFailed(
+            f"{len(s.failed) + len(s.refused_tars)} shard(s) could not be read to their end "
+            "(see above)"
+        )
     return None
 
 

@@ -100,22 +100,6 @@ def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
         db.close()
 
 
-def record_name_clash(settings: Settings, name: str, tars: list[Path]) -> str:
-    """Mark shard `name` failed because several tars have that name; return the message."""
-    listed = " and ".join(str(t) for t in tars)
-    error = (
-        f"{listed} both map to shard name {name!r}; neither is extracted: rename or move "
-        "one of them, then run `doit`"
-    )
-    db = open_manifest(settings.root)
-    try:
-        rel = os.path.relpath(tars[0], settings.root)
-        _record_failure(db, settings, name, rel, os.stat(tars[0]), error)
-    finally:
-        db.close()
-    return error
-
-
 def _shard_failed(db, settings: Settings, tar_path: Path, exc: Exception) -> ExtractResult:
     """Record a shard that stopped on something other than its bytes; the rest builds."""
     name = shard_name(tar_path, settings)

@@ -102,13 +102,37 @@ def _fixed_parts(pattern: str) -> list[str]:
     return fixed
 
 
-def shard_names(settings: Settings) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-    """(name -> tar path of each present shard, name -> tars when several share a name)."""
+def shard_names(settings: Settings) -> tuple[dict[str, Path], list[str]]:
+    """(name -> tar of each shard to build, one message per tar that cannot be built).
+
+    A tar whose file name is not UTF-8, or that shares its shard name with another tar,
+    is not built: the build summary names it and fails.
+    """
     found: dict[str, list[Path]] = {}
+    refused: list[str] = []
     for path in settings.shard_paths():
-        found.setdefault(shard_name(path, settings), []).append(path)
-    unique = {name: paths[0] for name, paths in found.items() if len(paths) == 1}
-    return unique, {name: paths for name, paths in found.items() if len(paths) > 1}
+        name = shard_name(path, settings)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            refused.append(
+                f"{_escaped(path)}: its file name is not valid UTF-8; rename it, then run `doit`"
+            )
+            continue
+        found.setdefault(name, []).append(path)
+    for name, paths in found.items():
+        if len(paths) > 1:
+            listed = " and ".join(str(p) for p in paths)
+            refused.append(
+                f"{listed} both map to shard name {name!r}; neither is extracted: rename or "
+                "move one of them, then run `doit`"
+            )
+    return {name: paths[0] for name, paths in found.items() if len(paths) == 1}, refused
+
+
+def _escaped(path: Path) -> str:
+    """A path for one line: bytes that are not UTF-8 as `\\xNN`."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # key -> (accepted types, description used in errors)

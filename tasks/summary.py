@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
-from tasks.settings import Settings
+from tasks.settings import Settings, shard_names
 from tasks.tarstream import printable
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -26,10 +26,11 @@ class BuildSummary:
     quirk_examples: dict[str, list[str]] = field(default_factory=dict)
     shard_names: list[str] = field(default_factory=list)
     kept_from_earlier: list[str] = field(default_factory=list)
+    refused_tars: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.refused_tars
 
 
 def summarize(settings: Settings) -> BuildSummary:
@@ -38,7 +39,7 @@ def summarize(settings: Settings) -> BuildSummary:
     Plain sqlite3, not sqlite-utils: the summary runs on every `doit`, and importing
     sqlite-utils took 0.1 s of a 0.45 s no-op at 30k samples.
     """
-    s = BuildSummary()
+    s = BuildSummary(refused_tars=shard_names(settings)[1])
     db = connect_if_present(settings.root)
     if db is None:
         return s
@@ -90,6 +91,8 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
             lines.append(f"    ... and {count - len(s.quirk_examples[kind])} more (`doit audit`)")
     for path in s.tars_gone:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
+    for message in s.refused_tars:
+        lines.append(f"  ERROR: {message}")
     for name, error in sorted(s.failed.items()):
         lines.append(f"  ERROR: shard {name}: {error}")
         if name in s.kept_from_earlier:

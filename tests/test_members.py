@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -356,3 +357,20 @@ def test_shards_built_under_their_old_names_are_adopted_not_rebuilt(tmp_path: Pa
     assert "same bytes as an extracted shard" in out
     assert not list(root.glob("incomplete/**/*.png"))
     assert {r["filename"] for r in table_rows(root)} == {"a.png"}
+
+
+def test_tars_that_cannot_be_shards_are_named_and_the_rest_builds(tmp_path: Path):
+    root = tmp_path / "ds"
+    write_tar(root / "hub/a__x.tar", _good("a", 1))
+    write_tar(root / "hub/a/x.tar", _good("b", 2))
+    write_tar(root / "hub/c/y.tar", _good("c", 3))
+    odd = write_tar(root / "hub/d.tar", _good("d", 4))
+    os.rename(bytes(odd), bytes(root / "hub") + b"/caf\xe9.tar")
+    write_config(root, shards="hub/**/*.tar")
+    proc = run_doit(root, check=False)
+    out = _no_traceback(proc)
+    assert proc.returncode != 0
+    assert "hub/a/x.tar and" in out and "a__x.tar both map to shard name 'a__x'" in out
+    assert "caf\\xe9.tar: its file name is not valid UTF-8" in out
+    assert {r["filename"] for r in table_rows(root)} == {"c.png"}
+    _no_traceback(run_doit(root, "audit", check=False))
