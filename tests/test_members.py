@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -124,7 +125,7 @@ def test_a_name_that_is_not_utf8_is_refused_named_escaped(tmp_path: Path):
         for m in _good("b", 2) + [M("caf\xe9.png", png(9))] + _good("c", 3):
             info = tarfile.TarInfo(m.name)
             info.size = len(m.data)
-            tar.addfile(info, __import__("io").BytesIO(m.data))
+            tar.addfile(info, io.BytesIO(m.data))
     out = _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "b.png", "c.png", "d.png"}
     assert "caf\\xe9.png" in out
