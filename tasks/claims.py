@@ -24,7 +24,7 @@ BATCH_BYTES = 32 << 20
 DIRECT_KINDS = ("image", "json")
 # A path that cannot be written because a file stands where a folder is needed, or
 # the other way round: the member is staged and the conflict named at commit.
-PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
 
 
 @dataclass

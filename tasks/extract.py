@@ -12,6 +12,7 @@ the shard and nothing half-done counts as done.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import sqlite3
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ from state.manifest import (
     write_transaction,
 )
 from tasks.audit_pairing import is_trainer_file
-from tasks.claims import Member, MemberWriter, owners_of, path_blocked
+from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, write_partition
 from tasks.progress import Progress
@@ -477,7 +478,13 @@ def _commit(
                 m = p.member
                 if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
                     vacated.append(m.loc)
-                written += _place(settings, tar_path, p, made_dirs)
+                try:
+                    written += _place(settings, tar_path, p, made_dirs)
+                except OSError as exc:
+                    if p.kind != "aside" or exc.errno not in PATH_ERRNOS:
+                        raise
+                    p = _unplaced(name, p, len(placed), quirks)
+                    written += _place(settings, tar_path, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
             conn.executemany(
@@ -486,6 +493,15 @@ def _commit(
             remove_empty_folders(settings.data_dir, vacated)
             upsert_files(conn, file_rows)
     return placed, rows, written
+
+
+def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placement:
+    """A place under `incomplete/<shard>/unplaced/` for a member kept aside whose own
+    path there is blocked (by what an earlier build of the shard kept aside)."""
+    dest = f"incomplete/{name}/unplaced/{index}{posixpath.splitext(p.dest)[1]}"
+    detail = f"{p.dest} is blocked by a file or folder: kept as {dest}"
+    quirks.append(_quirk(name, "path_conflict", p.member.member, dest, detail))
+    return Placement(p.member, dest, "aside", p.sample)
 
 
 def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):

@@ -375,3 +375,14 @@ def test_tars_that_cannot_be_shards_are_named_and_the_rest_builds(tmp_path: Path
     assert "caf\\xe9.tar: its file name is not valid UTF-8" in out
     assert {r["filename"] for r in table_rows(root)} == {"c.png"}
     _no_traceback(run_doit(root, "audit", check=False))
+
+
+def test_a_member_kept_aside_where_an_earlier_build_kept_a_folder_aside(tmp_path: Path):
+    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + [M("x.png/y.png", png(9))]})
+    run_doit(root)
+    assert (root / "incomplete/data-000000/x.png/y.png").exists()
+    write_tar(root / SHARDS / "data-000000.tar", _good("a", 1) + [M("x.png", png(8))])
+    out = _build_and_audit(root)
+    assert "path_conflict" in out
+    kept = list((root / "incomplete/data-000000/unplaced").iterdir())
+    assert [p.read_bytes() for p in kept] == [png(8)] and kept[0].suffix == ".png"
