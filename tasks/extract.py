@@ -35,6 +35,7 @@ from state.manifest import (
     write_transaction,
 )
 from tasks.audit_pairing import is_trainer_file
+from tasks.captions import caption_path
 from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, write_partition
@@ -206,8 +207,9 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         raise
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
+        kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
+        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks, kept)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == "aside")
@@ -524,7 +526,7 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
                     "path_conflict",
                     p.member.member,
                     p.dest,
-                    f"{why} (from another shard): its sample is kept aside",
+                    f"{why} in data/: its sample is kept aside",
                 )
             )
     return blocked
@@ -648,6 +650,7 @@ def _finish(
     previous: dict,
     rows: dict,
     quirks: list[dict],
+    kept: list[dict],
 ) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     edited = _edited_dir(name)
@@ -658,14 +661,7 @@ def _finish(
         and r["kind"] in ("image", "json", "aside", "pending")
         and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
-    kept: list[dict] = []
-    for r in stale:
-        target = settings.root / r["path"]
-        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
-            target.unlink(missing_ok=True)
-        elif r["path"].startswith("data/") and target.is_file():
-            kept.append(_keep_edited(settings, name, r, quirks))
-    remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
+    kept = kept + _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         delete_files(conn, [r["path"] for r in stale])
@@ -695,6 +691,55 @@ def _finish(
                 current if current == expected else None,
             ),
         )
+
+
+def _clear_stale_data(
+    db, settings: Settings, name: str, previous: dict, placements: list[Placement], quirks: list
+) -> list[dict]:
+    """Before placing: drop this shard's files in `data/` that the new tar no longer
+    holds, and their images' unedited captions, so that they never stand in the way of
+    its new paths; return the rows of edited ones kept aside. Their rows go when the
+    shard is committed."""
+    planned = {p.dest for p in placements}
+    stale = [
+        r
+        for path, r in previous.items()
+        if path.startswith("data/") and path not in planned and r["kind"] in ("image", "json")
+    ]
+    dropped = []
+    for r in stale:
+        caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
+        if r["kind"] == "image" and caption and caption["kind"] == "caption":
+            target = settings.root / caption["path"]
+            if _left_as_built(target, caption):
+                target.unlink()
+                dropped.append(caption["path"])
+    with write_transaction(db) as conn:
+        delete_files(conn, dropped)
+    return _drop_stale(settings, name, stale, quirks)
+
+
+def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> list[dict]:
+    """Delete stale files of this shard that are as the build left them; keep aside (and
+    return the rows of) files in `data/` that were edited by hand."""
+    kept: list[dict] = []
+    for r in stale:
+        target = settings.root / r["path"]
+        if _left_as_built(target, r):
+            target.unlink(missing_ok=True)
+        elif r["path"].startswith("data/") and r["kind"] != "pending" and target.is_file():
+            kept.append(_keep_edited(settings, name, r, quirks))
+    remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
+    return kept
+
+
+def _left_as_built(target: Path, r: dict) -> bool:
+    """Whether `target` is the file its row describes (False when its folder is gone
+    or has become a file)."""
+    try:
+        return file_matches(target, r["size"], r["mtime_ns"], r["xxh3"])
+    except NotADirectoryError:
+        return False
 
 
 def _edited_dir(shard: str) -> str:

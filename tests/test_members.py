@@ -386,3 +386,14 @@ def test_a_member_kept_aside_where_an_earlier_build_kept_a_folder_aside(tmp_path
     assert "path_conflict" in out
     kept = list((root / "incomplete/data-000000/unplaced").iterdir())
     assert [p.read_bytes() for p in kept] == [png(8)] and kept[0].suffix == ".png"
+
+
+def test_a_changed_shard_whose_folder_became_a_file_builds_it(tmp_path: Path):
+    before = [M("x.png/y.png", png(9)), M("x.png/y.json", sample_json("y"))]
+    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + before})
+    run_doit(root)
+    after = [M("x.png", png(8)), M("x.json", sample_json("x"))]
+    write_tar(root / SHARDS / "data-000000.tar", _good("a", 1) + after)
+    _build_and_audit(root)
+    assert {r["filename"] for r in table_rows(root)} == {"a.png", "x.png"}
+    assert (root / "data/x.png").read_bytes() == png(8)
