@@ -344,11 +344,12 @@ def _refusal(path: str | None, kind: str, names: _Names) -> str | None:
 
 def _reserved(path: str) -> str | None:
     """Why `path` would collide with a file the build or the trainer writes, or None."""
-    folders = path.split("/")[:-1]
-    if any(f.endswith(CAPTION_SUFFIX) for f in folders):
+    if "/" not in path:
+        if is_trainer_file(path):
+            return "named like SimpleTuner's own file in data/ (it rewrites those)"
+        return None
+    if any(f.endswith(CAPTION_SUFFIX) for f in path.split("/")[:-1]):
         return f"a folder named like a caption file ({CAPTION_SUFFIX}) would block one"
-    if not folders and is_trainer_file(path):
-        return "named like SimpleTuner's own file in data/ (it rewrites those)"
     return None
 
 

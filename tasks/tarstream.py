@@ -86,14 +86,19 @@ def printable(name: str) -> str:
 
 def name_problem(path: str) -> str | None:
     """Why a (normalized) member path cannot be written under `data/`, or None."""
-    try:
-        encoded = path.encode("utf-8")
-    except UnicodeEncodeError:
-        return "name is not valid UTF-8"
     if _CONTROL.search(path):
         return "name holds control characters (newline, tab, ...)"
-    if len(encoded) > PATH_MAX:
-        return f"path is {len(encoded)} bytes long (at most {PATH_MAX})"
+    if path.isascii():  # the common case: one byte a character
+        size = len(path)
+        if size <= NAME_MAX:
+            return None
+    else:
+        try:
+            size = len(path.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "name is not valid UTF-8"
+    if size > PATH_MAX:
+        return f"path is {size} bytes long (at most {PATH_MAX})"
     if any(len(part.encode("utf-8")) > NAME_MAX for part in path.split("/")):
         return f"a file or folder name is longer than {NAME_MAX} bytes"
     return None
