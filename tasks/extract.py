@@ -210,6 +210,9 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
         _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks, kept)
+    except Exception:
+        _drop_unfinished(db, settings, name, previous)
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == "aside")
@@ -790,20 +793,29 @@ def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
 
 
 def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
-    """Remove what a read that failed wrote into `data/` under new claims: images
-    without a row or caption would make `data/` unsafe for training."""
+    """Remove what a failed extraction put into `data/` that the shard's last good
+    extraction does not vouch for: images without a partition row (so without a
+    caption) would make `data/` unsafe for training. A file that differs from what the
+    build wrote (a JSON the user edited) stays."""
     rows = [
         r
-        for r in files_of_shard(db, name, "pending")
-        if previous.get(r["path"], {}).get("kind", "pending") == "pending"
+        for r in files_of_shard(db, name)
+        if r["path"].startswith("data/")
+        and r["kind"] in ("image", "json", "pending")
+        and not _vouched(previous.get(r["path"]), r)
     ]
     for r in rows:
         target = settings.root / r["path"]
-        if target.is_file() or target.is_symlink():
+        if _left_as_built(target, r):
             target.unlink()
     with write_transaction(db) as conn:
         delete_files(conn, [r["path"] for r in rows])
     remove_empty_folders(settings.data_dir, [r["path"] for r in rows])
+
+
+def _vouched(old: dict | None, r: dict) -> bool:
+    """Whether the last good extraction recorded this very file."""
+    return old is not None and old["kind"] in ("image", "json") and old["xxh3"] == r["xxh3"]
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:

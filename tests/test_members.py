@@ -256,6 +256,7 @@ def test_a_gzip_compressed_shard_is_named_as_such(tmp_path: Path):
     assert "2 shard(s)" in out
     assert "rows from 3 shard(s)" not in out
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "d.png"}
+    _no_traceback(run_doit(root, "audit", check=False))
 
 
 def test_shards_of_one_name_in_two_folders_are_both_built(tmp_path: Path):
@@ -397,3 +398,19 @@ def test_a_changed_shard_whose_folder_became_a_file_builds_it(tmp_path: Path):
     _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "x.png"}
     assert (root / "data/x.png").read_bytes() == png(8)
+
+
+def test_any_other_failure_inside_a_shard_fails_that_shard_alone(tmp_path: Path):
+    odd = [M("lonely.png", png(9))]  # kept aside: needs incomplete/, which is a file here
+    root = _dataset(tmp_path / "ds", _around(odd))
+    (root / "incomplete").write_text("in the way")
+    proc = run_doit(root, check=False)
+    out = _no_traceback(proc)
+    assert proc.returncode != 0
+    assert "data-000001.tar: could not be extracted (" in out
+    assert {r["filename"] for r in table_rows(root)} == {"a.png", "d.png"}
+    _trainer_safe(root)
+    _no_traceback(run_doit(root, "audit", check=False))
+    (root / "incomplete").unlink()
+    _build_and_audit(root)
+    assert {r["filename"] for r in table_rows(root)} == {"a.png", "b.png", "c.png", "d.png"}
