@@ -414,3 +414,17 @@ def test_any_other_failure_inside_a_shard_fails_that_shard_alone(tmp_path: Path)
     (root / "incomplete").unlink()
     _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "b.png", "c.png", "d.png"}
+
+
+def test_a_shard_that_fails_after_a_good_build_is_counted_as_still_built(tmp_path: Path):
+    root = _dataset(tmp_path / "ds", _around([]))
+    run_doit(root)
+    tar = root / SHARDS / "data-000001.tar"
+    tar.write_bytes(gzip.compress(tar.read_bytes()))
+    proc = run_doit(root, check=False)
+    out = _no_traceback(proc)
+    assert proc.returncode != 0 and "is gzip-compressed" in out
+    assert "shardprep: 3 shard(s), 4 sample(s)" in out
+    assert "shard data-000001 as extracted earlier stays in the build" in out
+    assert len(table_rows(root)) == 4
+    _trainer_safe(root)
