@@ -712,12 +712,13 @@ def _clear_stale_data(
     ]
     dropped = []
     for r in stale:
+        if r["kind"] != "image":
+            continue
         caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
-        if r["kind"] == "image" and caption and caption["kind"] == "caption":
-            target = settings.root / caption["path"]
-            if _left_as_built(target, caption):
-                target.unlink()
-                dropped.append(caption["path"])
+        ours = caption is not None and caption["kind"] == "caption" and caption["shard"] == name
+        if ours and _left_as_built(settings.root / caption["path"], caption):
+            (settings.root / caption["path"]).unlink()
+            dropped.append(caption["path"])
     with write_transaction(db) as conn:
         delete_files(conn, dropped)
     return _drop_stale(settings, name, stale, quirks)
