@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -146,14 +147,44 @@ def _rewrite_chunk(jobs: list[tuple[str, bytes]]) -> list[os.stat_result]:
 
 
 def move_into_place(src: Path, dest: Path) -> None:
-    """Rename `src` to `dest` (same filesystem), creating `dest`'s folder if needed."""
+    """Move `src` to `dest` (see `move_file`), creating `dest`'s folder if needed."""
+    try:
+        move_file(src, dest)
+    except FileNotFoundError:
+        if not os.path.exists(src):
+            raise
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        move_file(src, dest)
+
+
+def move_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename `src` to `dest`; across file systems (`data/` on another disk), copy it to
+    a temporary name beside `dest`, fsync, rename that into place, then delete `src`.
+
+    The copy keeps `src`'s mtime, so a manifest row made from `src`'s stat still holds.
+    """
     try:
         os.replace(src, dest)
-    except FileNotFoundError:
-        if not src.exists():
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
             raise
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}{TMP_SUFFIX}")
+    try:
+        shutil.copyfile(src, tmp)
+        shutil.copystat(src, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise_if_disk_full(exc, Path(dest).parent)
+        raise
+    os.unlink(src)
 
 
 def atomic_write(

@@ -51,7 +51,7 @@ from tasks.audit_stat import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json
-from tasks.settings import Settings
+from tasks.settings import Settings, shard_name
 
 EDITED_CAPTION_WORDS = (
     "edited by hand: kept (the table keeps the caption field's text); moved to "
@@ -458,7 +458,7 @@ def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
         elif (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             report.add("tar_changed", path, name, "size or mtime differs from the extracted tar")
     for tar in settings.shard_paths():
-        name = tar.name[:-4] if tar.name.endswith(".tar") else tar.name
+        name = shard_name(tar, settings)
         if name not in known:
             rel = os.path.relpath(tar, settings.root)
             report.add("shard_new", rel, name, "not extracted yet")

@@ -152,9 +152,18 @@ def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
         return []
     found: list[str] = []
     for batch in batched(data_files(data_dir)):
-        known = known_paths(conn, batch)
+        named = [p for p in batch if _is_utf8(p)]  # the manifest holds UTF-8 names only
+        known = known_paths(conn, named)
         found.extend(p for p in batch if p not in known)
     return sorted(found)
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def images_without_caption(

@@ -29,6 +29,7 @@ from pathlib import Path
 from state.atomic import atomic_write
 from tasks.progress import human_bytes
 from tasks.settings import Settings
+from tasks.tarstream import printable
 
 DAMAGE = "damage"
 NOTE = "note"
@@ -230,7 +231,8 @@ def write_report(settings: Settings, report: AuditReport) -> Path | None:
     # '}, {"kind": ' only ever occurs between two findings
     rows = json.dumps(findings, ensure_ascii=False)[1:-1].replace('}, {"kind": ', '},\n  {"kind": ')
     text = head[:-2] + ',\n "findings": [' + (f"\n  {rows}\n ]" if rows else "]") + "\n}\n"
-    atomic_write(path, text.encode("utf-8"))
+    # a name that is not UTF-8 stays a JSON escape (`\udce9`), so the file stays valid
+    atomic_write(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 
@@ -265,10 +267,10 @@ def format_report(report: AuditReport, settings: Settings | None = None) -> str:
         more = f", … {len(found) - EXAMPLES} more" if len(found) > EXAMPLES else ""
         lines.append(f"  {severity:6} {kind}: {text}")
         if all(f.path for f in found[:EXAMPLES]):
-            names = ", ".join(f.path for f in found[:EXAMPLES])
+            names = ", ".join(printable(f.path) for f in found[:EXAMPLES])
             lines.append(f"         {'' if len(found) == 1 else 'e.g. '}{names}{more}")
         else:
-            lines.append(f"         {found[0].detail}{more}")
+            lines.append(f"         {printable(found[0].detail)}{more}")
     if report.deep:
         lines.append(
             f"  read {human_bytes(report.bytes_read)} in {report.files_checked} file(s) in "

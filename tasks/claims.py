@@ -11,16 +11,20 @@ counts as done until the shard commits, and the rerun hashes before it trusts a 
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
-from state.atomic import raise_if_disk_full, write_all, write_new
+from state.atomic import move_file, raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
 from state.manifest import upsert_files, write_transaction
 
 BATCH_MEMBERS = 512
 BATCH_BYTES = 32 << 20
 DIRECT_KINDS = ("image", "json")
+# A path that cannot be written because a file stands where a folder is needed, or
+# the other way round: the member is staged and the conflict named at commit.
+PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
 
 
 @dataclass
@@ -80,10 +84,10 @@ class MemberWriter:
         target = f"{self.root}/{dest}"
         self._ensure_dir(os.path.dirname(target))
         if m.tmp is not None:
-            os.replace(m.tmp, target)
+            move_file(m.tmp, target)
             m.tmp = None
         elif m.loc is not None:
-            os.replace(f"{self.root}/{m.loc}", target)
+            move_file(f"{self.root}/{m.loc}", target)
         m.loc = dest
 
     def _claim(self, members: list[Member]) -> set[str]:
@@ -121,15 +125,14 @@ class MemberWriter:
                 m.loc, m.stale_stat = dest, on_disk != m.xxh3
                 return
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileNotFoundError:
-            self._ensure_dir(os.path.dirname(target))
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            if owners_of(self.db, [dest]).get(dest) != self.shard:
-                self._stage(m, data)  # taken meanwhile by a shard that sorts first
-                return
-            fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+            fd = self._open_direct(dest, target)
+        except OSError as exc:
+            if exc.errno not in PATH_ERRNOS:
+                raise
+            fd = -1  # a file or folder of another shard is in the way: settled at commit
+        if fd < 0:
+            self._stage(m, data)
+            return
         try:
             write_all(fd, data)
             m.mtime_ns = os.fstat(fd).st_mtime_ns
@@ -145,6 +148,18 @@ class MemberWriter:
         m.loc = dest
         self.written += 1
 
+    def _open_direct(self, dest: str, target: str) -> int:
+        """A descriptor to write `target` directly, or -1 if another shard took it."""
+        try:
+            return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            self._ensure_dir(os.path.dirname(target))
+            return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if owners_of(self.db, [dest]).get(dest) != self.shard:
+                return -1  # taken meanwhile by a shard that sorts first
+            return os.open(target, os.O_WRONLY | os.O_TRUNC)
+
     def _stage(self, m: Member, data: bytes | memoryview) -> None:
         self.staged += 1
         self.written += 1
@@ -156,6 +171,19 @@ class MemberWriter:
         if folder not in self.made_dirs:
             os.makedirs(folder, exist_ok=True)
             self.made_dirs.add(folder)
+
+
+def path_blocked(root: str, rel: str) -> str | None:
+    """What stands in the way of a file at `rel` (relative to root), or None."""
+    full = f"{root}/{rel}"
+    if os.path.isdir(full):
+        return f"{rel} is a folder"
+    folder = os.path.dirname(full)
+    while len(folder) > len(root) and not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            return f"{os.path.relpath(folder, root)} is a file"
+        folder = os.path.dirname(folder)
+    return None
 
 
 def owners_of(conn, paths: list[str]) -> dict[str, str]:

@@ -62,7 +62,7 @@ def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
 
 
 def run_scan(settings: Settings) -> TaskFailed | None:
-    """Pick up edited JSON files; fail naming any JSON that cannot be used."""
+    """Pick up edited JSON files; warn naming any JSON that cannot be used."""
     from tasks.scan import scan_edits
 
     try:
@@ -77,8 +77,8 @@ def run_scan(settings: Settings) -> TaskFailed | None:
         )
     elif r.rebuilt:
         print(f"partitions rebuilt from data/: {', '.join(r.rebuilt)}", flush=True)
-    if r.errors:
-        return TaskFailed("\n".join(r.errors))
+    for error in r.errors:  # a JSON the user broke is a quirk: the other work goes on
+        print(f"warning: {error}", flush=True)
     return None
 
 
@@ -180,7 +180,10 @@ def run_summary(settings: Settings) -> TaskFailed | None:
             "(see above)"
         )
     if not s.ok:
-        return TaskFailed(f"{len(s.failed)} shard(s) could not be read to their end (see above)")
+        return TaskFailed(
+            f"{len(s.failed) + len(s.refused_tars)} shard(s) could not be read to their end "
+            "(see above)"
+        )
     return None
 
 

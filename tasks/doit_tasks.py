@@ -33,7 +33,7 @@ from tasks.freshness import (
     shard_is_done,
     table_is_current,
 )
-from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_name
+from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
 
 DEFAULT_TASKS = ["extract", "scan", "captions", "table", "dataloader", "summary"]
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
@@ -190,7 +190,8 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
 
     def shards(s: Settings) -> dict[str, str]:
         """shard name -> tar path, for the tars present."""
-        return {shard_name(p): str(p) for p in s.shard_paths()}
+        # tars that cannot be shards are named by the summary
+        return {name: str(path) for name, path in shard_names(s)[0].items()}
 
     def all_shards(s: Settings) -> list[str]:
         return sorted(set(shards(s)) | set(_known_shards(s)))

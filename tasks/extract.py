@@ -12,16 +12,18 @@ the shard and nothing half-done counts as done.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state.atomic import atomic_write
+from state.atomic import DiskFullError, atomic_write, move_file
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.manifest import (
     ADOPT_KEY,
+    ManifestError,
     delete_files,
     file_row,
     files_of_shard,
@@ -32,15 +34,25 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
-from tasks.claims import Member, MemberWriter, owners_of
+from tasks.audit_pairing import is_trainer_file
+from tasks.captions import caption_path
+from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
 from tasks.partition import digest_pairs, json_digest, write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
 from tasks.settings import Settings, partition_path, shard_name
-from tasks.tarstream import HashingReader, ShardReadError, iter_members, normalize_member_name
+from tasks.tarstream import (
+    HashingReader,
+    ShardReadError,
+    iter_members,
+    name_problem,
+    normalize_member_name,
+    printable,
+)
 
 COMMIT_BATCH = 1000
+CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
 
 
 @dataclass
@@ -78,12 +90,32 @@ def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
     db = open_manifest(settings.root)
     try:
         return _extract_shard(db, settings, Path(tar_path))
+    except (DiskFullError, ManifestError, sqlite3.OperationalError):
+        raise  # the root's trouble, not this shard's: every shard would meet it
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is sqlite3.DatabaseError:  # a damaged manifest
+            raise
+        return _shard_failed(db, settings, Path(tar_path), exc)
+    except Exception as exc:  # whatever a member or value did, it stops this shard only
+        return _shard_failed(db, settings, Path(tar_path), exc)
     finally:
         db.close()
 
 
+def _shard_failed(db, settings: Settings, tar_path: Path, exc: Exception) -> ExtractResult:
+    """Record a shard that stopped on something other than its bytes; the rest builds."""
+    name = shard_name(tar_path, settings)
+    error = (
+        f"{tar_path}: could not be extracted ({type(exc).__name__}: {printable(str(exc))}); "
+        "the other shards are built; fix or remove this file, then run `doit`"
+    )
+    st = os.stat(tar_path)
+    _record_failure(db, settings, name, os.path.relpath(tar_path, settings.root), st, error)
+    return ExtractResult(name, "failed", error=error)
+
+
 def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
-    name = shard_name(tar_path)
+    name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
     row = shard_row(db, name)
@@ -105,7 +137,9 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
 
 
 def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
-    """A done shard whose tar is gone and whose bytes equal this new tar's, if any."""
+    """A done shard whose bytes equal this new tar's and whose tar is gone, or is this
+    very tar under the name an earlier naming rule gave it, if any."""
+    rel = os.path.relpath(tar_path, settings.root)
     candidates = [
         r
         for r in query(
@@ -113,7 +147,7 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
             "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
             [st.st_size, name],
         )
-        if not (settings.root / r["path"]).exists()
+        if r["path"] == rel or not (settings.root / r["path"]).exists()
     ]
     if not candidates:
         return None
@@ -142,9 +176,10 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
             old_rel = os.path.relpath(old_part, settings.root)
             new_rel = os.path.relpath(new_part, settings.root)
             conn.execute(
+                # substr, not LIKE: a shard name may hold `_` or `%`
                 "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
-                "AND path LIKE ?",
-                (new_rel, len(old_rel) + 1, old_rel + "/%"),
+                "AND substr(path, 1, ?) = ?",
+                (new_rel, len(old_rel) + 1, len(old_rel) + 1, old_rel + "/"),
             )
 
 
@@ -160,15 +195,24 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         )
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        _drop_unfinished(db, settings, name, previous)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
-    except BaseException:
+    except Exception:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _drop_unfinished(db, settings, name, previous)
+        raise
+    except BaseException:  # interrupted: the rerun finishes what the claims hold
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
+        kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks)
+        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks, kept)
+    except Exception:
+        _drop_unfinished(db, settings, name, previous)
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == "aside")
@@ -184,6 +228,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
     )
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
+    names = _Names()
     duplicates: list[Member] = []
     reader = HashingReader(tar_path)
     progress = Progress(f"extract {name}", total)
@@ -193,10 +238,23 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
             if tm.kind == "dir":
                 continue
             path = normalize_member_name(tm.name)
-            if path is None or tm.kind != "file":
-                why = "unsafe path" if path is None else f"{tm.kind} member"
-                quirks.append(_quirk(name, "refused", tm.name, None, f"{why}: not written"))
+            why = _refusal(path, tm.kind, names)
+            if why is not None:
+                quirks.append(
+                    _quirk(name, "refused", printable(tm.name), None, f"{why}: not written")
+                )
                 continue
+            if (other := names.case_twin(path)) is not None:
+                quirks.append(
+                    _quirk(
+                        name,
+                        "case_collision",
+                        tm.name,
+                        None,
+                        f"differs from member {other!r} only in case: both are built, but a "
+                        "case-insensitive file system (macOS, Windows) would hold only one",
+                    )
+                )
             kind = member_kind(path)
             m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
             if kind == "image":
@@ -238,6 +296,64 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
         reader.close()
         progress.close()
     return samples, duplicates, digest, writer.written
+
+
+class _Names:
+    """The member paths of one shard, to find a name used as both file and folder."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+        self.lower: dict[str, str] = {}
+
+    def conflict(self, path: str) -> str | None:
+        """Why `path` cannot be written beside the members seen so far, or None."""
+        if path in self.folders:
+            return f"{path!r} is also the folder of earlier members"
+        folder = path
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            if folder in self.files:
+                return f"its folder {folder!r} is also an earlier member (a file)"
+        return None
+
+    def add(self, path: str) -> None:
+        """Remember a member path (and its folders) that will be written."""
+        self.files.add(path)
+        folder = path
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            self.folders.add(folder)
+
+    def case_twin(self, path: str) -> str | None:
+        """An earlier, different path equal to `path` but for case."""
+        twin = self.lower.setdefault(path.lower(), path)
+        return twin if twin != path else None
+
+
+def _refusal(path: str | None, kind: str, names: _Names) -> str | None:
+    """Why a member is not written at all, or None; records the path when it is."""
+    if path is None:
+        return "unsafe path"
+    if kind == "sparse":
+        return "a sparse file (tar --sparse) is not supported: rebuild the tar without --sparse"
+    if kind != "file":
+        return f"{kind} member"
+    why = name_problem(path) or _reserved(path) or names.conflict(path)
+    if why is None:
+        names.add(path)
+    return why
+
+
+def _reserved(path: str) -> str | None:
+    """Why `path` would collide with a file the build or the trainer writes, or None."""
+    if "/" not in path:
+        if is_trainer_file(path):
+            return "named like SimpleTuner's own file in data/ (it rewrites those)"
+        return None
+    if any(f.endswith(CAPTION_SUFFIX) for f in path.split("/")[:-1]):
+        return f"a folder named like a caption file ({CAPTION_SUFFIX}) would block one"
+    return None
 
 
 def _duplicate_dest(shard: str, m: Member, index: int) -> str:
@@ -352,9 +468,14 @@ def _commit(
     placed: dict[str, Placement] = {}
     made_dirs: set[str] = set()
     written = 0
+    blocked = _blocked(settings, name, placements, quirks)
     for batch in _batches(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
-            lost = _settle(conn, settings, name, batch, quirks)
+            lost = _settle(conn, settings, name, batch, quirks) | blocked
+            conn.executemany(
+                "DELETE FROM files WHERE path = ? AND shard = ? AND kind = 'pending'",
+                [(p.dest, name) for p in batch if p.sample in lost and p.kind != "aside"],
+            )
             file_rows, vacated = [], []
             for p in batch:
                 if p.sample in lost and p.kind != "aside":
@@ -363,14 +484,56 @@ def _commit(
                 m = p.member
                 if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
                     vacated.append(m.loc)
-                written += _place(settings, tar_path, p, made_dirs)
+                try:
+                    written += _place(settings, tar_path, p, made_dirs)
+                except OSError as exc:
+                    if p.kind != "aside" or exc.errno not in PATH_ERRNOS:
+                        raise
+                    p = _unplaced(name, p, len(placed), quirks)
+                    written += _place(settings, tar_path, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
             conn.executemany(
                 "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
             )
+            remove_empty_folders(settings.data_dir, vacated)
             upsert_files(conn, file_rows)
     return placed, rows, written
+
+
+def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placement:
+    """A place under `incomplete/<shard>/unplaced/` for a member kept aside whose own
+    path there is blocked (by what an earlier build of the shard kept aside)."""
+    dest = f"incomplete/{name}/unplaced/{index}{posixpath.splitext(p.dest)[1]}"
+    detail = f"{p.dest} is blocked by a file or folder: kept as {dest}"
+    quirks.append(_quirk(name, "path_conflict", p.member.member, dest, detail))
+    return Placement(p.member, dest, "aside", p.sample)
+
+
+def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
+    """Samples whose path in `data/` a file or folder of another shard stands in the way of.
+
+    Only members not yet at their place are looked at: a member written straight into
+    `data/` found its path free.
+    """
+    blocked: set[str] = set()
+    root = str(settings.root)
+    for p in placements:
+        if p.kind == "aside" or p.member.loc == p.dest or p.sample in blocked:
+            continue
+        why = path_blocked(root, p.dest)
+        if why is not None:
+            blocked.add(p.sample)
+            quirks.append(
+                _quirk(
+                    name,
+                    "path_conflict",
+                    p.member.member,
+                    p.dest,
+                    f"{why} in data/: its sample is kept aside",
+                )
+            )
+    return blocked
 
 
 def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
@@ -424,7 +587,8 @@ def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
         (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, settings.root / aside)
+        move_file(src, settings.root / aside)
+        remove_empty_folders(settings.data_dir, [dest])
     row.update(path=aside, kind="aside")
     delete_files(conn, [dest])
     upsert_files(conn, [row])
@@ -442,9 +606,9 @@ def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]
         os.makedirs(folder, exist_ok=True)
         made_dirs.add(folder)
     if m.tmp is not None:
-        os.replace(m.tmp, dest)
+        move_file(m.tmp, dest)
     elif m.loc is not None:
-        os.replace(f"{settings.root}/{m.loc}", dest)
+        move_file(f"{settings.root}/{m.loc}", dest)
     else:  # bytes no longer on disk: read the member again from the tar
         with open(tar_path, "rb") as f:
             f.seek(m.offset)
@@ -490,17 +654,18 @@ def _finish(
     previous: dict,
     rows: dict,
     quirks: list[dict],
+    kept: list[dict],
 ) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
+    edited = _edited_dir(name)
     stale = [
         r
         for path, r in previous.items()
-        if path not in placed and r["kind"] in ("image", "json", "aside", "pending")
+        if path not in placed
+        and r["kind"] in ("image", "json", "aside", "pending")
+        and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
-    for r in stale:
-        target = settings.root / r["path"]
-        if file_matches(target, r["size"], r["mtime_ns"], r["xxh3"]):
-            target.unlink(missing_ok=True)
+    kept = kept + _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         delete_files(conn, [r["path"] for r in stale])
@@ -509,7 +674,7 @@ def _finish(
             "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
             [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
         )
-        upsert_files(conn, [part_row])
+        upsert_files(conn, [part_row, *kept])
         current = json_digest(conn, name)
         expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
         conn.execute("DELETE FROM shards WHERE name = ?", (name,))
@@ -530,6 +695,128 @@ def _finish(
                 current if current == expected else None,
             ),
         )
+
+
+def _clear_stale_data(
+    db, settings: Settings, name: str, previous: dict, placements: list[Placement], quirks: list
+) -> list[dict]:
+    """Before placing: drop this shard's files in `data/` that the new tar no longer
+    holds, and their images' unedited captions, so that they never stand in the way of
+    its new paths; return the rows of edited ones kept aside. Their rows go when the
+    shard is committed."""
+    planned = {p.dest for p in placements}
+    stale = [
+        r
+        for path, r in previous.items()
+        if path.startswith("data/") and path not in planned and r["kind"] in ("image", "json")
+    ]
+    dropped = []
+    for r in stale:
+        if r["kind"] != "image":
+            continue
+        caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
+        ours = caption is not None and caption["kind"] == "caption" and caption["shard"] == name
+        if ours and _left_as_built(settings.root / caption["path"], caption):
+            (settings.root / caption["path"]).unlink()
+            dropped.append(caption["path"])
+    with write_transaction(db) as conn:
+        delete_files(conn, dropped)
+    return _drop_stale(settings, name, stale, quirks)
+
+
+def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> list[dict]:
+    """Delete stale files of this shard that are as the build left them; keep aside (and
+    return the rows of) files in `data/` that were edited by hand."""
+    kept: list[dict] = []
+    for r in stale:
+        target = settings.root / r["path"]
+        if _left_as_built(target, r):
+            target.unlink(missing_ok=True)
+        elif r["path"].startswith("data/") and r["kind"] != "pending" and target.is_file():
+            kept.append(_keep_edited(settings, name, r, quirks))
+    remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
+    return kept
+
+
+def _left_as_built(target: Path, r: dict) -> bool:
+    """Whether `target` is the file its row describes (False when its folder is gone
+    or has become a file)."""
+    try:
+        return file_matches(target, r["size"], r["mtime_ns"], r["xxh3"])
+    except NotADirectoryError:
+        return False
+
+
+def _edited_dir(shard: str) -> str:
+    return f"incomplete/{shard}/edited-by-hand/"
+
+
+def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> dict:
+    """Move a file of this shard that was changed on disk, and that the shard's new
+    bytes no longer hold, to `incomplete/<shard>/edited/`; return its `files` row."""
+    dest = f"{_edited_dir(name)}{r['path'].removeprefix('data/')}"
+    target = settings.root / dest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    move_file(settings.root / r["path"], target)
+    st = target.stat()
+    quirks.append(
+        _quirk(
+            name,
+            "edited_kept_aside",
+            r["member"],
+            dest,
+            f"{r['path']} was changed by hand, but the shard's new tar no longer holds its "
+            f"sample: your version is kept as {dest}",
+        )
+    )
+    return {
+        **r,
+        "path": dest,
+        "kind": "aside",
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "xxh3": hash_file(target),
+    }
+
+
+def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
+    """Remove the folders of `paths` (relative to top's parent) that are now empty, up to
+    `top` (kept)."""
+    base = top.parent
+    folders = {os.path.dirname(base / p) for p in paths}
+    for folder in sorted(folders, key=len, reverse=True):
+        while len(folder) > len(str(top)) and folder.startswith(str(top)):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+
+def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
+    """Remove what a failed extraction put into `data/` that the shard's last good
+    extraction does not vouch for: images without a partition row (so without a
+    caption) would make `data/` unsafe for training. A file that differs from what the
+    build wrote (a JSON the user edited) stays."""
+    rows = [
+        r
+        for r in files_of_shard(db, name)
+        if r["path"].startswith("data/")
+        and r["kind"] in ("image", "json", "pending")
+        and not _vouched(previous.get(r["path"]), r)
+    ]
+    for r in rows:
+        target = settings.root / r["path"]
+        if _left_as_built(target, r):
+            target.unlink()
+    with write_transaction(db) as conn:
+        delete_files(conn, [r["path"] for r in rows])
+    remove_empty_folders(settings.data_dir, [r["path"] for r in rows])
+
+
+def _vouched(old: dict | None, r: dict) -> bool:
+    """Whether the last good extraction recorded this very file."""
+    return old is not None and old["kind"] in ("image", "json") and old["xxh3"] == r["xxh3"]
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:

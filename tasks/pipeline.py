@@ -10,14 +10,14 @@ from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
 from tasks.extract import extract_shard
 from tasks.scan import scan_edits
-from tasks.settings import Settings
+from tasks.settings import Settings, shard_names
 from tasks.summary import BuildSummary, summarize
 from tasks.table import build_table
 
 
 def build(settings: Settings) -> BuildSummary:
     """Extract every shard, pick up edits, write captions, the table and the entry."""
-    for tar in settings.shard_paths():
+    for tar in shard_names(settings)[0].values():
         extract_shard(settings, tar)
     scan = scan_edits(settings)
     if scan.errors:

@@ -65,6 +65,8 @@ def parse_json(raw: bytes) -> tuple[dict | None, str | None]:
         return None, f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     except RecursionError:
         return None, "invalid JSON (nested too deeply)"
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"invalid JSON ({str(exc).split(';')[0]})"
     if not isinstance(obj, dict):
         return None, f"JSON is a {type(obj).__name__}, not an object"
     return obj, None
@@ -92,14 +94,32 @@ def is_blank(text: str | None) -> bool:
     return text is None or not text.strip()
 
 
+# The largest side an image can have (PNG's limit); larger values are not sizes.
+MAX_SIDE = 2**31 - 1
+
+
 def json_size(obj: dict) -> tuple[int, int] | None:
-    """(width, height) as the preset reads them (`int()` of each), or None if unusable."""
+    """(width, height) as the preset reads them (`int()` of each), or None if unusable.
+
+    Unusable: missing, not a number, a bool, or outside 1..MAX_SIDE (so that it fits the
+    table's int64 columns and is a size at all).
+    """
     if "width" not in obj or "height" not in obj:
         return None
-    try:
-        return int(obj["width"]), int(obj["height"])
-    except (TypeError, ValueError, OverflowError):
+    size = _side(obj["width"]), _side(obj["height"])
+    return None if None in size else size  # type: ignore[return-value]
+
+
+def _side(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
+    if isinstance(value, str) and len(value) > 32:
+        return None
+    try:
+        side = int(value)
+    except (ValueError, OverflowError):
+        return None
+    return side if 1 <= side <= MAX_SIDE else None
 
 
 def clean_text(text: str | None) -> str | None:

@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state.atomic import atomic_write
+from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
 from state.manifest import file_row, open_manifest, query, write_transaction
 from tasks.audit import audit
@@ -39,6 +39,7 @@ from tasks.records import parse_json
 from tasks.scan import scan_edits
 from tasks.settings import Settings
 from tasks.table import build_table
+from tasks.tarstream import printable
 
 RESTORE_KINDS = (
     "missing_image",
@@ -195,7 +196,7 @@ def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult
             n += 1
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(src, dest)
+            move_file(src, dest)
         except FileNotFoundError:
             continue
         result.strays.append((f.path, os.path.relpath(dest, settings.root)))
@@ -363,14 +364,14 @@ def format_repair(result: RepairResult, settings: Settings) -> str:
     lines = []
     if result.restored:
         lines.append(f"restored {len(result.restored)} file(s) from their tars:")
-        lines += [f"  {p}" for p in result.restored[:20]]
+        lines += [f"  {printable(p)}" for p in result.restored[:20]]
         if len(result.restored) > 20:
             lines.append(f"  … {len(result.restored) - 20} more")
     if result.strays:
         lines.append(
             f"moved {len(result.strays)} stray file(s) out of data/ to {settings.root / STRAYS}/:"
         )
-        lines += [f"  {a} -> {b}" for a, b in result.strays[:20]]
+        lines += [f"  {printable(a)} -> {printable(b)}" for a, b in result.strays[:20]]
     if result.partitions:
         lines.append(f"rebuilt partition(s) from data/: {', '.join(result.partitions)}")
     if result.captions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +71,68 @@ def partition_path(settings: Settings, shard: str) -> Path:
     return settings.parts_dir / f"shard={shard}" / PART_FILE
 
 
-def shard_name(tar_path: Path) -> str:
-    """A shard's name: its file name without `.tar`."""
-    name = tar_path.name
+SHARD_FOLDER_SEPARATOR = "__"
+
+
+def shard_name(tar_path: Path, settings: Settings | None = None) -> str:
+    """A shard's name: its path below the `shards` glob's fixed folder, without `.tar`.
+
+    A tar right in that folder is named by its file name (`hub/data/*.tar`:
+    `data-000000`); one in a subfolder keeps the folders, joined by `__`
+    (`hub/**/*.tar`: `hub/a/x.tar` is `a__x`, `hub/b/x.tar` is `b__x`), so two tars of
+    one file name in two folders are two shards.
+    """
+    rel = Path(tar_path.name)
+    if settings is not None:
+        base = settings.root.joinpath(*_fixed_parts(settings.shards))
+        with contextlib.suppress(ValueError):
+            rel = Path(tar_path).relative_to(base)
+    name = SHARD_FOLDER_SEPARATOR.join(rel.parts)
     return name[:-4] if name.endswith(".tar") else name
+
+
+def _fixed_parts(pattern: str) -> list[str]:
+    """The leading folders of a glob that hold no wildcard."""
+    parts = pattern.split("/")[:-1]
+    fixed = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return fixed
+
+
+def shard_names(settings: Settings) -> tuple[dict[str, Path], list[str]]:
+    """(name -> tar of each shard to build, one message per tar that cannot be built).
+
+    A tar whose file name is not UTF-8, or that shares its shard name with another tar,
+    is not built: the build summary names it and fails.
+    """
+    found: dict[str, list[Path]] = {}
+    refused: list[str] = []
+    for path in settings.shard_paths():
+        name = shard_name(path, settings)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            refused.append(
+                f"{_escaped(path)}: its file name is not valid UTF-8; rename it, then run `doit`"
+            )
+            continue
+        found.setdefault(name, []).append(path)
+    for name, paths in found.items():
+        if len(paths) > 1:
+            listed = " and ".join(str(p) for p in paths)
+            refused.append(
+                f"{listed} both map to shard name {name!r}; neither is extracted: rename or "
+                "move one of them, then run `doit`"
+            )
+    return {name: paths[0] for name, paths in found.items() if len(paths) == 1}, refused
+
+
+def _escaped(path: Path) -> str:
+    """A path for one line: bytes that are not UTF-8 as `\\xNN`."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # key -> (accepted types, description used in errors)

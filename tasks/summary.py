@@ -10,7 +10,8 @@ from pathlib import Path
 
 from state.caption_state import EDITED_CAPTIONS, caption_failures
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
-from tasks.settings import Settings
+from tasks.settings import Settings, shard_names
+from tasks.tarstream import printable
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
 
@@ -29,10 +30,12 @@ class BuildSummary:
     quirks: Counter = field(default_factory=Counter)
     quirk_examples: dict[str, list[str]] = field(default_factory=dict)
     shard_names: list[str] = field(default_factory=list)
+    kept_from_earlier: list[str] = field(default_factory=list)
+    refused_tars: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.refused_tars
 
 
 def summarize(settings: Settings) -> BuildSummary:
@@ -41,7 +44,7 @@ def summarize(settings: Settings) -> BuildSummary:
     Plain sqlite3, not sqlite-utils: the summary runs on every `doit`, and importing
     sqlite-utils took 0.1 s of a 0.45 s no-op at 30k samples.
     """
-    s = BuildSummary()
+    s = BuildSummary(refused_tars=shard_names(settings)[1])
     db = connect_if_present(settings.root)
     if db is None:
         return s
@@ -53,7 +56,9 @@ def summarize(settings: Settings) -> BuildSummary:
             present = (settings.root / tar).exists()
             if status == "failed" and present:
                 s.failed[name] = error
-                continue
+                if not samples:
+                    continue
+                s.kept_from_earlier.append(name)  # its earlier good read stays in the build
             s.shards += 1
             s.samples += samples or 0
             if not present:
@@ -67,7 +72,7 @@ def summarize(settings: Settings) -> BuildSummary:
             s.quirks[kind] += 1
             examples = s.quirk_examples.setdefault(kind, [])
             if len(examples) < EXAMPLES or kind == "refused":  # name every refused member
-                examples.append(f"{shard}: {member or path}: {detail}")
+                examples.append(f"{shard}: {printable(member or path)}: {printable(detail)}")
     except sqlite3.DatabaseError as exc:
         raise unreadable_manifest(manifest_path(settings.root), exc) from exc
     finally:
@@ -108,6 +113,10 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
             lines.append(f"    ... and {count - len(s.quirk_examples[kind])} more (`doit audit`)")
     for path in s.tars_gone:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
+    for message in s.refused_tars:
+        lines.append(f"  ERROR: {message}")
     for name, error in sorted(s.failed.items()):
         lines.append(f"  ERROR: shard {name}: {error}")
+        if name in s.kept_from_earlier:
+            lines.append(f"    (shard {name} as extracted earlier stays in the build)")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from state.atomic import TMP_SUFFIX
+from state.counts import shards_in_build
 from state.hashing import hash_file
 from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
 from tasks.caption_fields import check_caption_fields
@@ -48,7 +49,8 @@ def build_table(settings: Settings) -> TableResult:
         key = table_key(settings, shards)
         rel = os.path.relpath(settings.table_path, settings.root)
         if table_matches(db, settings, key):
-            return TableResult(int(get_meta(db, f"table_rows:{rel}") or 0), len(shards), True)
+            rows = int(get_meta(db, f"table_rows:{rel}") or 0)
+            return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
@@ -67,7 +69,7 @@ def build_table(settings: Settings) -> TableResult:
             )
             set_meta(conn, f"table_key:{rel}", key)
             set_meta(conn, f"table_rows:{rel}", str(rows))
-        return TableResult(rows, len(shards), False)
+        return TableResult(rows, shards_in_build(db), False)
     finally:
         db.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,21 @@ import xxhash
 
 BLOCK = tarfile.BLOCKSIZE
 READ_BUFFER = 1 << 20
+# A path component must leave room for the build's temporary name beside it
+# (`.<name>.shardprep-tmp`) within the usual 255-byte file-name limit.
+NAME_MAX = 255 - len("..shardprep-tmp")
+# Longest member path (bytes) accepted: well inside PATH_MAX (4096) once the root,
+# `incomplete/<shard>/duplicate-members/<n>/` and a caption's `.txt` are added.
+PATH_MAX = 3000
+# C0 and C1 controls, and the Unicode line and paragraph separators (line breaks to
+# str.splitlines and to many viewers)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_MAGIC = {
+    b"\x1f\x8b": ("gzip-compressed", "gunzip"),
+    b"BZh": ("bzip2-compressed", "bunzip2"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "unxz"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "unzstd"),
+}
 # A member this large is yielded as a view of its padded read rather than copied without
 # its padding (a second pass over every byte of a large image).
 VIEW_MIN = 64 << 10
@@ -36,6 +52,56 @@ class ShardReadError(RuntimeError):
             "probably incomplete or damaged: run `doit download` again or replace/delete "
             "the file, then run `doit`"
         )
+
+
+class CompressedShardError(ShardReadError):
+    """The shard is a compressed tar under a plain `.tar` name."""
+
+    def __init__(self, shard: Path, what: str, tool: str):
+        RuntimeError.__init__(
+            self,
+            f"{shard}: is {what}, not a plain tar: decompress it ({tool} -c {shard.name} > "
+            f"{shard.name}.plain && mv {shard.name}.plain {shard.name}) or fetch the "
+            "uncompressed shard, then run `doit`",
+        )
+        self.shard, self.detail, self.last_member = shard, what, None
+
+
+def compression_of(head: bytes) -> tuple[str, str] | None:
+    """(what, tool to undo it) when `head` starts with a known compression magic."""
+    for magic, found in _MAGIC.items():
+        if head.startswith(magic):
+            return found
+    return None
+
+
+def printable(name: str) -> str:
+    """A member name fit for one line: bytes that are not UTF-8 as `\\xNN`, control
+    characters escaped as in repr."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if _CONTROL.search(text):
+        text = repr(text)[1:-1]
+    return text
+
+
+def name_problem(path: str) -> str | None:
+    """Why a (normalized) member path cannot be written under `data/`, or None."""
+    if _CONTROL.search(path):
+        return "name holds control characters (newline, tab, ...)"
+    if path.isascii():  # the common case: one byte a character
+        size = len(path)
+        if size <= NAME_MAX:
+            return None
+    else:
+        try:
+            size = len(path.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "name is not valid UTF-8"
+    if size > PATH_MAX:
+        return f"path is {size} bytes long (at most {PATH_MAX})"
+    if any(len(part.encode("utf-8")) > NAME_MAX for part in path.split("/")):
+        return f"a file or folder name is longer than {NAME_MAX} bytes"
+    return None
 
 
 class HashingReader(io.RawIOBase):
@@ -107,7 +173,7 @@ class TarMember:
     """One member as found in the tar (name as written, not yet normalized)."""
 
     name: str
-    kind: str  # file | dir | link | special
+    kind: str  # file | dir | link | special | sparse
     offset_data: int
     size: int
 
@@ -122,6 +188,18 @@ def normalize_member_name(name: str) -> str | None:
     if not parts or any(p == ".." for p in parts):
         return None
     return posixpath.join(*parts)
+
+
+def _skip_sparse_extensions(reader, shard: Path, offset: int, last: str | None) -> int:
+    """Read the extension blocks of an old GNU sparse header (type `S`); their bytes."""
+    read = 0
+    while True:
+        ext = reader.read(BLOCK)
+        read += BLOCK
+        if len(ext) < BLOCK:
+            raise ShardReadError(shard, f"a sparse header cut short at byte {offset}", last)
+        if not ext[504]:
+            return read
 
 
 _KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"1": "link", b"2": "link"}
@@ -170,6 +248,8 @@ def iter_members(
     offset = 0
     while True:
         block = reader.read(BLOCK)
+        if offset == 0 and (compressed := compression_of(block)):
+            raise CompressedShardError(shard, *compressed)
         if len(block) < BLOCK:
             what = "no end-of-archive marker" if not block else "a header cut short"
             raise ShardReadError(shard, f"{what} at byte {offset}", last)
@@ -198,14 +278,25 @@ def iter_members(
             if typeflag == b"L":
                 pending["path"] = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif typeflag == b"x":
-                pending.update(_pax_records(meta))
+                try:
+                    pending.update(_pax_records(meta))
+                except ValueError as exc:
+                    detail = f"a malformed pax header at byte {offset}"
+                    raise ShardReadError(shard, detail, last) from exc
             offset = offset_data + padded
             continue
         if "path" in pending:
             name = pending["path"]
         if "size" in pending:
+            if not pending["size"].isdigit():
+                raise ShardReadError(shard, f"a malformed pax size at byte {offset}", last)
             size = int(pending["size"])
             padded = -(-size // BLOCK) * BLOCK
+        if typeflag == b"S" or any(k.startswith("GNU.sparse.") for k in pending):
+            kind = "sparse"  # its data is a sparse map, not the file: never written
+            name = pending.get("GNU.sparse.name", name)
+            if typeflag == b"S" and block[482]:
+                offset_data += _skip_sparse_extensions(reader, shard, offset, last)
         pending = {}
         data = None
         if kind == "file":
