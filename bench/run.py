@@ -1,7 +1,8 @@
 """Benchmark shardprep against GNU `tar xf` and the manual preset, in one run at one scale.
 
     python bench/run.py --samples 30000 --shards 10 [--large] [--quirks] [--jobs N]
-                        [--flat] [--out bench/results-<name>.json] [--workdir DIR] [--keep]
+                        [--flat] [--tmpfs] [--profile] [--out bench/results-<name>.json]
+                        [--workdir DIR] [--keep]
 
 Every timed step runs as a child process: wall time, CPU time (user+sys of the child and
 every descendant it waited for, from `os.wait4`), peak memory, and disk blocks read and
@@ -14,10 +15,12 @@ import argparse
 import contextlib
 import hashlib
 import json
+import marshal
 import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.profiles import format_summary, summarize  # noqa: E402
+from bench.tmpfs import MountError, tmpfs_mounted  # noqa: E402
 from sample.generate import make_dataset, plan_shard, write_config  # noqa: E402
 
 MB = 1 << 20
@@ -35,6 +40,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER = ".shardprep-bench"
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 LAUNCHER = REPO / "bench" / "launch.py"
+FLOOR_CAPTIONS = REPO / "bench" / "floor_captions.py"
+DEFAULT_WORKDIR = REPO / "bench" / "work" / "run"  # gitignored
 # ext4 RECENTCY_MIN + RECENTCY_DIRTY: the steps create inodes in the same inode table
 # blocks, which makes them dirty again, so the 360 s window applies, not the clean 60 s
 RECENTLY_DELETED_S = 365
@@ -154,6 +161,29 @@ def read_through(paths: list[Path]) -> None:
                 pass
 
 
+def end_session(proc: subprocess.Popen) -> None:
+    """Kill a step's process group (the launcher and everything it started) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def caption_pairs(data_dir: Path, field: str = "short_caption") -> list[tuple[bytes, bytes]]:
+    """(caption path, caption bytes) per JSON in `data_dir`, by extract-captions.py's rule:
+    JSONs with a width, `<splitext(image_name)[0]>.txt`; non-string captions left out."""
+    pairs = []
+    for entry in os.scandir(data_dir):
+        if not entry.name.endswith(".json"):
+            continue
+        with open(entry.path, encoding="utf-8") as f:
+            obj = json.load(f)
+        text = obj.get(field) if isinstance(obj, dict) and "width" in obj else None
+        if isinstance(text, str) and isinstance(obj.get("image_name"), str):
+            path = os.path.join(data_dir, os.path.splitext(obj["image_name"])[0] + ".txt")
+            pairs.append((os.fsencode(path), text.encode("utf-8")))
+    return pairs
+
+
 def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> dict:
     """Run `cmd` once through bench/launch.py: wall, CPU and max RSS from its `wait4`,
     plus the summed RSS of the command's process tree sampled every 50 ms."""
@@ -163,13 +193,25 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> 
     launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
     busy0, own0, load0 = busy_cpu_s(), own_cpu_s(), os.getloadavg()[0]
     with open(log, "wb") as out:
+        # own session: on Ctrl-C or an error the whole step's tree is ended here, so
+        # nothing keeps files open on a tmpfs that must be unmounted
         proc = subprocess.Popen(
-            launcher + cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
+            launcher + cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         sampler = TreeSampler(proc.pid, skip_root=True)
         sampler.start()
-        proc.wait()
-        sampler.stop()
+        try:
+            proc.wait()
+        except BaseException:
+            end_session(proc)
+            raise
+        finally:
+            sampler.stop()
     other_cpu = (busy_cpu_s() - busy0) - (own_cpu_s() - own0)
     if proc.returncode != 0:
         raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
@@ -229,6 +271,9 @@ class Bench:
         self.checks: list[dict] = []
         self.notes: list[str] = []
         self.can_drop = False
+        self.tmpfs = args.tmpfs
+        self.profiles: dict[str, dict] = {}
+        self.new_tar: Path | None = None
         self.python = sys.executable
         # The generator's small images (8-64 px) are all under SimpleTuner's default
         # minimum_image_size (0.75 MP): the audit would note every one of them, which the
@@ -249,6 +294,8 @@ class Bench:
 
     def prepare_cold(self, tars: list[Path]) -> str:
         """Make the next step start from a cold page cache (or an equally warm one)."""
+        if self.tmpfs:
+            return "tmpfs (every file in memory)"
         if self.can_drop:
             drop_caches()
             # Code warm, data cold: a build is judged on its data, not on loading pyarrow.
@@ -294,8 +341,11 @@ class Bench:
         inode table block is dirty) and checks every such slot on each create
         (`recently_deleted` in fs/ext4/ialloc.c; most of the kernel time in `perf`).
         Creating 60k files took 5 s to 37 s here, depending on how recently 60k others
-        had been deleted.
+        had been deleted. On tmpfs the folder is deleted at once (it holds memory).
         """
+        if self.tmpfs:
+            shutil.rmtree(path)
+            return
         trash = self.work / "trash"
         trash.mkdir(exist_ok=True)
         path.rename(trash / f"{len(list(trash.iterdir()))}-{path.name}")
@@ -318,14 +368,26 @@ class Bench:
 
     # -- phases
 
-    def setup(self) -> None:
+    def clear_workdir(self) -> None:
+        """Empty a previous run's workdir; refuse a folder this script did not make."""
+        if self.tmpfs and os.path.ismount(self.work):
+            raise MountError(f"{self.work} is already a mount point: `umount {self.work}` first")
         if self.work.exists() and any(self.work.iterdir()):
             if not (self.work / MARKER).exists():
                 sys.exit(f"{self.work} is not empty and not a bench workdir: refusing to clear it")
             shutil.rmtree(self.work)
-            wait_after_mass_delete()
+            if not self.tmpfs:  # the tmpfs's creates do not meet ext4's freed inodes
+                wait_after_mass_delete()
         self.work.mkdir(parents=True, exist_ok=True)
+
+    def setup(self) -> None:
         (self.work / MARKER).write_text("scratch folder of bench/run.py\n")
+        if self.tmpfs:
+            self.notes.append(
+                f"work folder on a tmpfs (size={self.args.tmpfs_size}): shards and outputs in "
+                "memory, no page cache dropped, finished copies deleted at once"
+            )
+            return
         self.can_drop = drop_caches()
         if not self.can_drop:
             self.notes.append("page cache cannot be dropped here: all steps are warm-cache runs")
@@ -356,8 +418,11 @@ class Bench:
         return tars
 
     def tar_floor(self) -> None:
+        """GNU `tar xf` of every shard; then (the floor's second part) one bare
+        open/write/close per caption into the same folder, timed as its own step."""
         script = 'd=$1; shift; for f in "$@"; do tar xf "$f" -C "$d" || exit 1; done'
-        runs = []
+        with_captions = "floor" not in self.args.skip
+        runs, caption_runs = [], []
         for i in range(self.args.cold_repeat):
             dest = self.work / "tarfloor" / "data"
             dest.mkdir(parents=True)
@@ -369,8 +434,46 @@ class Bench:
                     self.logs / f"{len(self.steps):02d}-tar_xf-{i}.log",
                 )
             )
+            if with_captions:
+                caption_runs.append(self.floor_captions(dest, i))
             self.set_aside(dest.parent)
         self.keep_median("tar_xf", runs, input_bytes=self.tar_bytes, cache=cache)
+        if caption_runs:
+            self.keep_median("floor_captions", caption_runs, cache="warm (right after tar xf)")
+
+    def floor_captions(self, dest: Path, i: int) -> dict:
+        """The captions of `dest`'s JSONs, written by bench/floor_captions.py (JSONs parsed
+        here first, untimed: the floor writes caption files, it does not read JSON)."""
+        pairs = caption_pairs(dest)
+        pairs_file = self.logs / f"floor-captions-{i}.marshal"
+        pairs_file.parent.mkdir(parents=True, exist_ok=True)
+        pairs_file.write_bytes(marshal.dumps(pairs))
+        r = measure(
+            f"floor_captions#{i + 1}",
+            [self.python, "-I", "-S", str(FLOOR_CAPTIONS), str(pairs_file)],
+            self.logs / f"{len(self.steps):02d}-floor_captions-{i}.log",
+            input_bytes=sum(len(t) for _, t in pairs),
+            files=len(pairs),
+        )
+        pairs_file.unlink()
+        return r
+
+    def cp_tars(self) -> None:
+        """A plain `cp` of the tars into a fresh folder: the same bytes written once."""
+        runs = []
+        for i in range(self.args.cold_repeat):
+            dest = self.work / "cpfloor"
+            dest.mkdir()
+            cache = self.prepare_cold(self.tars)
+            runs.append(
+                measure(
+                    f"cp_tars#{i + 1}",
+                    ["cp", "--", *map(str, self.tars), str(dest)],
+                    self.logs / f"{len(self.steps):02d}-cp_tars-{i}.log",
+                )
+            )
+            self.set_aside(dest)
+        self.keep_median("cp_tars", runs, input_bytes=self.tar_bytes, cache=cache)
 
     def preset(self) -> None:
         self.preset_dir = self.work / "preset"
@@ -456,6 +559,7 @@ class Bench:
             quirks=a.quirks,
             start=a.shards,
         )[0]
+        self.new_tar = new
         r = self.step(
             "new_shard", self.doit_cmd(root), input_bytes=new.stat().st_size, cache="warm"
         )
@@ -516,7 +620,8 @@ class Bench:
         self.check("caption switch back exits 0", r["rc"] == 0)
         self.sample_captions("after switch back to short_caption", "short_caption")
 
-    def audit(self) -> None:
+    def has_audit(self) -> bool:
+        """Whether `doit list` shows an `audit` task."""
         listing = subprocess.run(
             self.doit_cmd(self.root, "list"),
             cwd=REPO,
@@ -524,7 +629,10 @@ class Bench:
             text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         ).stdout
-        if not any(line.split()[:1] == ["audit"] for line in listing.splitlines()):
+        return any(line.split()[:1] == ["audit"] for line in listing.splitlines())
+
+    def audit(self) -> None:
+        if not self.has_audit():
             self.notes.append("`doit list` shows no `audit` task: audit not measured")
             print("  audit: no such task yet, skipped", flush=True)
             return
@@ -593,6 +701,33 @@ class Bench:
             shards=half,
         )
         self.check("cold (half the shards) exits 0", r["rc"] == 0)
+        self.set_aside(root)
+
+    def profile(self) -> None:
+        """Our steps once more under cProfile, untimed, in a root of their own (serial
+        `doit`: every task runs in its one process, so the profile covers the build)."""
+        root = self.link_root("ds-prof", self.tars)
+        steps: list[tuple[str, list[str]]] = [("cold", []), ("noop", [])]
+        if "audit" not in self.args.skip and self.has_audit():
+            steps.append(("audit", ["audit", *self.args.audit_args]))
+        if self.new_tar is not None:
+            steps.append(("new_shard", []))
+        if "switch" not in self.args.skip:
+            steps.append(("caption_switch", ["caption_field=long_caption"]))
+        print("profiled runs (cProfile, not timed):", flush=True)
+        for name, extra in steps:
+            if name == "new_shard":
+                os.link(self.new_tar, root / "hub" / "data" / self.new_tar.name)
+            self.prepare_cold(self.tars)
+            prof = self.logs / f"profile-{name}.prof"
+            cmd = [self.python, "-m", "cProfile", "-o", str(prof), "-m", "doit"]
+            cmd += [f"config={root / 'dataset.toml'}", *extra]
+            r = measure(f"profile:{name}", cmd, self.logs / f"profile-{name}.log")
+            summary = {"wall_s": r["wall_s"], "rc": r["rc"], "cmd": r["cmd"]}
+            if prof.exists():
+                summary.update(summarize(prof, REPO))
+                summary["prof_file"] = str(prof)
+            self.profiles[name] = summary
         self.set_aside(root)
 
     # -- correctness cross-checks (untimed)
@@ -666,17 +801,35 @@ class Bench:
     # -- the whole run
 
     def run(self) -> dict:
+        """The whole run; on a tmpfs mounted for it with --tmpfs."""
         a = self.args
         self.code = code_fingerprint()
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.loadavg_at_start = os.getloadavg()
+        self.clear_workdir()
+        if not a.tmpfs:
+            result = self.run_steps()
+            if not a.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
+            return result
+        with tmpfs_mounted(self.work, a.tmpfs_size, keep=a.keep) as mount_notes:
+            result = self.run_steps()
+        result["notes"] += mount_notes
+        for n in mount_notes:
+            print(f"note: {n}")
+        return result
+
+    def run_steps(self) -> dict:
+        """Every step in order, then the report."""
+        a = self.args
         self.setup()
         self.generate()
-        print(
-            f"timed steps ({'cache dropped before cold steps' if self.can_drop else 'warm'}):",
-            flush=True,
-        )
+        cache = "tmpfs" if self.tmpfs else "cache dropped before cold steps"
+        print(f"timed steps ({cache if self.tmpfs or self.can_drop else 'warm'}):", flush=True)
         if "tar" not in a.skip:
             self.tar_floor()
+        if "cp" not in a.skip:
+            self.cp_tars()
         if "preset" not in a.skip:
             self.preset()
         self.shardprep()
@@ -687,10 +840,9 @@ class Bench:
             self.parallel()
         if a.flat:
             self.flat()
-        result = self.report()
-        if not a.keep:
-            shutil.rmtree(self.work, ignore_errors=True)
-        return result
+        if a.profile:
+            self.profile()
+        return self.report()
 
     # -- report
 
@@ -701,6 +853,8 @@ class Bench:
         a = self.args
         s = self.by_name()
         w = {k: v["wall_s"] for k, v in s.items()}
+        if "tar_xf" in w and "floor_captions" in w:
+            w["floor"] = w["tar_xf"] + w["floor_captions"]
         ratios = {}
 
         def ratio(key: str, num: str, den: str) -> None:
@@ -722,6 +876,9 @@ class Bench:
         }
         ratio("cold / tar_xf", "cold", "tar_xf")
         ratio("cold / preset", "cold", "preset")
+        ratio("cold / floor", "cold", "floor")
+        ratio("cold / cp_tars", "cold", "cp_tars")
+        ratio("preset / floor", "preset", "floor")
         ratio("preset / tar_xf", "preset", "tar_xf")
         ratio("noop / cold", "noop", "cold")
         ratio("new_shard / cold", "new_shard", "cold")
@@ -750,24 +907,13 @@ class Bench:
             "audit",
         ]
         peak = max(s[k]["peak_mb"] for k in serial if k in s)
+        ours = [k for k in s if k in serial or k.startswith(("cold", "noop"))]
+        peak_proc = max(s[k]["max_proc_rss_mb"] for k in ours)
         total = a.samples
-        targets = []
+        targets = issue18_targets(ratios, peak_proc, a)
 
         def target(issue: str, what: str, value, limit, applies: bool, unit: str = "x") -> None:
-            if value is None:
-                targets.append(dict(issue=issue, target=what, verdict="SKIP", applies=applies))
-                return
-            targets.append(
-                dict(
-                    issue=issue,
-                    target=what,
-                    value=value,
-                    limit=limit,
-                    unit=unit,
-                    applies=applies,
-                    verdict="PASS" if value <= limit else "FAIL",
-                )
-            )
+            targets.append(target_row(issue, what, value, limit, applies, unit))
 
         small = not a.large
         target(
@@ -859,13 +1005,55 @@ class Bench:
             "steps": self.steps,
             "ratios": ratios,
             "cpu_ratios": cpu_ratios,
+            "floor_s": w.get("floor"),
             "peak_memory_mb_serial": peak,
+            "peak_rss_mb_per_process": peak_proc,
+            "loadavg_at_start": self.loadavg_at_start,
             "targets": targets,
+            "profiles": self.profiles,
             "checks": self.checks,
             "notes": self.notes,
         }
         print_report(result)
         return result
+
+
+def issue18_targets(ratios: dict[str, float], peak_proc_mb: float, a: argparse.Namespace) -> list:
+    """Issue 18's targets: small images on tmpfs (30k in 10 shards), large images on disk."""
+    small = not a.large and a.tmpfs
+    large = a.large and not a.tmpfs
+    rows = [
+        ("cold <= 0.6 x preset (tmpfs)", ratios.get("cold / preset"), 0.6, small, "x"),
+        ("cold <= 2.0 x floor (tar xf + caption writes)", ratios.get("cold / floor"), 2.0, small),
+        (
+            "new shard (1 of 11) <= 0.12 x cold",
+            ratios.get("new_shard / cold"),
+            0.12,
+            small and a.shards == 10,
+        ),
+        (
+            "caption switch <= 0.3 x preset's extract-captions",
+            ratios.get("caption_switch / preset_extract_captions"),
+            0.3,
+            small,
+        ),
+        ("no-op <= 0.05 x cold", ratios.get("noop / cold"), 0.05, small),
+        ("peak RSS <= 300 MB per process", peak_proc_mb, 300, True, "MB"),
+        ("cold <= 0.8 x tar xf (large images, disk)", ratios.get("cold / tar_xf"), 0.8, large),
+        ("cold <= 1.25 x cp of the tars (large, disk)", ratios.get("cold / cp_tars"), 1.25, large),
+    ]
+    return [target_row("18", *row) for row in rows]
+
+
+def target_row(
+    issue: str, what: str, value: float | None, limit: float, applies: bool, unit: str = "x"
+) -> dict:
+    """One target's verdict: PASS or FAIL against its limit, SKIP when not measured."""
+    row = dict(issue=issue, target=what, applies=applies)
+    if value is None:
+        return {**row, "verdict": "SKIP"}
+    verdict = "PASS" if value <= limit else "FAIL"
+    return {**row, "value": value, "limit": limit, "unit": unit, "verdict": verdict}
 
 
 def code_fingerprint() -> dict:
@@ -919,6 +1107,16 @@ def print_report(r: dict) -> None:
             print(
                 "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
             )
+    if r.get("floor_s") is not None:
+        print(f"{'floor = tar_xf + floor_captions':<34}{r['floor_s']:9.2f}")
+    print(f"peak RSS of one process (ru_maxrss), our steps: {r['peak_rss_mb_per_process']:.1f} MB")
+    load = r["machine"]["loadavg_at_end"]
+    print(
+        "load average at start "
+        + " ".join(f"{v:.2f}" for v in r["loadavg_at_start"])
+        + ", at end "
+        + " ".join(f"{v:.2f}" for v in load)
+    )
     print()
     print("ratios (wall time):")
     for k, v in r["ratios"].items():
@@ -928,15 +1126,18 @@ def print_report(r: dict) -> None:
     for k, v in r["cpu_ratios"].items():
         print(f"  {k:<48} {v:8.3f}")
     print()
-    print("targets:")
-    for t in r["targets"]:
-        scope = "" if t["applies"] else "   (issue's scale differs from this run)"
-        if t["verdict"] == "SKIP":
-            print(f"  SKIP  issue {t['issue']:<4} {t['target']}{scope}")
+    print("targets of issue 18 (tmpfs: 30k small samples in 10 shards; disk: large images):")
+    print_targets([t for t in r["targets"] if t["issue"] == "18"])
+    print("targets of earlier issues:")
+    print_targets([t for t in r["targets"] if t["issue"] != "18"])
+    print()
+    for step, summary in r.get("profiles", {}).items():
+        if "by_self" not in summary:
+            print(f"profile {step}: no profile written (exit {summary['rc']})")
             continue
         print(
-            f"  {t['verdict']}  issue {t['issue']:<4} {t['target']:<60} "
-            f"{t['value']:8.3f} {t['unit']} (limit {t['limit']:g}){scope}"
+            f"profile {step}: {summary['total_s']:.2f} s under cProfile; top by self time: "
+            + "; ".join(f"{x['function']} {x['self_s']:.2f}" for x in summary["by_self"][:5])
         )
     print()
     failed = [c for c in r["checks"] if not c["ok"]]
@@ -945,6 +1146,33 @@ def print_report(r: dict) -> None:
         print(f"  FAILED {c['check']}: {c['detail']}")
     for n in r["notes"]:
         print(f"note: {n}")
+
+
+def print_targets(targets: list[dict]) -> None:
+    """One line per target: verdict, value and limit; marked when the run's scale differs."""
+    for t in targets:
+        scope = "" if t["applies"] else "   (issue's setting differs from this run)"
+        if t["verdict"] == "SKIP":
+            print(f"  SKIP  issue {t['issue']:<4} {t['target']}{scope}")
+            continue
+        print(
+            f"  {t['verdict']}  issue {t['issue']:<4} {t['target']:<52} "
+            f"{t['value']:8.3f} {t['unit']} (limit {t['limit']:g}){scope}"
+        )
+
+
+def write_profiles(result: dict, path: Path) -> None:
+    """The profile summaries as text, with the command and the code they ran."""
+    lines = [
+        f"cProfile summaries of bench/run.py {' '.join(sys.argv[1:])}",
+        f"code {result['code']['sha256']}, run started {result['started']}; "
+        "serial doit, main thread only (the caption rewrite threads are not seen)",
+        "",
+    ]
+    for step, summary in result["profiles"].items():
+        if "by_self" in summary:
+            lines.append(format_summary(step, summary))
+    path.write_text("\n".join(lines))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -964,7 +1192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         nargs="*",
         default=[],
-        choices=["tar", "preset", "switch", "audit"],
+        choices=["tar", "floor", "cp", "preset", "switch", "audit"],
         help="leave steps out (e.g. at a scale where they would take too long)",
     )
     p.add_argument(
@@ -978,7 +1206,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(the preset's 0.75), or 'auto' (0 for small images, kept for --large)",
     )
     p.add_argument("--gen-jobs", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--workdir", default="/work/bench-scratch/run", help="scratch folder")
+    p.add_argument(
+        "--workdir", default=str(DEFAULT_WORKDIR), help="scratch folder (default bench/work/run)"
+    )
+    p.add_argument(
+        "--tmpfs",
+        action="store_true",
+        help="mount a tmpfs on the workdir for the run (needs root); unmounted at the end",
+    )
+    p.add_argument("--tmpfs-size", default="8G", help="size= of the tmpfs (default 8G)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run our steps once more under cProfile (untimed): top functions in the result",
+    )
     p.add_argument("--keep", action="store_true", help="keep the workdir at the end")
     p.add_argument("--out", help="write the result JSON here")
     args = p.parse_args(argv)
@@ -987,13 +1228,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C: the current step is killed, the tmpfs unmounted."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"bench: python {sys.executable}, repo {REPO}, workdir {args.workdir}", flush=True)
-    result = Bench(args).run()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        result = Bench(args).run()
+    except MountError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        out = Path(args.out)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        if result["profiles"]:
+            text = out.with_suffix(".profile.txt")
+            write_profiles(result, text)
+            print(f"wrote {text}")
     bad = any(s["rc"] != 0 for s in result["steps"]) or not all(c["ok"] for c in result["checks"])
     return 1 if bad else 0
 
