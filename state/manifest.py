@@ -23,6 +23,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from state.meta import get as get_meta  # noqa: F401  (the old import path)
+from state.meta import set as set_meta
+
 MANIFEST_NAME = "manifest.sqlite"
 WAL_SWITCH_WAIT_S = 60  # how long a first open retries a WAL switch another process holds up
 # set when the manifest is created over a data/ that already holds files (state reset):
@@ -48,7 +51,7 @@ SHARD_COLUMNS = {
 FILE_COLUMNS = {
     "path": str,
     "shard": str,
-    "kind": str,  # image | json | caption | aside
+    "kind": str,  # a FileKind (state/kinds.py)
     "sample": str,
     "member": str,
     "offset": int,
@@ -250,17 +253,6 @@ def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
 def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
     """Delete the `files` rows of `paths`."""
     conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
-
-
-def get_meta(db: sqlite3.Connection, key: str) -> str | None:
-    """A value from the `meta` table, or None."""
-    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    """Set a value in the `meta` table (inside the caller's transaction)."""
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 def query(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> Iterator[dict]:

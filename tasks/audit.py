@@ -32,11 +32,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from state import files, quirks, shards
 from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
 from state.manifest import manifest_path, open_readonly
 from tasks.audit_dataloader import check_dataloader
-from tasks.audit_deep import FILE_QUERY, Seen, deep_files
+from tasks.audit_deep import Seen, deep_files
 from tasks.audit_pairing import (
     Fingerprint,
     PairTallies,
@@ -221,8 +222,7 @@ def _fast_files(conn, root: str, judge: _Judge) -> None:
     judge.report.files_checked += found.same
     judge.present_in_data += found.present
     for chunk in batched(found.closer):
-        marks = ",".join("?" * len(chunk))
-        for row in conn.execute(f"{FILE_QUERY} WHERE path IN ({marks})", chunk):
+        for row in files.audit_rows(conn, chunk):
             judge(row, _look(root, row))
 
 
@@ -359,8 +359,8 @@ def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
     folder = settings.incomplete_dir / EDITED_CAPTIONS
     if not folder.is_dir():
         return
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in sorted(files):
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in sorted(names):
             path = os.path.relpath(os.path.join(dirpath, name), settings.root)
             report.add(
                 "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
@@ -378,9 +378,7 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
         "header_height",
         "image_name",
     ]
-    for (shard,) in conn.execute(
-        "SELECT name FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
-    ).fetchall():
+    for shard, _ in shards.with_partition(conn):
         try:
             t = read_partition(settings, shard, columns)
         except (OSError, pa.ArrowException):
@@ -425,15 +423,8 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
 
 
 def _check_quirks(conn, report: AuditReport) -> None:
-    aside = {
-        (shard, member): path
-        for shard, member, path in conn.execute(
-            "SELECT shard, member, path FROM files WHERE kind = 'aside'"
-        )
-    }
-    for shard, kind, member, path, detail in conn.execute(
-        "SELECT shard, kind, member, path, detail FROM quirks ORDER BY shard, rowid"
-    ):
+    aside = files.aside_members(conn)
+    for shard, kind, member, path, detail in quirks.rows(conn):
         where = aside.get((shard, member)) or path
         words = f"{member}: {detail}" if member else detail
         if kind not in KINDS:
@@ -444,8 +435,8 @@ def _check_quirks(conn, report: AuditReport) -> None:
 
 def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
     known = set()
-    for name, path, size, mtime_ns, status, error in conn.execute(
-        "SELECT name, path, size, mtime_ns, status, error FROM shards ORDER BY name"
+    for name, path, size, mtime_ns, status, error in shards.rows(
+        conn, "name", "path", "size", "mtime_ns", "status", "error"
     ):
         known.add(name)
         try:
@@ -467,10 +458,7 @@ def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
 def _check_duplicates(conn, report: AuditReport) -> None:
     """Images with the same content under several names (one grouped scan of the images)."""
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for digest, path, shard in conn.execute(
-        "SELECT xxh3, path, shard FROM files WHERE kind = 'image' AND xxh3 IN "
-        "(SELECT xxh3 FROM files WHERE kind = 'image' GROUP BY xxh3 HAVING count(*) > 1)"
-    ):
+    for digest, path, shard in files.duplicate_images(conn):
         groups[digest].append((path, shard))
     for members in groups.values():
         members.sort()
@@ -483,7 +471,7 @@ def _check_expected(conn, settings: Settings, report: AuditReport, table: TableF
         return
     samples = table.rows if table.readable else None
     if samples is None:
-        samples = conn.execute("SELECT coalesce(sum(samples), 0) FROM shards").fetchone()[0]
+        samples = shards.total_samples(conn)
         report.samples = samples
     if samples != settings.expected_samples:
         report.add(

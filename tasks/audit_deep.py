@@ -21,13 +21,13 @@ from stat import S_ISDIR
 
 import xxhash
 
+from state import files, quirks, shards
 from tasks.audit_pairing import counted_in_data
 from tasks.audit_report import AuditReport
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
 
-FILE_QUERY = "SELECT path, shard, kind, sample, size, mtime_ns, xxh3 FROM files"
 BIG_FILE = 64 << 20
 
 
@@ -50,7 +50,7 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
     """
     pending: dict[tuple, tuple] = {}
     batch: list[tuple] = []
-    cursor = conn.execute(FILE_QUERY)
+    cursor = files.audit_rows(conn)
     while rows := cursor.fetchmany(4096):
         for r in rows:
             kind = r[2]
@@ -73,7 +73,7 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
 
 def deep_files(conn, root: str, report: AuditReport, judge) -> None:
     """Read and hash every file in reader threads; judge the results in order."""
-    total = conn.execute("SELECT coalesce(sum(size), 0) FROM files").fetchone()[0]
+    total = files.total_size(conn)
     progress = Progress("audit --deep", total)
     workers = min(16, 4 * (os.cpu_count() or 1))  # reads wait on the disk: keep it busy
     mismatches: list = []
@@ -113,12 +113,7 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
 def _note_cut_images(conn, cut: list[tuple[str, str, str]], report: AuditReport) -> None:
     """Note each image the tar held cut or corrupt, but not one the build noted already."""
     for path, shard, problem in cut:
-        noted = conn.execute(
-            "SELECT 1 FROM quirks q JOIN files f ON f.shard = q.shard AND f.member = q.member"
-            " WHERE f.path = ? AND q.kind = 'truncated_image' LIMIT 1",
-            (path,),
-        ).fetchone()
-        if noted is None:
+        if not quirks.noted_for_file(conn, path, "truncated_image"):
             report.add("truncated_image", path, shard, problem)
 
 
@@ -289,7 +284,7 @@ def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -
     Without the tar: damage, unless the JSON is edited since the build (note).
     """
     names = {"md5": "md5_file_hash", "sha512": "sha512_hash"}
-    tars = {n: p for n, p in conn.execute("SELECT name, path FROM shards")}
+    tars = shards.paths(conn)
     for json_row, json_digest, image_row, want, got, wrong in mismatches:
         image, shard = image_row[0], image_row[1]
         detail = ", ".join(f"{a} {got[a][:12]}… but {names[a]} {want[a][:12]}…" for a in wrong)
@@ -333,7 +328,7 @@ def checksums_match(data: bytes, want: dict[str, str]) -> bool:
 
 def member_bytes(conn, tar: Path, path: str) -> bytes | None:
     """The bytes of the tar member a manifest row came from, or None (tar changed)."""
-    row = conn.execute("SELECT member, offset FROM files WHERE path = ?", (path,)).fetchone()
+    row = files.member_of(conn, path)
     if row is None:
         return None
     try:

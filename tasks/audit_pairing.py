@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from state import files
 from tasks.captions import caption_path
 
 TRAINER_FILE_PREFIX = "aspect_ratio_bucket_"  # SimpleTuner's own files in data/
@@ -141,8 +142,7 @@ def batched(items: Iterable, size: int = LOOKUP_BATCH) -> Iterator[list]:
 
 def known_paths(conn: sqlite3.Connection, paths: list[str]) -> set[str]:
     """Those of `paths` (at most a few hundred) that the manifest has a row for."""
-    marks = ",".join("?" * len(paths))
-    return {p for (p,) in conn.execute(f"SELECT path FROM files WHERE path IN ({marks})", paths)}
+    return files.known(conn, paths)
 
 
 def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
@@ -171,10 +171,7 @@ def images_without_caption(
 ) -> Iterator[tuple[str, str | None, str]]:
     """(image, shard, caption) for images on disk whose caption is neither a manifest row
     nor a file on disk (a caption row whose file is gone is reported as missing already)."""
-    rows = conn.execute(
-        "SELECT path, shard, sample FROM files "
-        "WHERE kind = 'image' AND substr(path, 1, 5) = 'data/'"
-    )
+    rows = files.images_in_data(conn)
     while batch := rows.fetchmany(LOOKUP_BATCH):
         wanted = [(path, shard, caption_of(path, sample)) for path, shard, sample in batch]
         known = known_paths(conn, [cap for _, _, cap in wanted])
@@ -194,31 +191,13 @@ def row_mismatches(
     """(images on disk without a table row with their shard, table rows whose image is
     neither in the manifest nor on disk), both sorted.
 
-    The table's names go into a temporary SQLite table (file-backed: memory stays flat),
-    then two anti-joins on primary keys answer both questions.
+    The table's names are streamed batch by batch (`files.table_mismatches`).
     """
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS table_rows (name TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("DELETE FROM temp.table_rows")
-    for batch in pq.ParquetFile(table_path).iter_batches(columns=["filename"]):
-        conn.executemany(
-            "INSERT OR IGNORE INTO temp.table_rows VALUES (?)",
-            ((n,) for n in batch.column("filename").to_pylist() if n is not None),
-        )
-    no_row = [
-        (path, shard)
-        for path, shard in conn.execute(
-            "SELECT path, shard FROM files WHERE kind = 'image' AND substr(path, 1, 5) = 'data/' "
-            "AND substr(path, 6) NOT IN (SELECT name FROM temp.table_rows) ORDER BY path"
-        )
-        if path not in missing
-    ]
-    no_image = [
-        f"data/{name}"
-        for (name,) in conn.execute(
-            "SELECT name FROM temp.table_rows WHERE 'data/' || name NOT IN "
-            "(SELECT path FROM files) ORDER BY name"
-        )
-        if not os.path.lexists(f"{root}data/{name}")
-    ]
-    conn.execute("DROP TABLE temp.table_rows")
+    names = (
+        [n for n in batch.column("filename").to_pylist() if n is not None]
+        for batch in pq.ParquetFile(table_path).iter_batches(columns=["filename"])
+    )
+    unnamed, unknown = files.table_mismatches(conn, names)
+    no_row = [(path, shard) for path, shard in unnamed if path not in missing]
+    no_image = [f"data/{name}" for name in unknown if not os.path.lexists(f"{root}data/{name}")]
     return no_row, no_image

@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state import files
 from state.manifest import open_readonly
 from tasks.audit_pairing import PairTallies, counted_in_data
 from tasks.progress import Progress
@@ -62,11 +63,7 @@ def stat_rows(
     fetched later by the caller.
     """
     found = StatPass(PairTallies(textfile))
-    sql = "SELECT path, size, mtime_ns, kind, sample FROM files"
-    if rowids is not None:
-        cursor = conn.execute(sql + " WHERE rowid BETWEEN ? AND ?", rowids)
-    else:
-        cursor = conn.execute(sql)
+    cursor = files.stat_rows(conn, rowids)
     stat, tally, closer = os.stat, found.tallies.add, found.closer
     same = present = handled = 0
     while batch := cursor.fetchmany(8192):
@@ -98,11 +95,7 @@ def stat_all_rows(
     `processes` forces a count (tests); by default it follows the row count and the CPUs
     this process may use.
     """
-    # three queries: SQLite answers a lone min() or max() from the b-tree's edge, but scans
-    # every row for both in one query (0.6 s at 3.5M rows)
-    (rows,) = conn.execute("SELECT count(*) FROM files").fetchone()
-    (first,) = conn.execute("SELECT min(rowid) FROM files").fetchone()
-    (last,) = conn.execute("SELECT max(rowid) FROM files").fetchone()
+    rows, first, last = files.rowid_span(conn)
     if processes is None:
         processes = _processes_for(rows)
     progress = Progress("audit: stat", rows, unit="files")

@@ -23,6 +23,7 @@ from stat import S_ISREG
 
 import pyarrow as pa
 
+from state import shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
     EDITED_CAPTIONS,
@@ -147,7 +148,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         with write_transaction(db) as conn:
             set_caption_failure(conn, shard, failure)
             if failure is None:
-                conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
+                shards.set_captions_key(conn, shard, key)
     finally:
         db.close()
     return result

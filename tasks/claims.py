@@ -15,13 +15,15 @@ import errno
 import os
 from dataclasses import dataclass
 
+from state import files
 from state.atomic import move_file, raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
+from state.kinds import MEMBER_KINDS, FileKind
 from state.manifest import upsert_files, write_transaction
 
 BATCH_MEMBERS = 512
 BATCH_BYTES = 32 << 20
-DIRECT_KINDS = ("image", "json")
+DIRECT_KINDS = MEMBER_KINDS
 # A path that cannot be written because a file stands where a folder is needed, or
 # the other way round: the member is staged and the conflict named at commit.
 PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
@@ -188,19 +190,7 @@ def path_blocked(root: str, rel: str) -> str | None:
 
 def owners_of(conn, paths: list[str]) -> dict[str, str]:
     """path -> owning shard, for the member paths (images, JSON, pending) among `paths`."""
-    owners: dict[str, str] = {}
-    for i in range(0, len(paths), 500):
-        chunk = paths[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        owners.update(
-            conn.execute(
-                # `+kind`: look rows up by path; an index on kind here scans every file
-                f"SELECT path, shard FROM files WHERE path IN ({marks}) "
-                "AND +kind IN ('image', 'json', 'pending')",
-                chunk,
-            ).fetchall()
-        )
-    return owners
+    return files.owners(conn, paths)
 
 
 def pending_row(shard: str, dest: str, m: Member) -> dict:
@@ -208,7 +198,7 @@ def pending_row(shard: str, dest: str, m: Member) -> dict:
     return {
         "path": dest,
         "shard": shard,
-        "kind": "pending",
+        "kind": FileKind.PENDING,
         "sample": None,
         "member": m.member,
         "offset": m.offset,

@@ -20,7 +20,7 @@ from pathlib import Path
 from doit import Globals
 from doit.exceptions import InvalidDodoFile
 
-from state import lock
+from state import lock, shards
 from state.checker import checker_for
 from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
@@ -291,7 +291,7 @@ def _known_shards(settings: Settings) -> list[str]:
     if conn is None:
         return []
     try:
-        return [r[0] for r in conn.execute("SELECT name FROM shards WHERE part_xxh3 IS NOT NULL")]
+        return [name for name, _ in shards.with_partition(conn)]
     except sqlite3.Error:
         return []
     finally:

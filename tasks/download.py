@@ -57,7 +57,8 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from huggingface_hub.utils._runtime import is_xet_available
 
-from state.manifest import open_manifest, query, set_meta, write_transaction
+from state import hub as hub_files
+from state.manifest import open_manifest, write_transaction
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("data/*.tar",)
 HUB_DIR = "hub"
@@ -238,9 +239,7 @@ def download_shards(
             _fetch_one(ctx, db, remote, state, f"[{i}/{len(todo)}]", summary)
         if not summary.failed:
             with write_transaction(db) as conn:
-                set_meta(conn, "hub_commit", commit)
-                set_meta(conn, "hub_repo_id", repo_id)
-                set_meta(conn, "hub_revision", revision)
+                hub_files.record_source(conn, commit, repo_id, revision)
     finally:
         db.close()
 
@@ -260,7 +259,7 @@ def _plan(
 ) -> list[tuple[_Remote, str]]:
     """The files to fetch with their state (`new`/`changed`); records the ones up to date
     and notes in `summary` the recorded files no longer upstream or no longer allowed."""
-    recorded = {row["path"]: row for row in query(db, "SELECT * FROM hub_files")}
+    recorded = hub_files.recorded(db)
     listed = {r.path for r in listing}
     allowed = {r.path for r in wanted}
     summary.gone_upstream = sorted(p for p in recorded if p not in listed)
@@ -518,11 +517,7 @@ def _row(ctx: _Context, remote: _Remote, sha256: str | None) -> dict:
 
 
 def _upsert_hub_file(conn: sqlite3.Connection, row: dict) -> None:
-    conn.execute(
-        'INSERT OR REPLACE INTO hub_files (path, size, sha256, "commit", local_path) '
-        "VALUES (:path, :size, :sha256, :commit, :local_path)",
-        row,
-    )
+    hub_files.upsert(conn, row)
 
 
 # --- errors and progress ----------------------------------------------------------------

@@ -19,8 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state import files, shards
+from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.hashing import file_matches, hash_bytes, hash_file
+from state.kinds import MEMBER_KINDS, FileKind
 from state.manifest import (
     ADOPT_KEY,
     ManifestError,
@@ -29,7 +32,6 @@ from state.manifest import (
     files_of_shard,
     get_meta,
     open_manifest,
-    query,
     shard_row,
     upsert_files,
     write_transaction,
@@ -52,6 +54,8 @@ from tasks.tarstream import (
 )
 
 COMMIT_BATCH = 1000
+IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION
+ASIDE, PENDING = FileKind.ASIDE, FileKind.PENDING
 CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
 
 
@@ -124,10 +128,7 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
         if same_stat or hash_file(tar_path) == row["xxh3"]:
             if not same_stat:
                 with write_transaction(db) as conn:
-                    conn.execute(
-                        "UPDATE shards SET mtime_ns = ?, path = ? WHERE name = ?",
-                        (st.st_mtime_ns, rel, name),
-                    )
+                    shards.moved(conn, name, rel, st.st_mtime_ns)
             return ExtractResult(name, "up-to-date", samples=row["samples"] or 0)
     renamed_from = _find_renamed(db, settings, name, tar_path, st)
     if renamed_from:
@@ -142,11 +143,7 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
     rel = os.path.relpath(tar_path, settings.root)
     candidates = [
         r
-        for r in query(
-            db,
-            "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
-            [st.st_size, name],
-        )
+        for r in shards.done_of_size(db, st.st_size, name)
         if r["path"] == rel or not (settings.root / r["path"]).exists()
     ]
     if not candidates:
@@ -162,25 +159,13 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
     old_part = settings.parts_dir / f"shard={old}"
     new_part = settings.parts_dir / f"shard={new}"
     with write_transaction(db) as conn:
-        conn.execute("DELETE FROM shards WHERE name = ?", (new,))
-        conn.execute(
-            "UPDATE shards SET name = ?, path = ?, mtime_ns = ?, captions_key = NULL "
-            "WHERE name = ?",
-            (new, rel, st.st_mtime_ns, old),
-        )
-        conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
-        conn.execute("UPDATE quirks SET shard = ? WHERE shard = ?", (new, old))
+        shards.rename(conn, old, new, rel, st.st_mtime_ns)
         if old_part.exists():
             shutil.rmtree(new_part, ignore_errors=True)
             old_part.rename(new_part)
             old_rel = os.path.relpath(old_part, settings.root)
             new_rel = os.path.relpath(new_part, settings.root)
-            conn.execute(
-                # substr, not LIKE: a shard name may hold `_` or `%`
-                "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
-                "AND substr(path, 1, ?) = ?",
-                (new_rel, len(old_rel) + 1, len(old_rel) + 1, old_rel + "/"),
-            )
+            files.move_partition_folder(conn, old_rel, new_rel)
 
 
 def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
@@ -215,7 +200,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    aside = sum(1 for p in placed.values() if p.kind == "aside")
+    aside = sum(1 for p in placed.values() if p.kind == ASIDE)
     return ExtractResult(
         name, "extracted", samples=len(rows), aside=aside, written=streamed + written
     )
@@ -257,9 +242,9 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 )
             kind = member_kind(path)
             m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
-            if kind == "image":
+            if kind == IMAGE:
                 m.header = image_size(data)
-            elif kind == "json":
+            elif kind == JSON:
                 raw = bytes(data)  # a view when large (iter_members)
                 m.obj, m.json_error = parse_json(raw)
                 if m.obj is not None:
@@ -284,9 +269,9 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
             sample = samples.get(key)
             if sample is None:
                 sample = samples[key] = Sample(key)
-            if kind == "json":
+            if kind == JSON:
                 sample.json = m
-            elif kind == "image":
+            elif kind == IMAGE:
                 sample.images.append(m)
             else:
                 sample.others.append(m)
@@ -388,7 +373,7 @@ def _winner(sample: Sample) -> Member:
 
 
 def _aside(shard: str, m: Member, sample: str, sub: str = "") -> Placement:
-    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", "aside", sample)
+    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", ASIDE, sample)
 
 
 def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], quirks: list[dict]):
@@ -396,7 +381,7 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
     placements: list[Placement] = []
     rows: dict[str, dict] = {}
     for m in duplicates:
-        placements.append(Placement(m, m.loc, "aside", sample_key(m.path)))
+        placements.append(Placement(m, m.loc, ASIDE, sample_key(m.path)))
     for key, s in samples.items():
         for m in s.others:
             quirks.append(
@@ -443,8 +428,8 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
                     )
                 )
                 placements.append(_aside(name, m, key))
-        placements.append(Placement(s.json, f"data/{s.json.path}", "json", key))
-        placements.append(Placement(image, f"data/{image.path}", "image", key))
+        placements.append(Placement(s.json, f"data/{s.json.path}", JSON, key))
+        placements.append(Placement(image, f"data/{image.path}", IMAGE, key))
         rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
         s.json.obj = None  # the row holds what is needed now
     return placements, rows
@@ -472,13 +457,12 @@ def _commit(
     for batch in _batches(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
             lost = _settle(conn, settings, name, batch, quirks) | blocked
-            conn.executemany(
-                "DELETE FROM files WHERE path = ? AND shard = ? AND kind = 'pending'",
-                [(p.dest, name) for p in batch if p.sample in lost and p.kind != "aside"],
+            files.drop_pending(
+                conn, name, [p.dest for p in batch if p.sample in lost and p.kind != ASIDE]
             )
             file_rows, vacated = [], []
             for p in batch:
-                if p.sample in lost and p.kind != "aside":
+                if p.sample in lost and p.kind != ASIDE:
                     p = _aside(name, p.member, p.sample)
                     rows.pop(p.sample, None)
                 m = p.member
@@ -487,15 +471,13 @@ def _commit(
                 try:
                     written += _place(settings, tar_path, p, made_dirs)
                 except OSError as exc:
-                    if p.kind != "aside" or exc.errno not in PATH_ERRNOS:
+                    if p.kind != ASIDE or exc.errno not in PATH_ERRNOS:
                         raise
                     p = _unplaced(name, p, len(placed), quirks)
                     written += _place(settings, tar_path, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
-            conn.executemany(
-                "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
-            )
+            files.drop_of_shard(conn, name, vacated)
             remove_empty_folders(settings.data_dir, vacated)
             upsert_files(conn, file_rows)
     return placed, rows, written
@@ -507,7 +489,7 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
     dest = f"incomplete/{name}/unplaced/{index}{posixpath.splitext(p.dest)[1]}"
     detail = f"{p.dest} is blocked by a file or folder: kept as {dest}"
     quirks.append(_quirk(name, "path_conflict", p.member.member, dest, detail))
-    return Placement(p.member, dest, "aside", p.sample)
+    return Placement(p.member, dest, ASIDE, p.sample)
 
 
 def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
@@ -519,7 +501,7 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
     blocked: set[str] = set()
     root = str(settings.root)
     for p in placements:
-        if p.kind == "aside" or p.member.loc == p.dest or p.sample in blocked:
+        if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
         why = path_blocked(root, p.dest)
         if why is not None:
@@ -543,7 +525,7 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
     A member this shard wrote straight into `data/` whose path was taken meanwhile (by
     a shard sorting earlier) finds its bytes where that shard put them, else in the tar.
     """
-    dests = [p.dest for p in batch if p.kind != "aside"]
+    dests = [p.dest for p in batch if p.kind != ASIDE]
     owners = {k: v for k, v in owners_of(conn, dests).items() if v != name}
     lost: set[str] = set()
     for p in batch:
@@ -589,10 +571,10 @@ def _displace(conn, settings: Settings, other: str, dest: str) -> None:
         (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
         move_file(src, settings.root / aside)
         remove_empty_folders(settings.data_dir, [dest])
-    row.update(path=aside, kind="aside")
+    row.update(path=aside, kind=ASIDE)
     delete_files(conn, [dest])
     upsert_files(conn, [row])
-    conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
+    shards.invalidate(conn, [other], partition=True)
 
 
 def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]) -> int:
@@ -662,38 +644,29 @@ def _finish(
         r
         for path, r in previous.items()
         if path not in placed
-        and r["kind"] in ("image", "json", "aside", "pending")
+        and r["kind"] in (IMAGE, JSON, ASIDE, PENDING)
         and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
     kept = kept + _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         delete_files(conn, [r["path"] for r in stale])
-        conn.execute("DELETE FROM quirks WHERE shard = ?", (name,))
-        conn.executemany(
-            "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
-            [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
-        )
+        quirk_rows.replace(conn, name, quirks)
         upsert_files(conn, [part_row, *kept])
         current = json_digest(conn, name)
-        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
-        conn.execute("DELETE FROM shards WHERE name = ?", (name,))
-        conn.execute(
-            "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
-            "aside, error, part_xxh3, json_digest, captions_key) "
-            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?, ?, NULL)",
-            (
-                name,
-                rel,
-                st.st_size,
-                st.st_mtime_ns,
-                digest,
-                len(placed),
-                len(rows),
-                sum(1 for p in placed.values() if p.kind == "aside"),
-                part_row["xxh3"],
-                current if current == expected else None,
-            ),
+        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == JSON)
+        shards.mark_done(
+            conn,
+            name,
+            path=rel,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            xxh3=digest,
+            members=len(placed),
+            samples=len(rows),
+            aside=sum(1 for p in placed.values() if p.kind == ASIDE),
+            part_xxh3=part_row["xxh3"],
+            json_digest=current if current == expected else None,
         )
 
 
@@ -708,14 +681,14 @@ def _clear_stale_data(
     stale = [
         r
         for path, r in previous.items()
-        if path.startswith("data/") and path not in planned and r["kind"] in ("image", "json")
+        if path.startswith("data/") and path not in planned and r["kind"] in MEMBER_KINDS
     ]
     dropped = []
     for r in stale:
-        if r["kind"] != "image":
+        if r["kind"] != IMAGE:
             continue
         caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
-        ours = caption is not None and caption["kind"] == "caption" and caption["shard"] == name
+        ours = caption is not None and caption["kind"] == CAPTION and caption["shard"] == name
         if ours and _left_as_built(settings.root / caption["path"], caption):
             (settings.root / caption["path"]).unlink()
             dropped.append(caption["path"])
@@ -732,7 +705,7 @@ def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) 
         target = settings.root / r["path"]
         if _left_as_built(target, r):
             target.unlink(missing_ok=True)
-        elif r["path"].startswith("data/") and r["kind"] != "pending" and target.is_file():
+        elif r["path"].startswith("data/") and r["kind"] != PENDING and target.is_file():
             kept.append(_keep_edited(settings, name, r, quirks))
     remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
     return kept
@@ -772,7 +745,7 @@ def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> 
     return {
         **r,
         "path": dest,
-        "kind": "aside",
+        "kind": ASIDE,
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "xxh3": hash_file(target),
@@ -802,7 +775,7 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
         r
         for r in files_of_shard(db, name)
         if r["path"].startswith("data/")
-        and r["kind"] in ("image", "json", "pending")
+        and r["kind"] in (IMAGE, JSON, PENDING)
         and not _vouched(previous.get(r["path"]), r)
     ]
     for r in rows:
@@ -816,7 +789,7 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
 
 def _vouched(old: dict | None, r: dict) -> bool:
     """Whether the last good extraction recorded this very file."""
-    return old is not None and old["kind"] in ("image", "json") and old["xxh3"] == r["xxh3"]
+    return old is not None and old["kind"] in MEMBER_KINDS and old["xxh3"] == r["xxh3"]
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:
@@ -826,14 +799,12 @@ def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str)
     with write_transaction(db) as conn:
         if part_row:
             upsert_files(conn, [part_row])
-        existing = conn.execute("SELECT status FROM shards WHERE name = ?", (name,)).fetchone()
-        if not existing:
-            conn.execute(
-                "INSERT INTO shards (name, path, size, mtime_ns, samples) VALUES (?, ?, ?, ?, 0)",
-                (name, rel, st.st_size, st.st_mtime_ns),
-            )
-        conn.execute(
-            "UPDATE shards SET status = 'failed', error = ?, path = ?, "
-            "part_xxh3 = coalesce(?, part_xxh3) WHERE name = ?",
-            (error, rel, part_row["xxh3"] if part_row else None, name),
+        shards.mark_failed(
+            conn,
+            name,
+            path=rel,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            error=error,
+            part_xxh3=part_row["xxh3"] if part_row else None,
         )

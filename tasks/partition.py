@@ -14,8 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from state import files
 from state.atomic import atomic_write
 from state.hashing import hash_bytes
+from state.kinds import FileKind
 from tasks.records import PARTITION_SCHEMA
 from tasks.settings import Settings, partition_path
 
@@ -33,7 +35,7 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
     return {
         "path": os.path.relpath(path, settings.root),
         "shard": shard,
-        "kind": "partition",
+        "kind": FileKind.PARTITION,
         "sample": None,
         "member": None,
         "offset": None,
@@ -66,6 +68,4 @@ def digest_pairs(pairs: Iterable[tuple[str, str]]) -> str:
 
 def json_digest(conn, shard: str) -> str:
     """The digest of the shard's JSON files as the manifest records them."""
-    return digest_pairs(
-        conn.execute("SELECT path, xxh3 FROM files WHERE shard = ? AND kind = 'json'", (shard,))
-    )
+    return digest_pairs(files.hashes_of(conn, shard, FileKind.JSON))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state.manifest import file_row, open_manifest, query, upsert_files, write_transaction
+from state import files, shards
+from state.manifest import file_row, open_manifest, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
 from tasks.partition import json_digest, read_partition, write_partition
 from tasks.records import parse_json, partition_row
@@ -53,19 +54,14 @@ def scan_edits(settings: Settings) -> ScanResult:
             with write_transaction(db) as conn:
                 upsert_files(conn, _stat_rows(db, changed, shard))
                 upsert_files(conn, [part_row])
-                conn.execute(
-                    "UPDATE shards SET part_xxh3 = ?, json_digest = ? WHERE name = ?",
-                    (part_row["xxh3"], json_digest(conn, shard), shard),
-                )
+                shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
             result.rebuilt.append(shard)
         untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
         if untouched:  # touched without a content change: remember the new stat
             with write_transaction(db) as conn:
-                for path, _shard, size, mtime_ns, _xxh3, _ in untouched:
-                    conn.execute(
-                        "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                        (size, mtime_ns, path),
-                    )
+                files.set_stat(
+                    conn, [(size, mtime_ns, path) for path, _, size, mtime_ns, *_ in untouched]
+                )
     finally:
         db.close()
     return result
@@ -110,12 +106,7 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
             rows[json_path] = _row_from_json(settings, json_path, old["filename"], header)
         return write_partition(settings, shard, rows.values())
     samples: dict[str, dict] = {}
-    for r in query(
-        db,
-        "SELECT path, kind, sample, width, height FROM files WHERE shard = ? "
-        "AND kind IN ('image', 'json')",
-        [shard],
-    ):
+    for r in files.sample_rows(db, shard):
         samples.setdefault(r["sample"], {})[r["kind"]] = r
     rows = []
     for parts in samples.values():
