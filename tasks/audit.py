@@ -35,6 +35,7 @@ import xxhash
 from state import files, quirks, shards
 from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
+from state.kinds import FileKind
 from state.manifest import manifest_path, open_readonly
 from tasks.audit_dataloader import check_dataloader
 from tasks.audit_deep import Seen, deep_files
@@ -53,6 +54,8 @@ from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import parse_json
 from tasks.settings import Settings, shard_name
+
+IMAGE, JSON, CAPTION, PENDING = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION, FileKind.PENDING
 
 EDITED_CAPTION_WORDS = (
     "edited by hand: kept (the table keeps the caption field's text); moved to "
@@ -238,8 +241,8 @@ def _look(root: str, row: tuple) -> Seen:
     seen = Seen(True, st.st_size, st.st_mtime_ns)
     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
         seen.xxh3 = xxh3
-    elif st.st_size == size or kind == "json":
-        seen.data = _read(root + path) if kind == "json" else None
+    elif st.st_size == size or kind == JSON:
+        seen.data = _read(root + path) if kind == JSON else None
         seen.xxh3 = xxhash.xxh3_128_hexdigest(seen.data) if seen.data is not None else None
         if seen.xxh3 is None:
             seen.xxh3 = hash_file(root + path)
@@ -269,7 +272,7 @@ class _Judge:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        if kind == "pending" or (kind == "caption" and mtime_ns == WRITING):
+        if kind == PENDING or (kind == CAPTION and mtime_ns == WRITING):
             self._unfinished(path, shard, seen)  # claimed or rewritten by an unfinished run
             return
         if not seen.exists:
@@ -287,9 +290,9 @@ class _Judge:
         if seen.xxh3 is not None and seen.xxh3 == xxh3:
             if not same_stat:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
-        elif kind == "json":
+        elif kind == JSON:
             report.add("edited_json", path, shard, _edited_words(seen))
-        elif kind == "caption" and not same_stat:  # written since the build: a hand edit
+        elif kind == CAPTION and not same_stat:  # written since the build: a hand edit
             report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
             how = (

@@ -22,11 +22,15 @@ from stat import S_ISDIR
 import xxhash
 
 from state import files, quirks, shards
+from state.kinds import FileKind
 from tasks.audit_pairing import counted_in_data
 from tasks.audit_report import AuditReport
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
+
+IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
+_PAIRED = frozenset((IMAGE, JSON))  # a sample's files: read JSON first, then its image
 
 BIG_FILE = 64 << 20
 
@@ -54,13 +58,13 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
     while rows := cursor.fetchmany(4096):
         for r in rows:
             kind = r[2]
-            if (kind == "json" or kind == "image") and r[0].startswith("data/"):
+            if kind in _PAIRED and r[0].startswith("data/"):
                 key = (r[1], r[3])
                 other = pending.pop(key, None)
                 if other is None:
                     pending[key] = r
                     continue
-                batch += (other, r) if kind == "image" else (r, other)
+                batch += (other, r) if kind == IMAGE else (r, other)
             else:
                 batch.append(r)
             if len(batch) >= 256:
@@ -99,7 +103,7 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
                             judge.present_in_data += 1
                     else:
                         judge(row, Seen(True, size, mtime_ns, digest, data))
-                    if row[2] == "json":
+                    if row[2] == JSON:
                         last_json = (row, digest)
                     elif checks and last_json and last_json[0][1:4:2] == row[1:4:2]:
                         _judge_checksums(report, last_json, row, digest, checks, mismatches)
@@ -146,7 +150,7 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
     for row in batch:
         path, kind = row[0], row[2]
         if path.startswith("data/"):
-            if kind == "json":
+            if kind == JSON:
                 got = _read_hash(root + path, {})
                 if got is None:
                     append(None)
@@ -155,7 +159,7 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
                 want, want_of = wanted_from_bytes(data), (row[1], row[3])
                 append((got[0], got[1], got[2], data if got[2] != row[6] else None, None, None))
                 continue
-            if kind == "image" and want and want_of == (row[1], row[3]):
+            if kind == IMAGE and want and want_of == (row[1], row[3]):
                 got = _read_hash(root + path, want, True)
                 append(None if got is None else (got[0], got[1], got[2], None, got[4], got[5]))
                 continue
@@ -172,12 +176,12 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
             if st.st_size < BIG_FILE:
                 data = os.read(fd, st.st_size + 1)
                 if len(data) <= st.st_size:
-                    problem = image_problem(data) if kind == "image" else None
+                    problem = image_problem(data) if kind == IMAGE else None
                     append((len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
                     continue
         finally:
             os.close(fd)
-        got = _read_hash(root + path, {}, kind == "image")
+        got = _read_hash(root + path, {}, kind == IMAGE)
         append(None if got is None else (got[0], got[1], got[2], None, None, got[5]))
     return out
 

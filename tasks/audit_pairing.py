@@ -24,7 +24,10 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from state import files
+from state.kinds import FileKind
 from tasks.captions import caption_path
+
+IMAGE, CAPTION = FileKind.IMAGE, FileKind.CAPTION
 
 TRAINER_FILE_PREFIX = "aspect_ratio_bucket_"  # SimpleTuner's own files in data/
 TRAINER_DATA_PREFIX = "data/" + TRAINER_FILE_PREFIX
@@ -83,12 +86,12 @@ class PairTallies:
 
     def add(self, path: str, kind: str, sample: str | None) -> None:
         """Count one manifest row (every row, whatever the disk holds)."""
-        if kind == "image":
+        if kind == IMAGE:
             if path.startswith("data/"):
                 self.images.add(path)
                 if self.textfile:
                     self.wanted_captions.add(caption_of(path, sample))
-        elif kind == "caption":
+        elif kind == CAPTION:
             self.captions.add(path)
 
     def merge(self, other: PairTallies) -> None:

@@ -34,6 +34,7 @@ from state.caption_state import (
     set_caption_failure,
 )
 from state.hashing import file_matches, hash_bytes
+from state.kinds import FileKind
 from state.manifest import (
     delete_files,
     file_row,
@@ -47,6 +48,8 @@ from tasks.freshness import captions_key
 from tasks.partition import read_partition
 from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
 from tasks.settings import Settings, partition_path
+
+CAPTION = FileKind.CAPTION
 
 WRITE_BATCH = 2000
 
@@ -229,7 +232,7 @@ class _Writer:
             {
                 "path": path,
                 "shard": self.shard,
-                "kind": "caption",
+                "kind": CAPTION,
                 "sample": sample,
                 "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns,
@@ -242,7 +245,7 @@ class _Writer:
         row = file_row(self.db, path)
         return (
             row is not None
-            and row["kind"] == "caption"
+            and row["kind"] == CAPTION
             and row["mtime_ns"] != WRITING
             and file_matches(target, row["size"], row["mtime_ns"], row["xxh3"])
         )

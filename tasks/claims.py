@@ -21,6 +21,8 @@ from state.hashing import file_matches, hash_file
 from state.kinds import MEMBER_KINDS, FileKind
 from state.manifest import upsert_files, write_transaction
 
+JSON = FileKind.JSON
+
 BATCH_MEMBERS = 512
 BATCH_BYTES = 32 << 20
 DIRECT_KINDS = MEMBER_KINDS
@@ -123,7 +125,7 @@ class MemberWriter:
             return
         if self.adopt and old is None and os.path.isfile(target):
             on_disk = hash_file(target)
-            if on_disk == m.xxh3 or m.kind == "json":  # a differing JSON: the user's edit
+            if on_disk == m.xxh3 or m.kind == JSON:  # a differing JSON: the user's edit
                 m.loc, m.stale_stat = dest, on_disk != m.xxh3
                 return
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from state import files, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
+from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.kinds import MEMBER_KINDS, FileKind
 from state.manifest import (
@@ -40,7 +41,7 @@ from tasks.audit_pairing import is_trainer_file
 from tasks.captions import caption_path
 from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.imagesize import image_size
-from tasks.partition import digest_pairs, json_digest, write_partition
+from tasks.partition import write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
 from tasks.settings import Settings, partition_path, shard_name

@@ -12,9 +12,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
-from state import files
 from state.atomic import atomic_write
 from state.hashing import hash_bytes
 from state.kinds import FileKind
@@ -56,16 +54,3 @@ def read_partition(settings: Settings, shard: str, columns: list[str] | None = N
     """
     with pq.ParquetFile(partition_path(settings, shard)) as pf:
         return pf.read(columns=columns)
-
-
-def digest_pairs(pairs: Iterable[tuple[str, str]]) -> str:
-    """XXH3-128 of sorted (path, hash) pairs: one value that changes when any file does."""
-    h = xxhash.xxh3_128()
-    for path, digest in sorted(pairs):
-        h.update(f"{path}\t{digest}\n".encode())
-    return h.hexdigest()
-
-
-def json_digest(conn, shard: str) -> str:
-    """The digest of the shard's JSON files as the manifest records them."""
-    return digest_pairs(files.hashes_of(conn, shard, FileKind.JSON))

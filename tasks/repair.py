@@ -253,7 +253,7 @@ def _restore_one(db, settings, fh, tar: Path, f: Finding, row: dict, tmp_dir, re
             return
         new_hash = digest
     elif digest != row["xxh3"]:
-        if row["kind"] != "json":
+        if row["kind"] != FileKind.JSON:
             result.failed.append(
                 f"cannot restore {row['path']}: member {row['member']!r} of {rel_tar} no longer "
                 "holds the bytes the build extracted (the tar changed; `doit` re-extracts it)"

@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from state import files, shards
+from state.digests import json_digest
+from state.kinds import FileKind
 from state.manifest import file_row, open_manifest, upsert_files, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
-from tasks.partition import json_digest, read_partition, write_partition
+from tasks.partition import read_partition, write_partition
 from tasks.records import parse_json, partition_row
 from tasks.settings import Settings, partition_path
+
+IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 
 
 class EditedJsonError(ValueError):
@@ -110,13 +114,13 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
         samples.setdefault(r["sample"], {})[r["kind"]] = r
     rows = []
     for parts in samples.values():
-        if "image" not in parts or "json" not in parts:
+        if IMAGE not in parts or JSON not in parts:
             continue
-        image = parts["image"]
+        image = parts[IMAGE]
         rows.append(
             _row_from_json(
                 settings,
-                parts["json"]["path"].removeprefix("data/"),
+                parts[JSON]["path"].removeprefix("data/"),
                 image["path"].removeprefix("data/"),
                 (image["width"], image["height"]),
             )
