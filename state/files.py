@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
+from state.batching import batched
 from state.kinds import FileKind
 from state.manifest import delete_files as delete  # noqa: F401  (verb-named re-exports)
 from state.manifest import file_row as get  # noqa: F401
@@ -79,8 +80,7 @@ def json_of_sample(db: sqlite3.Connection, shard: str, sample: str) -> dict | No
 def owners(db: sqlite3.Connection, paths: Sequence[str]) -> dict[str, str]:
     """path -> owning shard, for the member paths (images, JSON, pending) among `paths`."""
     found: dict[str, str] = {}
-    for i in range(0, len(paths), LOOKUP_CHUNK):
-        chunk = paths[i : i + LOOKUP_CHUNK]
+    for chunk in batched(paths, LOOKUP_CHUNK):
         found.update(
             db.execute(
                 # `+kind`: look rows up by path; an index on kind here scans every file

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from state import files, quirks, shards
+from state.batching import batched
 from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
 from state.kinds import FileKind
@@ -40,9 +41,9 @@ from state.manifest import manifest_path, open_readonly
 from tasks.audit_dataloader import check_dataloader
 from tasks.audit_deep import Seen, deep_files
 from tasks.audit_pairing import (
+    LOOKUP_BATCH,
     Fingerprint,
     PairTallies,
-    batched,
     counted_in_data,
     images_without_caption,
     row_mismatches,
@@ -52,7 +53,7 @@ from tasks.audit_report import KINDS, AuditReport
 from tasks.audit_stat import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
-from tasks.records import parse_json
+from tasks.records import member_kind, parse_json
 from tasks.settings import Settings, shard_name
 
 IMAGE, JSON, CAPTION, PENDING = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION, FileKind.PENDING
@@ -224,7 +225,7 @@ def _fast_files(conn, root: str, judge: _Judge) -> None:
     judge.tallies.merge(found.tallies)
     judge.report.files_checked += found.same
     judge.present_in_data += found.present
-    for chunk in batched(found.closer):
+    for chunk in batched(found.closer, LOOKUP_BATCH):
         for row in files.audit_rows(conn, chunk):
             judge(row, _look(root, row))
 
@@ -346,7 +347,7 @@ def _edited_words(seen: Seen) -> str:
 
 def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -> None:
     for path in strays(conn, str(settings.data_dir), present):
-        is_image = posixpath.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg")
+        is_image = member_kind(path) == IMAGE
         report.add(
             "stray",
             path,

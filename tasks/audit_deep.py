@@ -22,6 +22,7 @@ from stat import S_ISDIR
 import xxhash
 
 from state import files, quirks, shards
+from state.batching import batched
 from state.kinds import FileKind
 from tasks.audit_pairing import counted_in_data
 from tasks.audit_report import AuditReport
@@ -71,8 +72,7 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
                 yield batch
                 batch = []
     batch.extend(pending.values())
-    for i in range(0, len(batch), 256):
-        yield batch[i : i + 256]
+    yield from batched(batch, 256)
 
 
 def deep_files(conn, root: str, report: AuditReport, judge) -> None:

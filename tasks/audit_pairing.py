@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
 from state import files
+from state.batching import batched
 from state.kinds import FileKind
 from tasks.captions import caption_path
 
@@ -131,18 +132,6 @@ def data_files(data_dir: str) -> Iterator[str]:
     return (f"{rel}/{name}" for rel, name in _data_entries(data_dir))
 
 
-def batched(items: Iterable, size: int = LOOKUP_BATCH) -> Iterator[list]:
-    """`items` in lists of at most `size`."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def known_paths(conn: sqlite3.Connection, paths: list[str]) -> set[str]:
     """Those of `paths` (at most a few hundred) that the manifest has a row for."""
     return files.known(conn, paths)
@@ -154,7 +143,7 @@ def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
     if count_data_files(data_dir) == present:
         return []
     found: list[str] = []
-    for batch in batched(data_files(data_dir)):
+    for batch in batched(data_files(data_dir), LOOKUP_BATCH):
         named = [p for p in batch if _is_utf8(p)]  # the manifest holds UTF-8 names only
         known = known_paths(conn, named)
         found.extend(p for p in batch if p not in known)

@@ -34,8 +34,9 @@ from tasks.freshness import (
     table_is_current,
 )
 from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
+from tasks.steps import STEPS
 
-DEFAULT_TASKS = ["extract", "scan", "captions", "table", "dataloader", "summary"]
+DEFAULT_TASKS = list(STEPS)
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
 
 
@@ -250,7 +251,7 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
     def task_summary(s: Settings) -> dict:
         return {
             "actions": [(act.run_summary, [s])],
-            "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+            "task_dep": [step for step in STEPS if step != "summary"],
             "uptodate": [False],
         }
 

@@ -59,6 +59,7 @@ from huggingface_hub.utils._runtime import is_xet_available
 
 from state import hub as hub_files
 from state.manifest import open_manifest, write_transaction
+from tasks.progress import human_bytes
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("data/*.tar",)
 HUB_DIR = "hub"
@@ -119,7 +120,7 @@ class DownloadSummary:
             what = f"{n} shard{'s' if n != 1 else ''} ({len(self.new)} new, "
             what += f"{len(self.changed)} changed upstream)"
         line = (
-            f"fetched {what} ({format_bytes(self.nbytes)}) in {self.seconds:.1f} s; "
+            f"fetched {what} ({human_bytes(self.nbytes)}) in {self.seconds:.1f} s; "
             f"{self.skipped} up to date; commit {self.commit[:12]}"
         )
         if self.failed:
@@ -172,15 +173,6 @@ class _Context:
     commit: str
     endpoint: str
     token: str | None
-
-
-def format_bytes(n: float) -> str:
-    """Human-readable decimal size: `512 B`, `12.6 MB`, `9.31 GB`."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def hub_endpoint() -> str:
@@ -290,7 +282,7 @@ def _fetch_one(
 ) -> None:
     """Fetch and record one file; a failure of this file alone goes into `summary.failed`."""
     _progress(
-        f"{counter} {remote.path} {format_bytes(remote.size)}"
+        f"{counter} {remote.path} {human_bytes(remote.size)}"
         f" ({'new' if state == 'new' else 'changed upstream'})"
     )
     t0 = time.monotonic()
@@ -305,8 +297,8 @@ def _fetch_one(
         return
     dt = max(time.monotonic() - t0, 1e-6)
     _progress(
-        f"{counter} {remote.path} done: {format_bytes(sent)} in {dt:.1f} s"
-        f" ({format_bytes(sent / dt)}/s)"
+        f"{counter} {remote.path} done: {human_bytes(sent)} in {dt:.1f} s"
+        f" ({human_bytes(sent / dt)}/s)"
     )
     summary.nbytes += sent
     (summary.new if state == "new" else summary.changed).append(remote.path)
@@ -358,7 +350,7 @@ def _local_state(ctx: _Context, remote: _Remote, row: dict | None) -> tuple[str,
     ):
         return "ok", remote.sha256
     if remote.sha256 is not None:
-        _progress(f"checking {remote.path} (present, not recorded): hashing {format_bytes(size)}")
+        _progress(f"checking {remote.path} (present, not recorded): hashing {human_bytes(size)}")
     sha256, git_oid = _hash_file(local)
     if remote.sha256 is not None:
         return ("ok", sha256) if sha256 == remote.sha256 else ("changed", None)
@@ -379,7 +371,7 @@ def _check_free_space(ctx: _Context, todo: list[_Remote]) -> None:
     if needed > free:
         raise DownloadError(
             f"not enough free space in {ctx.hub}: {len(todo)} file(s) to fetch need "
-            f"{format_bytes(needed)} ({needed} bytes) but only {format_bytes(free)} "
+            f"{human_bytes(needed)} ({needed} bytes) but only {human_bytes(free)} "
             f"({free} bytes) is free; free some space or move root"
         )
 
@@ -424,7 +416,7 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
         part.unlink()
         have = 0
     if have:
-        _progress(f"    resuming {remote.path} at {format_bytes(have)}")
+        _progress(f"    resuming {remote.path} at {human_bytes(have)}")
     headers = build_hf_headers(token=ctx.token, library_name=LIBRARY)
     if urlsplit(meta.location).netloc != urlsplit(url).netloc:
         headers.pop("authorization", None)  # a signed CDN URL: do not send the token there
@@ -636,7 +628,7 @@ def _partial_words(ctx: _Context, remote: _Remote) -> str:
     have = part.stat().st_size if part.is_file() else 0
     if not have:
         return ""
-    return f" (partial data kept: {format_bytes(have)} of {format_bytes(remote.size)})"
+    return f" (partial data kept: {human_bytes(have)} of {human_bytes(remote.size)})"
 
 
 def _status(exc: BaseException) -> int | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from state import files, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
+from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.kinds import MEMBER_KINDS, FileKind
@@ -436,11 +437,6 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
     return placements, rows
 
 
-def _batches(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _commit(
     db,
     settings: Settings,
@@ -455,7 +451,7 @@ def _commit(
     made_dirs: set[str] = set()
     written = 0
     blocked = _blocked(settings, name, placements, quirks)
-    for batch in _batches(placements, COMMIT_BATCH):
+    for batch in batched(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
             lost = _settle(conn, settings, name, batch, quirks) | blocked
             files.drop_pending(
