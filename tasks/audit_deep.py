@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from tasks.audit_report import AuditReport
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
+from tasks.tarstream import read_member
 
 IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 _PAIRED = frozenset((IMAGE, JSON))  # a sample's files: read JSON first, then its image
@@ -340,20 +340,3 @@ def member_bytes(conn, tar: Path, path: str) -> bytes | None:
             return read_member(fh, row[0], row[1])
     except OSError:
         return None
-
-
-def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
-    """A member's bytes at its recorded data offset, if the tar header before it names it."""
-    if offset is None or offset < tarfile.BLOCKSIZE or not member:
-        return None
-    fh.seek(offset - tarfile.BLOCKSIZE)
-    block = fh.read(tarfile.BLOCKSIZE)
-    try:
-        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-    except tarfile.TarError:
-        return None
-    # a long name is cut to its first 100 bytes in the header itself (GNU/pax)
-    if not (info.name == member or (len(info.name) >= 99 and member.startswith(info.name))):
-        return None
-    data = fh.read(info.size)
-    return data if len(data) == info.size else None
