@@ -11,7 +11,7 @@ from typing import cast
 
 from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
-from tasks.extract import extract_shard
+from tasks.extract.shard import extract_shard
 from tasks.scan import scan_edits
 from tasks.settings import Settings, shard_names
 from tasks.steps import STEPS

@@ -12,8 +12,8 @@ from state import files, quirks, shards
 from state.caption_state import EDITED_CAPTIONS, caption_failures
 from state.kinds import FileKind
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
+from tasks.extract.tarstream import printable
 from tasks.settings import Settings, shard_names
-from tasks.tarstream import printable
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
 

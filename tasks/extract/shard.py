@@ -1,7 +1,7 @@
 """`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
 
 The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
-and writes it under its claim (see tasks/claims.py: straight into `data/`, or staged when
+and writes it under its claim (see tasks/extract/claims.py: straight into `data/`, or staged when
 another shard owns the path). When the tar has been read to its end-of-archive marker,
 samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
 in batches: each batch settles contested paths, moves what goes aside and records final
@@ -38,15 +38,10 @@ from state.manifest import (
     upsert_files,
     write_transaction,
 )
-from tasks.audit_pairing import is_trainer_file
+from tasks.audit.pairing import is_trainer_file
 from tasks.captions import caption_path
-from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
-from tasks.imagesize import image_size
-from tasks.partition import write_partition
-from tasks.progress import Progress
-from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
-from tasks.settings import Settings, partition_path, shard_name
-from tasks.tarstream import (
+from tasks.extract.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
+from tasks.extract.tarstream import (
     HashingReader,
     ShardReadError,
     iter_members,
@@ -54,6 +49,11 @@ from tasks.tarstream import (
     normalize_member_name,
     printable,
 )
+from tasks.imagesize import image_size
+from tasks.partition import write_partition
+from tasks.progress import Progress
+from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
+from tasks.settings import Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
 IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION

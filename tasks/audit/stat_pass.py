@@ -25,7 +25,7 @@ from pathlib import Path
 
 from state import files
 from state.manifest import open_readonly
-from tasks.audit_pairing import PairTallies, counted_in_data
+from tasks.audit.pairing import PairTallies, counted_in_data
 from tasks.progress import Progress
 
 PROCESSES_FROM_ROWS = 50_000  # fewer rows: forking costs more than it saves

@@ -13,8 +13,8 @@ with the number of files: whether images, captions and table rows pair up, and w
 `data/` holds only files the manifest knows, is settled by counts and order-free
 fingerprints (`Fingerprint`); only where they differ are names looked up, a batch at a
 time, to say which. The manifest is opened read-only (no WAL or lock files are created),
-and nothing on disk changes except the report (`tasks/audit_report.py`).
-The `--deep` reading lives in `tasks/audit_deep.py`.
+and nothing on disk changes except the report (`tasks/audit/report.py`).
+The `--deep` reading lives in `tasks/audit/deep.py`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
 from state.kinds import FileKind
 from state.manifest import manifest_path, open_readonly
-from tasks.audit_dataloader import check_dataloader
-from tasks.audit_deep import Seen, deep_files
-from tasks.audit_pairing import (
+from tasks.audit.dataloader import check_dataloader
+from tasks.audit.deep import Seen, deep_files
+from tasks.audit.pairing import (
     LOOKUP_BATCH,
     Fingerprint,
     PairTallies,
@@ -49,8 +49,8 @@ from tasks.audit_pairing import (
     row_mismatches,
     strays,
 )
-from tasks.audit_report import KINDS, AuditReport
-from tasks.audit_stat import stat_all_rows
+from tasks.audit.report import KINDS, AuditReport
+from tasks.audit.stat_pass import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import member_kind, parse_json

@@ -23,12 +23,12 @@ import xxhash
 from state import files, quirks, shards
 from state.batching import batched
 from state.kinds import FileKind
-from tasks.audit_pairing import counted_in_data
-from tasks.audit_report import AuditReport
+from tasks.audit.pairing import counted_in_data
+from tasks.audit.report import AuditReport
+from tasks.extract.tarstream import read_member
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
-from tasks.tarstream import read_member
 
 IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 _PAIRED = frozenset((IMAGE, JSON))  # a sample's files: read JSON first, then its image

@@ -33,15 +33,15 @@ from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
 from state.kinds import FileKind
 from state.manifest import file_row, open_manifest, write_transaction
-from tasks.audit import audit
-from tasks.audit_deep import checksums_match, wanted_checksums
-from tasks.audit_report import AuditReport, Finding, load_report
+from tasks.audit.deep import checksums_match, wanted_checksums
+from tasks.audit.report import AuditReport, Finding, load_report
+from tasks.audit.run import audit
 from tasks.captions import write_captions
+from tasks.extract.tarstream import printable, read_member
 from tasks.records import parse_json
 from tasks.scan import scan_edits
 from tasks.settings import Settings
 from tasks.table import build_table
-from tasks.tarstream import printable, read_member
 
 RESTORE_KINDS = (
     "missing_image",
