@@ -49,7 +49,7 @@ def read_partition(settings: Settings, shard: str, columns: list[str] | None = N
     """A shard's partition (or only some of its columns).
 
     Read with `ParquetFile`, not `pq.read_table`: that goes through pyarrow.dataset, whose
-    import alone costs ~0.1 s in every run that reads a partition (adding a shard, an
+    import is slow, and every run that reads a partition would pay it (adding a shard, an
     edited JSON, a caption switch).
     """
     with pq.ParquetFile(partition_path(settings, shard)) as pf:

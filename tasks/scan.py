@@ -31,7 +31,6 @@ class ScanResult:
     """What `scan_edits` found and did."""
 
     edited: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -41,7 +40,7 @@ def scan_edits(settings: Settings) -> ScanResult:
     result = ScanResult()
     db = open_manifest(settings.root)
     try:
-        changed, result.missing = changed_json_rows(db, settings)
+        changed, _ = changed_json_rows(db, settings)
         edited_by_shard: dict[str, set[str]] = {}
         for path, shard, _size, _mtime, _xxh3, content_changed in changed:
             if content_changed:

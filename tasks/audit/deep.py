@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
+from typing import NamedTuple
 
 import xxhash
 
@@ -34,6 +35,35 @@ IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 _PAIRED = frozenset((IMAGE, JSON))  # a sample's files: read JSON first, then its image
 
 BIG_FILE = 64 << 20
+
+
+# positions in a `files.AUDIT_COLUMNS` row
+PATH, SHARD, KIND, SAMPLE, SIZE, MTIME_NS, XXH3 = (
+    files.AUDIT_COLUMNS.index(c)
+    for c in ("path", "shard", "kind", "sample", "size", "mtime_ns", "xxh3")
+)
+
+
+class Read(NamedTuple):
+    """What a reader thread found for one manifest row's file."""
+
+    size: int
+    mtime_ns: int
+    xxh3: str
+    data: bytes | None = None  # an edited JSON's bytes (the judge reads it)
+    checks: tuple[dict, dict] | None = None  # an image's (wanted, got) md5/sha512
+    problem: str | None = None  # why an image is not whole, else None
+
+
+class Mismatch(NamedTuple):
+    """An image whose md5/sha512 differ from what its sample's JSON says."""
+
+    json_row: tuple
+    json_digest: str
+    image_row: tuple
+    want: dict[str, str]
+    got: dict[str, str]
+    wrong: list[str]
 
 
 @dataclass
@@ -58,9 +88,9 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
     cursor = files.audit_rows(conn)
     while rows := cursor.fetchmany(4096):
         for r in rows:
-            kind = r[2]
-            if kind in _PAIRED and r[0].startswith("data/"):
-                key = (r[1], r[3])
+            kind = r[KIND]
+            if kind in _PAIRED and r[PATH].startswith("data/"):
+                key = (r[SHARD], r[SAMPLE])
                 other = pending.pop(key, None)
                 if other is None:
                     pending[key] = r
@@ -89,24 +119,28 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
             ):
                 last_json = None
                 for row, got in zip(batch, results, strict=True):
-                    judge.tally(row[0], row[2], row[3])
+                    judge.tally(row[PATH], row[KIND], row[SAMPLE])
                     if got is None:
                         judge(row, Seen(False))
                         continue
-                    size, mtime_ns, digest, data, checks, problem = got
-                    report.bytes_read += size
-                    if problem is not None and digest == row[6]:
-                        cut.append((row[0], row[1], problem))
-                    if digest == row[6] and size == row[4] and mtime_ns == row[5]:
+                    digest = got.xxh3
+                    report.bytes_read += got.size
+                    if got.problem is not None and digest == row[XXH3]:
+                        cut.append((row[PATH], row[SHARD], got.problem))
+                    if (
+                        digest == row[XXH3]
+                        and got.size == row[SIZE]
+                        and got.mtime_ns == row[MTIME_NS]
+                    ):
                         judge.report.files_checked += 1
-                        if counted_in_data(row[0]):
+                        if counted_in_data(row[PATH]):
                             judge.present_in_data += 1
                     else:
-                        judge(row, Seen(True, size, mtime_ns, digest, data))
-                    if row[2] == JSON:
+                        judge(row, Seen(True, got.size, got.mtime_ns, digest, got.data))
+                    if row[KIND] == JSON:
                         last_json = (row, digest)
-                    elif checks and last_json and last_json[0][1:4:2] == row[1:4:2]:
-                        _judge_checksums(report, last_json, row, digest, checks, mismatches)
+                    elif got.checks and last_json and _same_sample(last_json[0], row):
+                        _judge_checksums(report, last_json, row, digest, got.checks, mismatches)
                 progress.update(report.bytes_read)
     finally:
         progress.close()
@@ -135,20 +169,16 @@ def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
 
 
 def _read_batch(root: str, batch: list[tuple]) -> list:
-    """Read and hash each row's file (a reader thread's work); None for a missing file.
-
-    Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks,
-    problem). A JSON in data/ gives the checksums its image must have; the image right
-    after it is then hashed with md5/sha512 too, and `checks` is (wanted, got) for it.
-    `problem` says why an image is not whole (`image_problem`), else None.
-    """
+    """Read and hash each row's file (a reader thread's work): a `Read`, None for a
+    missing file. A JSON in data/ gives the checksums its image must have; the image right
+    after it is then hashed with md5/sha512 too."""
     out: list = []
     append = out.append
     want: dict[str, str] = {}
     want_of = None
     xxh3 = xxhash.xxh3_128_hexdigest
     for row in batch:
-        path, kind = row[0], row[2]
+        path, kind = row[PATH], row[KIND]
         if path.startswith("data/"):
             if kind == JSON:
                 got = _read_hash(root + path, {})
@@ -156,12 +186,12 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
                     append(None)
                     continue
                 data = got[3]
-                want, want_of = wanted_from_bytes(data), (row[1], row[3])
-                append((got[0], got[1], got[2], data if got[2] != row[6] else None, None, None))
+                want, want_of = wanted_from_bytes(data), (row[SHARD], row[SAMPLE])
+                append(Read(got[0], got[1], got[2], data if got[2] != row[XXH3] else None))
                 continue
-            if kind == IMAGE and want and want_of == (row[1], row[3]):
+            if kind == IMAGE and want and want_of == (row[SHARD], row[SAMPLE]):
                 got = _read_hash(root + path, want, True)
-                append(None if got is None else (got[0], got[1], got[2], None, got[4], got[5]))
+                append(None if got is None else Read(got[0], got[1], got[2], None, got[4], got[5]))
                 continue
         try:
             fd = os.open(root + path, os.O_RDONLY)
@@ -177,12 +207,12 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
                 data = os.read(fd, st.st_size + 1)
                 if len(data) <= st.st_size:
                     problem = image_problem(data) if kind == IMAGE else None
-                    append((len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
+                    append(Read(len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
                     continue
         finally:
             os.close(fd)
         got = _read_hash(root + path, {}, kind == IMAGE)
-        append(None if got is None else (got[0], got[1], got[2], None, None, got[5]))
+        append(None if got is None else Read(got[0], got[1], got[2], None, None, got[5]))
     return out
 
 
@@ -265,10 +295,15 @@ def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | 
     return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None, problem
 
 
+def _same_sample(a: tuple, b: tuple) -> bool:
+    """Two manifest rows of the same shard's same sample."""
+    return a[SAMPLE] == b[SAMPLE] and a[SHARD] == b[SHARD]
+
+
 def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -> None:
     """Count an image checked against its JSON's md5/sha512; keep mismatches for later."""
     want, got = checks
-    if digest != image_row[6]:
+    if digest != image_row[XXH3]:
         return  # reported as corrupt_image already
     report.checksums_checked += 1
     if got == want:
@@ -276,7 +311,7 @@ def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -
     wrong = [algo for algo in want if got.get(algo) != want[algo]]
     if wrong:
         json_row, json_digest = last_json
-        mismatches.append((json_row, json_digest, image_row, want, got, wrong))
+        mismatches.append(Mismatch(json_row, json_digest, image_row, want, got, wrong))
 
 
 def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -> None:
@@ -290,22 +325,22 @@ def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -
     names = {"md5": "md5_file_hash", "sha512": "sha512_hash"}
     tars = shards.paths(conn)
     for json_row, json_digest, image_row, want, got, wrong in mismatches:
-        image, shard = image_row[0], image_row[1]
+        image, shard = image_row[PATH], image_row[SHARD]
         detail = ", ".join(f"{a} {got[a][:12]}… but {names[a]} {want[a][:12]}…" for a in wrong)
         tar = root / tars[shard] if tars.get(shard) else None
         if tar is None or not tar.is_file():
-            if json_digest != json_row[6]:
-                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+            if json_digest != json_row[XXH3]:
+                report.add("edited_checksum", json_row[PATH], shard, f"{image}: {detail}")
             else:
                 report.add(
                     "checksum_mismatch", image, shard, f"{detail}; its tar is gone (cannot tell)"
                 )
             continue
-        original_json = member_bytes(conn, tar, json_row[0])
+        original_json = member_bytes(conn, tar, json_row[PATH])
         if original_json is not None:
             obj, _ = parse_json(original_json)
             if wanted_checksums(obj) != want:
-                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+                report.add("edited_checksum", json_row[PATH], shard, f"{image}: {detail}")
                 continue
         original_image = member_bytes(conn, tar, image)
         if original_image is not None and checksums_match(original_image, want):

@@ -1,13 +1,11 @@
 """The fast audit's stat pass: every manifest row's file `stat`-ed against its record.
 
 On a large build the rows are split into rowid ranges `stat`-ed in parallel by processes
-forked from the audit (one range stays in the audit's own process). On this 2-core VM, a
-fast `doit audit` of a 1.16M-sample build (3.5M files) took 20.7 s instead of 33.1 s with
-the inodes cached (medians of 4 alternating runs) and 67 s instead of 98 s from a dropped
-cache. Threads do not help with the inodes cached (the GIL hand-offs cost what the overlap
-gains).
+forked from the audit (one range stays in the audit's own process): `stat` waits on the
+kernel, so processes overlap it. Threads do not help with the inodes cached (the GIL
+hand-offs cost what the overlap gains); figures are in bench/README.md.
 
-Forked, not spawned: a child starts in ~ms without importing anything, and shares the
+Forked, not spawned: a child starts at once without importing anything, and shares the
 parent's `hash()` key, so the fingerprints it returns (`PairTallies`) compare with the
 parent's. A child only runs SQLite reads and `os.stat`, so the threads pyarrow keeps in the
 parent (which Python 3.12+ warns about at fork) cannot hold anything it needs.

@@ -238,7 +238,7 @@ def iter_members(
 
     Members of VIEW_MIN bytes or more come as a memoryview, smaller ones as bytes.
 
-    A small ustar/GNU/pax header reader (tarfile's own costs ~0.1 ms a member): GNU long
+    A small ustar/GNU/pax header reader (tarfile's own is slow per member): GNU long
     names (`L`/`K`) and pax `path`/`size`/`linkpath` records apply to the next member.
     Raises ShardReadError when the shard ends before its end-of-archive marker, or at a
     header whose checksum is wrong.
