@@ -170,16 +170,29 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
             files.move_partition_folder(conn, old_rel, new_rel)
 
 
+@dataclass
+class _Job:
+    """One shard's extraction: where it reads, what the manifest held, what it found."""
+
+    db: sqlite3.Connection
+    settings: Settings
+    name: str
+    tar_path: Path
+    rel: str  # the tar's path under the root
+    st: os.stat_result  # the tar's
+    previous: dict[str, dict]  # path -> `files` row, as the last extraction left them
+    quirks: list[dict] = field(default_factory=list)
+
+
 def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
     tmp_dir = settings.state_dir / "tmp" / name
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files_of_shard(db, name)}
-    quirks: list[dict] = []
+    job = _Job(db, settings, name, tar_path, rel, st, previous)
+    quirks = job.quirks
     try:
-        samples, duplicates, digest, streamed = _read_shard(
-            db, settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
-        )
+        samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
@@ -196,7 +209,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         placements, rows = _decide(name, samples, duplicates, quirks)
         kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks, kept)
+        _finish(job, digest, placed, rows, kept)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
         raise
@@ -208,8 +221,10 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     )
 
 
-def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
+def _read_shard(job: _Job, tmp_dir: Path):
     """Stream the tar: write every regular member under the shard's claims, collect samples."""
+    db, settings, name, tar_path, quirks = job.db, job.settings, job.name, job.tar_path, job.quirks
+    previous, total = job.previous, job.st.st_size
     writer = MemberWriter(
         db, settings.root, name, tmp_dir, previous, get_meta(db, ADOPT_KEY) == "1"
     )
@@ -232,16 +247,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 )
                 continue
             if (other := names.case_twin(path)) is not None:
-                quirks.append(
-                    _quirk(
-                        name,
-                        "case_collision",
-                        tm.name,
-                        None,
-                        f"differs from member {other!r} only in case: both are built, but a "
-                        "case-insensitive file system (macOS, Windows) would hold only one",
-                    )
-                )
+                quirks.append(_case_collision(name, tm.name, other))
             kind = member_kind(path)
             m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
             if kind == IMAGE:
@@ -252,19 +258,7 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 if m.obj is not None:
                     m.raw = raw.decode("utf-8")
             if path in seen:  # the later member wins, as with tar xf
-                earlier = _drop_member(samples, seen[path])
-                writer.flush()
-                writer.move(earlier, _duplicate_dest(name, earlier, len(duplicates)))
-                duplicates.append(earlier)
-                quirks.append(
-                    _quirk(
-                        name,
-                        "duplicate_member",
-                        tm.name,
-                        None,
-                        "a later member of the same name replaces it (as tar xf)",
-                    )
-                )
+                _set_aside_earlier(job, writer, samples, seen[path], duplicates, tm.name)
             seen[path] = m
             writer.add(m, data)
             key = sample_key(path)
@@ -283,6 +277,36 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
         reader.close()
         progress.close()
     return samples, duplicates, digest, writer.written
+
+
+def _case_collision(shard: str, member: str, other: str) -> dict:
+    return _quirk(
+        shard,
+        "case_collision",
+        member,
+        None,
+        f"differs from member {other!r} only in case: both are built, but a "
+        "case-insensitive file system (macOS, Windows) would hold only one",
+    )
+
+
+def _set_aside_earlier(
+    job: _Job, writer: MemberWriter, samples: dict, earlier: Member, duplicates: list, tm_name: str
+) -> None:
+    """A later member of the same name replaces `earlier`, which is kept aside."""
+    earlier = _drop_member(samples, earlier)
+    writer.flush()
+    writer.move(earlier, _duplicate_dest(job.name, earlier, len(duplicates)))
+    duplicates.append(earlier)
+    job.quirks.append(
+        _quirk(
+            job.name,
+            "duplicate_member",
+            tm_name,
+            None,
+            "a later member of the same name replaces it (as tar xf)",
+        )
+    )
 
 
 class _Names:
@@ -622,20 +646,10 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     }
 
 
-def _finish(
-    db,
-    settings: Settings,
-    name: str,
-    rel: str,
-    st,
-    digest: str,
-    placed: dict,
-    previous: dict,
-    rows: dict,
-    quirks: list[dict],
-    kept: list[dict],
-) -> None:
+def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
+    db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
+    previous, quirks = job.previous, job.quirks
     edited = _edited_dir(name)
     stale = [
         r
