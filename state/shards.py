@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -98,10 +99,9 @@ def rename(conn: sqlite3.Connection, old: str, new: str, path: str, mtime_ns: in
 def mark_done(
     conn: sqlite3.Connection,
     name: str,
-    *,
     path: str,
-    size: int,
-    mtime_ns: int,
+    st: os.stat_result,
+    *,
     xxh3: str,
     members: int,
     samples: int,
@@ -115,17 +115,28 @@ def mark_done(
         "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
         "aside, error, part_xxh3, json_digest, captions_key) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL)",
-        (name, path, size, mtime_ns, xxh3, DONE, members, samples, aside, part_xxh3, json_digest),
+        (
+            name,
+            path,
+            st.st_size,
+            st.st_mtime_ns,
+            xxh3,
+            DONE,
+            members,
+            samples,
+            aside,
+            part_xxh3,
+            json_digest,
+        ),
     )
 
 
 def mark_failed(
     conn: sqlite3.Connection,
     name: str,
-    *,
     path: str,
-    size: int,
-    mtime_ns: int,
+    st: os.stat_result,
+    *,
     error: str,
     part_xxh3: str | None,
 ) -> None:
@@ -134,7 +145,7 @@ def mark_failed(
     if not _exists(conn, name):
         conn.execute(
             "INSERT INTO shards (name, path, size, mtime_ns, samples) VALUES (?, ?, ?, ?, 0)",
-            (name, path, size, mtime_ns),
+            (name, path, st.st_size, st.st_mtime_ns),
         )
     conn.execute(
         "UPDATE shards SET status = ?, error = ?, path = ?, "

@@ -669,9 +669,8 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
         shards.mark_done(
             conn,
             name,
-            path=rel,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
+            rel,
+            st,
             xxh3=digest,
             members=len(placed),
             samples=len(rows),
@@ -810,12 +809,5 @@ def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str)
     with write_transaction(db) as conn:
         if part_row:
             upsert_files(conn, [part_row])
-        shards.mark_failed(
-            conn,
-            name,
-            path=rel,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            error=error,
-            part_xxh3=part_row["xxh3"] if part_row else None,
-        )
+        part_xxh3 = part_row["xxh3"] if part_row else None
+        shards.mark_failed(conn, name, rel, st, error=error, part_xxh3=part_xxh3)
