@@ -231,6 +231,27 @@ def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
     return data if len(data) == size else None
 
 
+def _extended_header(
+    reader: HashingReader, shard: Path, typeflag: bytes, size: int, offset: int, last: str | None
+) -> dict[str, str]:
+    """Read a GNU long name (`L`; `K` is skipped) or pax header (`x`; `g` is skipped); the
+    records it sets for the next member."""
+    padded = -(-size // BLOCK) * BLOCK
+    meta = reader.read(padded)
+    if len(meta) < padded:
+        raise ShardReadError(shard, f"an extended header cut short at byte {offset}", last)
+    meta = meta[:size]
+    if typeflag == b"L":
+        return {"path": meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")}
+    if typeflag == b"x":
+        try:
+            return _pax_records(meta)
+        except ValueError as exc:
+            detail = f"a malformed pax header at byte {offset}"
+            raise ShardReadError(shard, detail, last) from exc
+    return {}
+
+
 def iter_members(
     reader: HashingReader, shard: Path
 ) -> Iterator[tuple[TarMember, bytes | memoryview | None]]:
@@ -263,18 +284,7 @@ def iter_members(
         padded = -(-size // BLOCK) * BLOCK
         kind = _KINDS.get(typeflag, "special")
         if typeflag in (b"L", b"K", b"x", b"g"):
-            meta = reader.read(padded)
-            if len(meta) < padded:
-                raise ShardReadError(shard, f"an extended header cut short at byte {offset}", last)
-            meta = meta[:size]
-            if typeflag == b"L":
-                pending["path"] = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif typeflag == b"x":
-                try:
-                    pending.update(_pax_records(meta))
-                except ValueError as exc:
-                    detail = f"a malformed pax header at byte {offset}"
-                    raise ShardReadError(shard, detail, last) from exc
+            pending.update(_extended_header(reader, shard, typeflag, size, offset, last))
             offset = offset_data + padded
             continue
         if "path" in pending:
