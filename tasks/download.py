@@ -391,30 +391,9 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
         )
     final = ctx.hub / remote.path
     if meta.xet_file_data is not None and is_xet_available():
-        _progress(f"    via hf_xet: {remote.path}")
-        hf_hub_download(
-            ctx.repo_id,
-            remote.path,
-            repo_type="dataset",
-            revision=ctx.commit,
-            local_dir=ctx.hub,
-            token=ctx.token,
-            endpoint=ctx.endpoint,
-            library_name=LIBRARY,
-        )
-        sha256 = _verify(remote, final)  # removes the file when it does not match
-        return remote.size, sha256
-
+        return remote.size, _fetch_via_xet(ctx, remote, final)
     part = _partial_path(ctx, remote)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    prefix = Path(remote.path).name + "."
-    for stale in part.parent.iterdir():
-        if stale != part and stale.name.startswith(prefix) and stale.name.endswith(".part"):
-            stale.unlink(missing_ok=True)  # an older upstream version's partial download
-    have = part.stat().st_size if part.is_file() else 0
-    if have > remote.size:
-        part.unlink()
-        have = 0
+    have = _resumable_bytes(remote, part)
     if have:
         _progress(f"    resuming {remote.path} at {human_bytes(have)}")
     headers = build_hf_headers(token=ctx.token, library_name=LIBRARY)
@@ -449,6 +428,37 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
     return remote.size - have, sha256
+
+
+def _fetch_via_xet(ctx: _Context, remote: _Remote, final: Path) -> str:
+    """Fetch one file with hf_xet (it resumes on its own); its sha256, verified."""
+    _progress(f"    via hf_xet: {remote.path}")
+    hf_hub_download(
+        ctx.repo_id,
+        remote.path,
+        repo_type="dataset",
+        revision=ctx.commit,
+        local_dir=ctx.hub,
+        token=ctx.token,
+        endpoint=ctx.endpoint,
+        library_name=LIBRARY,
+    )
+    return _verify(remote, final)  # removes the file when it does not match
+
+
+def _resumable_bytes(remote: _Remote, part: Path) -> int:
+    """How much of `part` a download may resume from; partial files of an older upstream
+    version of the same file, or longer than the file, are removed."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    prefix = Path(remote.path).name + "."
+    for stale in part.parent.iterdir():
+        if stale != part and stale.name.startswith(prefix) and stale.name.endswith(".part"):
+            stale.unlink(missing_ok=True)
+    have = part.stat().st_size if part.is_file() else 0
+    if have > remote.size:
+        part.unlink()
+        have = 0
+    return have
 
 
 def _drop_if_empty(part: Path) -> None:
