@@ -202,25 +202,9 @@ def download_shards(
     endpoint = hub_endpoint()
     patterns = [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns)
     _check_token(token)
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY)
-
-    with _hub_errors(endpoint, repo_id, revision, hub):
-        info = api.dataset_info(repo_id, revision=revision)
-        commit = info.sha
-        if not commit:
-            raise DownloadError(f"the Hub at {endpoint} gave no commit for {repo_id}@{revision}")
-        tree = api.list_repo_tree(repo_id, recursive=True, repo_type="dataset", revision=commit)
-        listing = [_Remote.from_repo_file(f) for f in tree if isinstance(f, RepoFile)]
-    wanted = sorted(
-        filter_repo_objects(listing, allow_patterns=patterns, key=lambda r: r.path),
-        key=lambda r: r.path,
-    )
-    if not wanted:
-        raise DownloadError(
-            f"no file of dataset {repo_id!r} at {revision} ({commit[:12]}) matches "
-            f"allow_patterns {patterns}"
-        )
-    ctx = _Context(root, hub, repo_id, revision, commit, endpoint, token)
+    ctx = _Context(root, hub, repo_id, revision, "", endpoint, token)
+    ctx.commit, listing, wanted = _list_at_commit(ctx, patterns)
+    commit = ctx.commit
     summary = DownloadSummary(commit=commit, patterns=patterns)
 
     db = open_manifest(root)
@@ -240,6 +224,30 @@ def download_shards(
     if summary.failed:
         raise PartialDownloadError(summary)
     return summary
+
+
+def _list_at_commit(ctx: _Context, patterns: list[str]) -> tuple[str, list[_Remote], list[_Remote]]:
+    """(commit the revision resolves to, every file there, the files `patterns` allow)."""
+    api = HfApi(endpoint=ctx.endpoint, token=ctx.token, library_name=LIBRARY)
+    with _hub_errors(ctx.endpoint, ctx.repo_id, ctx.revision, ctx.hub):
+        info = api.dataset_info(ctx.repo_id, revision=ctx.revision)
+        commit = info.sha
+        if not commit:
+            raise DownloadError(
+                f"the Hub at {ctx.endpoint} gave no commit for {ctx.repo_id}@{ctx.revision}"
+            )
+        tree = api.list_repo_tree(ctx.repo_id, recursive=True, repo_type="dataset", revision=commit)
+        listing = [_Remote.from_repo_file(f) for f in tree if isinstance(f, RepoFile)]
+    wanted = sorted(
+        filter_repo_objects(listing, allow_patterns=patterns, key=lambda r: r.path),
+        key=lambda r: r.path,
+    )
+    if not wanted:
+        raise DownloadError(
+            f"no file of dataset {ctx.repo_id!r} at {ctx.revision} ({commit[:12]}) matches "
+            f"allow_patterns {patterns}"
+        )
+    return commit, listing, wanted
 
 
 def _plan(
