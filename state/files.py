@@ -11,17 +11,19 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from state.batching import batched
 from state.kinds import FileKind
-from state.manifest import delete_files as delete  # noqa: F401  (verb-named re-exports)
-from state.manifest import file_row as get  # noqa: F401
-from state.manifest import files_of_shard as of_shard  # noqa: F401
-from state.manifest import query
-from state.manifest import upsert_files as upsert  # noqa: F401
+from state.manifest import FILE_FIELDS, query
 
 AUDIT_COLUMNS = ("path", "shard", "kind", "sample", "size", "mtime_ns", "xxh3")
 STAT_COLUMNS = ("path", "size", "mtime_ns", "kind", "sample")
 LOOKUP_CHUNK = 500  # paths per `IN (...)` lookup
 _AUDIT_QUERY = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM files"
 _STAT_QUERY = f"SELECT {', '.join(STAT_COLUMNS)} FROM files"
+_FILE_COLUMN_LIST = ", ".join(f'"{c}"' for c in FILE_FIELDS)
+_UPSERT = (
+    f"INSERT INTO files ({_FILE_COLUMN_LIST}) VALUES ({', '.join('?' for _ in FILE_FIELDS)}) "
+    "ON CONFLICT (path) DO UPDATE SET "
+    + ", ".join(f'"{c}" = excluded."{c}"' for c in FILE_FIELDS if c != "path")
+)
 
 
 def _marks(n: int) -> str:
@@ -29,6 +31,19 @@ def _marks(n: int) -> str:
 
 
 # --------------------------------------------------------------------------- reads
+
+
+def get(db: sqlite3.Connection, path: str) -> dict | None:
+    """The row of `path`, or None."""
+    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
+    return rows[0] if rows else None
+
+
+def of_shard(db: sqlite3.Connection, shard: str, kind: FileKind | None = None) -> list[dict]:
+    """The rows of one shard, optionally of one kind."""
+    if kind is None:
+        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
+    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))
 
 
 def stat_of(db: sqlite3.Connection, path: str) -> tuple[int, int, str] | None:
@@ -185,6 +200,23 @@ def table_mismatches(
 
 
 # --------------------------------------------------------------------------- writes
+
+
+def upsert(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
+    """Insert rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same path, in
+    one statement batch.
+
+    An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
+    re-inserts): its entry in the path index, whose random keys put almost every row in
+    another page, stays where it is. Each file's row is written twice in a build (claimed,
+    then committed), so this cuts the WAL and checkpoint writes of every shard.
+    """
+    conn.executemany(_UPSERT, ([row.get(c) for c in FILE_FIELDS] for row in rows))
+
+
+def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
+    """Delete the rows of `paths`."""
+    conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
 
 
 def set_stat(conn: sqlite3.Connection, rows: Iterable[tuple[int, int, str]]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -229,53 +229,9 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.commit()
 
 
-_FILE_COLUMN_LIST = ", ".join(f'"{c}"' for c in FILE_FIELDS)
-_UPSERT_FILES = (
-    f"INSERT INTO files ({_FILE_COLUMN_LIST}) VALUES ({', '.join('?' for _ in FILE_FIELDS)}) "
-    "ON CONFLICT (path) DO UPDATE SET "
-    + ", ".join(f'"{c}" = excluded."{c}"' for c in FILE_FIELDS if c != "path")
-)
-
-
-def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
-    """Insert `files` rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same
-    path, in one statement batch.
-
-    An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
-    re-inserts): its entry in the path index, whose random keys put almost every row in
-    another page, stays where it is. Each file's row is written twice in a build (claimed,
-    then committed), so this cuts the WAL and checkpoint writes of every shard.
-    """
-    conn.executemany(_UPSERT_FILES, ([row.get(c) for c in FILE_FIELDS] for row in rows))
-
-
-def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
-    """Delete the `files` rows of `paths`."""
-    conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
-
-
 def query(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> Iterator[dict]:
     """The rows of a query as dicts keyed by column name."""
     cursor = db.execute(sql, params)
     keys = [d[0] for d in cursor.description]
     for row in cursor:
         yield dict(zip(keys, row, strict=True))
-
-
-def shard_row(db: sqlite3.Connection, name: str) -> dict | None:
-    """The `shards` row of `name`, or None."""
-    rows = list(query(db, "SELECT * FROM shards WHERE name = ?", [name]))
-    return rows[0] if rows else None
-
-
-def file_row(db: sqlite3.Connection, path: str) -> dict | None:
-    """The `files` row of `path`, or None."""
-    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
-    return rows[0] if rows else None
-
-
-def files_of_shard(db: sqlite3.Connection, shard: str, kind: str | None = None) -> list[dict]:
-    """The `files` rows of one shard, optionally of one kind."""
-    if kind is None:
-        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
-    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))

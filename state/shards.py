@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from state.manifest import SHARD_COLUMNS, query
-from state.manifest import shard_row as get  # noqa: F401  (verb-named re-export)
 
 DONE = "done"
 FAILED = "failed"
@@ -23,6 +22,12 @@ def _columns(columns: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- reads
+
+
+def get(db: sqlite3.Connection, name: str) -> dict | None:
+    """The row of `name`, or None."""
+    found = list(query(db, "SELECT * FROM shards WHERE name = ?", [name]))
+    return found[0] if found else None
 
 
 def rows(db: sqlite3.Connection, *columns: str) -> sqlite3.Cursor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from state import files, shards
 from state.digests import json_digest
 from state.kinds import FileKind
-from state.manifest import file_row, open_manifest, upsert_files, write_transaction
+from state.manifest import open_manifest, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
 from tasks.partition import read_partition, write_partition
 from tasks.records import parse_json, partition_row
@@ -55,8 +55,8 @@ def scan_edits(settings: Settings) -> ScanResult:
                 result.errors.append(str(exc))
                 continue
             with write_transaction(db) as conn:
-                upsert_files(conn, _stat_rows(db, changed, shard))
-                upsert_files(conn, [part_row])
+                files.upsert(conn, _stat_rows(db, changed, shard))
+                files.upsert(conn, [part_row])
                 shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
             result.rebuilt.append(shard)
         untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
@@ -75,7 +75,7 @@ def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
     for path, owner, size, mtime_ns, xxh3, _ in changed:
         if owner != shard:
             continue
-        old = file_row(db, path)
+        old = files.get(db, path)
         rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
     return rows
 

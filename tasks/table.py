@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from state import meta
+from state import files, meta
 from state.atomic import TMP_SUFFIX
 from state.counts import shards_in_build
 from state.hashing import hash_file
 from state.kinds import FileKind
-from state.manifest import open_manifest, upsert_files, write_transaction
+from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import check_caption_fields
 from tasks.captions import caption_texts, partition_columns
 from tasks.freshness import table_key, table_matches, table_shards
@@ -57,7 +57,7 @@ def build_table(settings: Settings) -> TableResult:
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
-            upsert_files(
+            files.upsert(
                 conn,
                 [
                     {

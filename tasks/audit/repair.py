@@ -32,7 +32,7 @@ from state import files, meta, shards
 from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
 from state.kinds import FileKind
-from state.manifest import file_row, open_manifest, write_transaction
+from state.manifest import open_manifest, write_transaction
 from tasks.audit.deep import checksums_match, wanted_checksums
 from tasks.audit.report import AuditReport, Finding, load_report
 from tasks.audit.run import audit
@@ -142,7 +142,7 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
             kind, path = item["kind"], item.get("path")
             if not isinstance(path, str) or (kind, path) in seen:
                 continue
-            row = file_row(db, path)
+            row = files.get(db, path)
             if row is None or not (settings.root / path).is_file():
                 continue
             if kind == "checksum_mismatch":
@@ -204,7 +204,7 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
     """Re-extract damaged files from their tars, shard by shard, in member order."""
     by_shard: dict[str, list[tuple[Finding, dict]]] = {}
     for f in findings:
-        row = file_row(db, f.path) if f.path else None
+        row = files.get(db, f.path) if f.path else None
         if row is None:
             continue
         if row["kind"] == FileKind.JSON and f.kind != "missing_json":
@@ -276,7 +276,7 @@ def _refresh_touched(db, settings: Settings, findings: list[Finding], result) ->
     """Rows of files whose mtime changed but content did not get the new stat."""
     updates = []
     for f in findings:
-        row = file_row(db, f.path) if f.path else None
+        row = files.get(db, f.path) if f.path else None
         path = settings.root / f.path if f.path else None
         if row is None or path is None or not path.is_file():
             continue

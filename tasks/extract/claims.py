@@ -19,7 +19,7 @@ from state import files
 from state.atomic import move_file, raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
 from state.kinds import MEMBER_KINDS, FileKind
-from state.manifest import upsert_files, write_transaction
+from state.manifest import write_transaction
 
 JSON = FileKind.JSON
 
@@ -109,7 +109,7 @@ class MemberWriter:
                 old = self.previous.get(dest)
                 if old is None or old["xxh3"] != m.xxh3:
                     rows.append(pending_row(self.shard, dest, m))
-            upsert_files(conn, rows)
+            files.upsert(conn, rows)
         return claimed
 
     def _write_direct(self, m: Member, data: bytes | memoryview) -> None:

@@ -19,25 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import files, shards
+from state import files, meta, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.kinds import MEMBER_KINDS, FileKind
-from state.manifest import (
-    ADOPT_KEY,
-    ManifestError,
-    delete_files,
-    file_row,
-    files_of_shard,
-    get_meta,
-    open_manifest,
-    shard_row,
-    upsert_files,
-    write_transaction,
-)
+from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
 from tasks.audit.pairing import is_trainer_file
 from tasks.captions import caption_path
 from tasks.extract.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
@@ -124,7 +113,7 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
     name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
-    row = shard_row(db, name)
+    row = shards.get(db, name)
     if row and row["status"] == "done" and row["size"] == st.st_size:
         same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
         if same_stat or hash_file(tar_path) == row["xxh3"]:
@@ -135,7 +124,9 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
     renamed_from = _find_renamed(db, settings, name, tar_path, st)
     if renamed_from:
         _adopt_renamed(db, settings, renamed_from, name, rel, st)
-        return ExtractResult(name, "renamed", samples=(shard_row(db, name) or {}).get("samples", 0))
+        return ExtractResult(
+            name, "renamed", samples=(shards.get(db, name) or {}).get("samples", 0)
+        )
     return _extract(db, settings, name, tar_path, rel, st)
 
 
@@ -188,7 +179,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     tmp_dir = settings.state_dir / "tmp" / name
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    previous = {r["path"]: r for r in files_of_shard(db, name)}
+    previous = {r["path"]: r for r in files.of_shard(db, name)}
     job = _Job(db, settings, name, tar_path, rel, st, previous)
     quirks = job.quirks
     try:
@@ -226,7 +217,7 @@ def _read_shard(job: _Job, tmp_dir: Path):
     db, settings, name, tar_path, quirks = job.db, job.settings, job.name, job.tar_path, job.quirks
     previous, total = job.previous, job.st.st_size
     writer = MemberWriter(
-        db, settings.root, name, tmp_dir, previous, get_meta(db, ADOPT_KEY) == "1"
+        db, settings.root, name, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1"
     )
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
@@ -500,7 +491,7 @@ def _commit(
                 placed[p.dest] = p
             files.drop_of_shard(conn, name, vacated)
             remove_empty_folders(settings.data_dir, vacated)
-            upsert_files(conn, file_rows)
+            files.upsert(conn, file_rows)
     return placed, rows, written
 
 
@@ -585,7 +576,7 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
 
 def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     """Move another shard's copy of `dest` aside so that this shard can own the path."""
-    row = file_row(conn, dest)
+    row = files.get(conn, dest)
     aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
@@ -593,8 +584,8 @@ def _displace(conn, settings: Settings, other: str, dest: str) -> None:
         move_file(src, settings.root / aside)
         remove_empty_folders(settings.data_dir, [dest])
     row.update(path=aside, kind=ASIDE)
-    delete_files(conn, [dest])
-    upsert_files(conn, [row])
+    files.delete(conn, [dest])
+    files.upsert(conn, [row])
     shards.invalidate(conn, [other], partition=True)
 
 
@@ -661,9 +652,9 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
     kept = kept + _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
-        delete_files(conn, [r["path"] for r in stale])
+        files.delete(conn, [r["path"] for r in stale])
         quirk_rows.replace(conn, name, quirks)
-        upsert_files(conn, [part_row, *kept])
+        files.upsert(conn, [part_row, *kept])
         current = json_digest(conn, name)
         expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == JSON)
         shards.mark_done(
@@ -697,13 +688,13 @@ def _clear_stale_data(
     for r in stale:
         if r["kind"] != IMAGE:
             continue
-        caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
+        caption = files.get(db, caption_path(r["path"].removeprefix("data/")))
         ours = caption is not None and caption["kind"] == CAPTION and caption["shard"] == name
         if ours and _left_as_built(settings.root / caption["path"], caption):
             (settings.root / caption["path"]).unlink()
             dropped.append(caption["path"])
     with write_transaction(db) as conn:
-        delete_files(conn, dropped)
+        files.delete(conn, dropped)
     return _drop_stale(settings, name, stale, quirks)
 
 
@@ -783,7 +774,7 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
     build wrote (a JSON the user edited) stays."""
     rows = [
         r
-        for r in files_of_shard(db, name)
+        for r in files.of_shard(db, name)
         if r["path"].startswith("data/")
         and r["kind"] in (IMAGE, JSON, PENDING)
         and not _vouched(previous.get(r["path"]), r)
@@ -793,7 +784,7 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
         if _left_as_built(target, r):
             target.unlink()
     with write_transaction(db) as conn:
-        delete_files(conn, [r["path"] for r in rows])
+        files.delete(conn, [r["path"] for r in rows])
     remove_empty_folders(settings.data_dir, [r["path"] for r in rows])
 
 
@@ -808,6 +799,6 @@ def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str)
     part_row = None if part.exists() else write_partition(settings, name, [])
     with write_transaction(db) as conn:
         if part_row:
-            upsert_files(conn, [part_row])
+            files.upsert(conn, [part_row])
         part_xxh3 = part_row["xxh3"] if part_row else None
         shards.mark_failed(conn, name, rel, st, error=error, part_xxh3=part_xxh3)
