@@ -57,17 +57,16 @@ def write_in_place(path: str | os.PathLike, data: bytes | memoryview) -> os.stat
     For files whose manifest row is committed only after the write completes: a
     killed write leaves a file that no row vouches for, and the next run rewrites it.
     An existing file is overwritten and then cut to length rather than opened with
-    O_TRUNC: on ext4, truncate-then-rewrite forces writeback and cost ~0.3 ms a file.
-    It is cut only when it was longer: ext4 journals every `ftruncate`, even one that
-    keeps the size (measured: 33k rewrites 0.48 s with it, 0.31 s without).
+    O_TRUNC: on ext4, truncate-then-rewrite forces writeback. It is cut only when it was
+    longer: ext4 journals every `ftruncate`, even one that keeps the size.
     """
     return _write_and_close(open_creating(path, 0), path, data)
 
 
 def write_if_absent(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result | None:
     """Create `path` holding `data` and return its stat; None, writing nothing, if a file
-    of that name exists already. One `open` where a probe and then a write would take two:
-    a name looked up in vain costs ~10 us in a `data/` of 90k files."""
+    of that name exists already. One `open` where a probe and then a write would take two
+    (a name looked up in vain is costly in a large `data/`)."""
     try:
         fd = open_creating(path, os.O_EXCL)
     except FileExistsError:

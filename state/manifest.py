@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from state.meta import get as get_meta  # noqa: F401  (the old import path)
+from state.meta import set as set_meta
 
 MANIFEST_NAME = "manifest.sqlite"
 WAL_SWITCH_WAIT_S = 60  # how long a first open retries a WAL switch another process holds up
@@ -48,7 +51,7 @@ SHARD_COLUMNS = {
 FILE_COLUMNS = {
     "path": str,
     "shard": str,
-    "kind": str,  # image | json | caption | aside
+    "kind": str,  # a FileKind (state/kinds.py)
     "sample": str,
     "member": str,
     "offset": int,
@@ -144,7 +147,7 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
 
     When two processes open a new manifest at once (`doit -n 2` on a fresh root), SQLite
     answers one switch with "database is locked" at once, without waiting on the busy
-    timeout (11 of 400 opens in a race of two processes here).
+    timeout.
     """
     deadline = time.monotonic() + WAL_SWITCH_WAIT_S
     while True:
@@ -188,7 +191,7 @@ def _ensure_schema(conn: sqlite3.Connection, root: Path) -> None:
     ).fetchone()
     if found == 2:
         return
-    # imported here only: it costs ~0.1 s, and only a new manifest needs it
+    # imported here only: it is slow to import, and only a new manifest needs it
     import sqlite_utils
 
     db = sqlite_utils.Database(conn)
@@ -226,65 +229,9 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.commit()
 
 
-_FILE_COLUMN_LIST = ", ".join(f'"{c}"' for c in FILE_FIELDS)
-_UPSERT_FILES = (
-    f"INSERT INTO files ({_FILE_COLUMN_LIST}) VALUES ({', '.join('?' for _ in FILE_FIELDS)}) "
-    "ON CONFLICT (path) DO UPDATE SET "
-    + ", ".join(f'"{c}" = excluded."{c}"' for c in FILE_FIELDS if c != "path")
-)
-
-
-def upsert_files(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
-    """Insert `files` rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same
-    path, in one statement batch.
-
-    An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
-    re-inserts): its entry in the path index, whose random keys put almost every row in
-    another page, stays where it is. Each file's row is written twice in a build (claimed,
-    then committed); measured on a 100k-sample manifest, one 5k-sample shard's rows wrote
-    96 MB (WAL and checkpoints) instead of 131 MB, in 0.49 s instead of 0.57-0.67 s.
-    """
-    conn.executemany(_UPSERT_FILES, ([row.get(c) for c in FILE_FIELDS] for row in rows))
-
-
-def delete_files(conn: sqlite3.Connection, paths: Sequence[str]) -> None:
-    """Delete the `files` rows of `paths`."""
-    conn.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
-
-
-def get_meta(db: sqlite3.Connection, key: str) -> str | None:
-    """A value from the `meta` table, or None."""
-    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    """Set a value in the `meta` table (inside the caller's transaction)."""
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-
 def query(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> Iterator[dict]:
     """The rows of a query as dicts keyed by column name."""
     cursor = db.execute(sql, params)
     keys = [d[0] for d in cursor.description]
     for row in cursor:
         yield dict(zip(keys, row, strict=True))
-
-
-def shard_row(db: sqlite3.Connection, name: str) -> dict | None:
-    """The `shards` row of `name`, or None."""
-    rows = list(query(db, "SELECT * FROM shards WHERE name = ?", [name]))
-    return rows[0] if rows else None
-
-
-def file_row(db: sqlite3.Connection, path: str) -> dict | None:
-    """The `files` row of `path`, or None."""
-    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
-    return rows[0] if rows else None
-
-
-def files_of_shard(db: sqlite3.Connection, shard: str, kind: str | None = None) -> list[dict]:
-    """The `files` rows of one shard, optionally of one kind."""
-    if kind is None:
-        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
-    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))

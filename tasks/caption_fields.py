@@ -19,8 +19,9 @@ import json
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from state import meta
 from state.caption_state import FIELDS_KEY
-from state.manifest import get_meta, set_meta, write_transaction
+from state.manifest import write_transaction
 from tasks.freshness import table_shards
 from tasks.records import CAPTION_COLUMNS, parse_json
 from tasks.settings import Settings, partition_path
@@ -48,7 +49,7 @@ def check_caption_fields(db, settings: Settings) -> None:
             present[field] = any(_has_field(settings, shard, field) for shard in shards)
     if present.keys() - cached.keys():
         with write_transaction(db) as conn:
-            set_meta(conn, FIELDS_KEY, json.dumps({"parts": parts, "present": cached | present}))
+            meta.set(conn, FIELDS_KEY, json.dumps({"parts": parts, "present": cached | present}))
     missing = [f for f in settings.caption_field if not present[f]]
     if missing:
         raise CaptionFieldError(_message(settings, shards, missing))
@@ -56,7 +57,7 @@ def check_caption_fields(db, settings: Settings) -> None:
 
 def _cached(db, parts: str) -> dict[str, bool]:
     try:
-        value = json.loads(get_meta(db, FIELDS_KEY) or "{}")
+        value = json.loads(meta.get(db, FIELDS_KEY) or "{}")
     except ValueError:
         return {}
     return value.get("present", {}) if value.get("parts") == parts else {}

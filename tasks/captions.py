@@ -23,6 +23,7 @@ from stat import S_ISREG
 
 import pyarrow as pa
 
+from state import files, shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
     EDITED_CAPTIONS,
@@ -33,19 +34,15 @@ from state.caption_state import (
     set_caption_failure,
 )
 from state.hashing import file_matches, hash_bytes
-from state.manifest import (
-    delete_files,
-    file_row,
-    open_manifest,
-    shard_row,
-    upsert_files,
-    write_transaction,
-)
+from state.kinds import FileKind
+from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import check_caption_fields
 from tasks.freshness import captions_key
 from tasks.partition import read_partition
 from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
 from tasks.settings import Settings, partition_path
+
+CAPTION = FileKind.CAPTION
 
 WRITE_BATCH = 2000
 
@@ -121,7 +118,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
     result = CaptionResult(shard)
     db = open_manifest(settings.root)
     try:
-        row = shard_row(db, shard)
+        row = shards.get(db, shard)
         if row is None or not partition_path(settings, shard).exists():
             result.up_to_date = True
             return result
@@ -147,7 +144,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
         with write_transaction(db) as conn:
             set_caption_failure(conn, shard, failure)
             if failure is None:
-                conn.execute("UPDATE shards SET captions_key = ? WHERE name = ?", (key, shard))
+                shards.set_captions_key(conn, shard, key)
     finally:
         db.close()
     return result
@@ -228,7 +225,7 @@ class _Writer:
             {
                 "path": path,
                 "shard": self.shard,
-                "kind": "caption",
+                "kind": CAPTION,
                 "sample": sample,
                 "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns,
@@ -238,10 +235,10 @@ class _Writer:
 
     def _vouched_by_another_shard(self, path: str, target: str) -> bool:
         """The file is the caption another shard wrote for the path (its owner changed)."""
-        row = file_row(self.db, path)
+        row = files.get(self.db, path)
         return (
             row is not None
-            and row["kind"] == "caption"
+            and row["kind"] == CAPTION
             and row["mtime_ns"] != WRITING
             and file_matches(target, row["size"], row["mtime_ns"], row["xxh3"])
         )
@@ -266,7 +263,7 @@ class _Writer:
         first, so a killed rewrite is never taken for a hand edit)."""
         if self.new:
             with write_transaction(self.db) as conn:
-                upsert_files(conn, self.new)
+                files.upsert(conn, self.new)
             self.new.clear()
         if not self.rewrites:
             return
@@ -358,4 +355,4 @@ def _remove_unwanted(db, settings, existing, wanted, result) -> None:
         gone.append(path)
     if gone:
         with write_transaction(db) as conn:
-            delete_files(conn, gone)
+            files.delete(conn, gone)

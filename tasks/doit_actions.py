@@ -42,7 +42,7 @@ def fail_settings(message: str) -> TaskFailed:
 
 def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
     """Extract one shard; a shard that cannot be read is reported by `summary` at the end."""
-    from tasks.extract import extract_shard
+    from tasks.extract.shard import extract_shard
 
     try:
         r = extract_shard(settings, Path(tar))
@@ -216,8 +216,8 @@ def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
 
     The findings are printed even when audit.json cannot be saved (a read-only dataset).
     """
-    from tasks.audit import audit
-    from tasks.audit_report import format_report, write_report
+    from tasks.audit.report import format_report, write_report
+    from tasks.audit.run import audit
 
     if (holder := lock.running_writer(settings.root)) is not None:
         print(f"note: a build is running ({holder}): findings may be transient", flush=True)
@@ -245,7 +245,7 @@ def run_audit(settings: Settings, deep: bool = False) -> TaskFailed | None:
 
 def run_repair(settings: Settings) -> TaskFailed | None:
     """Restore what the audit finds damaged; fail naming what could not be restored."""
-    from tasks.repair import format_repair, repair
+    from tasks.audit.repair import format_repair, repair
 
     try:
         result = repair(settings)

@@ -20,7 +20,7 @@ from pathlib import Path
 from doit import Globals
 from doit.exceptions import InvalidDodoFile
 
-from state import lock
+from state import lock, shards
 from state.checker import checker_for
 from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
@@ -34,8 +34,9 @@ from tasks.freshness import (
     table_is_current,
 )
 from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
+from tasks.steps import STEPS
 
-DEFAULT_TASKS = ["extract", "scan", "captions", "table", "dataloader", "summary"]
+DEFAULT_TASKS = list(STEPS)
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
 
 
@@ -250,7 +251,7 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
     def task_summary(s: Settings) -> dict:
         return {
             "actions": [(act.run_summary, [s])],
-            "task_dep": ["extract", "scan", "captions", "table", "dataloader"],
+            "task_dep": [step for step in STEPS if step != "summary"],
             "uptodate": [False],
         }
 
@@ -291,7 +292,7 @@ def _known_shards(settings: Settings) -> list[str]:
     if conn is None:
         return []
     try:
-        return [r[0] for r in conn.execute("SELECT name FROM shards WHERE part_xxh3 IS NOT NULL")]
+        return [name for name, _ in shards.with_partition(conn)]
     except sqlite3.Error:
         return []
     finally:

@@ -57,7 +57,9 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from huggingface_hub.utils._runtime import is_xet_available
 
-from state.manifest import open_manifest, query, set_meta, write_transaction
+from state import hub as hub_files
+from state.manifest import open_manifest, write_transaction
+from tasks.progress import human_bytes
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("data/*.tar",)
 HUB_DIR = "hub"
@@ -118,7 +120,7 @@ class DownloadSummary:
             what = f"{n} shard{'s' if n != 1 else ''} ({len(self.new)} new, "
             what += f"{len(self.changed)} changed upstream)"
         line = (
-            f"fetched {what} ({format_bytes(self.nbytes)}) in {self.seconds:.1f} s; "
+            f"fetched {what} ({human_bytes(self.nbytes)}) in {self.seconds:.1f} s; "
             f"{self.skipped} up to date; commit {self.commit[:12]}"
         )
         if self.failed:
@@ -173,15 +175,6 @@ class _Context:
     token: str | None
 
 
-def format_bytes(n: float) -> str:
-    """Human-readable decimal size: `512 B`, `12.6 MB`, `9.31 GB`."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def hub_endpoint() -> str:
     """The Hub endpoint: `HF_ENDPOINT` as set now, else huggingface_hub's default."""
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
@@ -209,25 +202,9 @@ def download_shards(
     endpoint = hub_endpoint()
     patterns = [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns)
     _check_token(token)
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY)
-
-    with _hub_errors(endpoint, repo_id, revision, hub):
-        info = api.dataset_info(repo_id, revision=revision)
-        commit = info.sha
-        if not commit:
-            raise DownloadError(f"the Hub at {endpoint} gave no commit for {repo_id}@{revision}")
-        tree = api.list_repo_tree(repo_id, recursive=True, repo_type="dataset", revision=commit)
-        listing = [_Remote.from_repo_file(f) for f in tree if isinstance(f, RepoFile)]
-    wanted = sorted(
-        filter_repo_objects(listing, allow_patterns=patterns, key=lambda r: r.path),
-        key=lambda r: r.path,
-    )
-    if not wanted:
-        raise DownloadError(
-            f"no file of dataset {repo_id!r} at {revision} ({commit[:12]}) matches "
-            f"allow_patterns {patterns}"
-        )
-    ctx = _Context(root, hub, repo_id, revision, commit, endpoint, token)
+    ctx = _Context(root, hub, repo_id, revision, "", endpoint, token)
+    ctx.commit, listing, wanted = _list_at_commit(ctx, patterns)
+    commit = ctx.commit
     summary = DownloadSummary(commit=commit, patterns=patterns)
 
     db = open_manifest(root)
@@ -238,9 +215,7 @@ def download_shards(
             _fetch_one(ctx, db, remote, state, f"[{i}/{len(todo)}]", summary)
         if not summary.failed:
             with write_transaction(db) as conn:
-                set_meta(conn, "hub_commit", commit)
-                set_meta(conn, "hub_repo_id", repo_id)
-                set_meta(conn, "hub_revision", revision)
+                hub_files.record_source(conn, commit, repo_id, revision)
     finally:
         db.close()
 
@@ -249,6 +224,30 @@ def download_shards(
     if summary.failed:
         raise PartialDownloadError(summary)
     return summary
+
+
+def _list_at_commit(ctx: _Context, patterns: list[str]) -> tuple[str, list[_Remote], list[_Remote]]:
+    """(commit the revision resolves to, every file there, the files `patterns` allow)."""
+    api = HfApi(endpoint=ctx.endpoint, token=ctx.token, library_name=LIBRARY)
+    with _hub_errors(ctx.endpoint, ctx.repo_id, ctx.revision, ctx.hub):
+        info = api.dataset_info(ctx.repo_id, revision=ctx.revision)
+        commit = info.sha
+        if not commit:
+            raise DownloadError(
+                f"the Hub at {ctx.endpoint} gave no commit for {ctx.repo_id}@{ctx.revision}"
+            )
+        tree = api.list_repo_tree(ctx.repo_id, recursive=True, repo_type="dataset", revision=commit)
+        listing = [_Remote.from_repo_file(f) for f in tree if isinstance(f, RepoFile)]
+    wanted = sorted(
+        filter_repo_objects(listing, allow_patterns=patterns, key=lambda r: r.path),
+        key=lambda r: r.path,
+    )
+    if not wanted:
+        raise DownloadError(
+            f"no file of dataset {ctx.repo_id!r} at {ctx.revision} ({commit[:12]}) matches "
+            f"allow_patterns {patterns}"
+        )
+    return commit, listing, wanted
 
 
 def _plan(
@@ -260,7 +259,7 @@ def _plan(
 ) -> list[tuple[_Remote, str]]:
     """The files to fetch with their state (`new`/`changed`); records the ones up to date
     and notes in `summary` the recorded files no longer upstream or no longer allowed."""
-    recorded = {row["path"]: row for row in query(db, "SELECT * FROM hub_files")}
+    recorded = hub_files.recorded(db)
     listed = {r.path for r in listing}
     allowed = {r.path for r in wanted}
     summary.gone_upstream = sorted(p for p in recorded if p not in listed)
@@ -291,7 +290,7 @@ def _fetch_one(
 ) -> None:
     """Fetch and record one file; a failure of this file alone goes into `summary.failed`."""
     _progress(
-        f"{counter} {remote.path} {format_bytes(remote.size)}"
+        f"{counter} {remote.path} {human_bytes(remote.size)}"
         f" ({'new' if state == 'new' else 'changed upstream'})"
     )
     t0 = time.monotonic()
@@ -306,8 +305,8 @@ def _fetch_one(
         return
     dt = max(time.monotonic() - t0, 1e-6)
     _progress(
-        f"{counter} {remote.path} done: {format_bytes(sent)} in {dt:.1f} s"
-        f" ({format_bytes(sent / dt)}/s)"
+        f"{counter} {remote.path} done: {human_bytes(sent)} in {dt:.1f} s"
+        f" ({human_bytes(sent / dt)}/s)"
     )
     summary.nbytes += sent
     (summary.new if state == "new" else summary.changed).append(remote.path)
@@ -359,7 +358,7 @@ def _local_state(ctx: _Context, remote: _Remote, row: dict | None) -> tuple[str,
     ):
         return "ok", remote.sha256
     if remote.sha256 is not None:
-        _progress(f"checking {remote.path} (present, not recorded): hashing {format_bytes(size)}")
+        _progress(f"checking {remote.path} (present, not recorded): hashing {human_bytes(size)}")
     sha256, git_oid = _hash_file(local)
     if remote.sha256 is not None:
         return ("ok", sha256) if sha256 == remote.sha256 else ("changed", None)
@@ -380,7 +379,7 @@ def _check_free_space(ctx: _Context, todo: list[_Remote]) -> None:
     if needed > free:
         raise DownloadError(
             f"not enough free space in {ctx.hub}: {len(todo)} file(s) to fetch need "
-            f"{format_bytes(needed)} ({needed} bytes) but only {format_bytes(free)} "
+            f"{human_bytes(needed)} ({needed} bytes) but only {human_bytes(free)} "
             f"({free} bytes) is free; free some space or move root"
         )
 
@@ -400,32 +399,11 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
         )
     final = ctx.hub / remote.path
     if meta.xet_file_data is not None and is_xet_available():
-        _progress(f"    via hf_xet: {remote.path}")
-        hf_hub_download(
-            ctx.repo_id,
-            remote.path,
-            repo_type="dataset",
-            revision=ctx.commit,
-            local_dir=ctx.hub,
-            token=ctx.token,
-            endpoint=ctx.endpoint,
-            library_name=LIBRARY,
-        )
-        sha256 = _verify(remote, final)  # removes the file when it does not match
-        return remote.size, sha256
-
+        return remote.size, _fetch_via_xet(ctx, remote, final)
     part = _partial_path(ctx, remote)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    prefix = Path(remote.path).name + "."
-    for stale in part.parent.iterdir():
-        if stale != part and stale.name.startswith(prefix) and stale.name.endswith(".part"):
-            stale.unlink(missing_ok=True)  # an older upstream version's partial download
-    have = part.stat().st_size if part.is_file() else 0
-    if have > remote.size:
-        part.unlink()
-        have = 0
+    have = _resumable_bytes(remote, part)
     if have:
-        _progress(f"    resuming {remote.path} at {format_bytes(have)}")
+        _progress(f"    resuming {remote.path} at {human_bytes(have)}")
     headers = build_hf_headers(token=ctx.token, library_name=LIBRARY)
     if urlsplit(meta.location).netloc != urlsplit(url).netloc:
         headers.pop("authorization", None)  # a signed CDN URL: do not send the token there
@@ -458,6 +436,37 @@ def _fetch(ctx: _Context, remote: _Remote) -> tuple[int, str]:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
     return remote.size - have, sha256
+
+
+def _fetch_via_xet(ctx: _Context, remote: _Remote, final: Path) -> str:
+    """Fetch one file with hf_xet (it resumes on its own); its sha256, verified."""
+    _progress(f"    via hf_xet: {remote.path}")
+    hf_hub_download(
+        ctx.repo_id,
+        remote.path,
+        repo_type="dataset",
+        revision=ctx.commit,
+        local_dir=ctx.hub,
+        token=ctx.token,
+        endpoint=ctx.endpoint,
+        library_name=LIBRARY,
+    )
+    return _verify(remote, final)  # removes the file when it does not match
+
+
+def _resumable_bytes(remote: _Remote, part: Path) -> int:
+    """How much of `part` a download may resume from; partial files of an older upstream
+    version of the same file, or longer than the file, are removed."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    prefix = Path(remote.path).name + "."
+    for stale in part.parent.iterdir():
+        if stale != part and stale.name.startswith(prefix) and stale.name.endswith(".part"):
+            stale.unlink(missing_ok=True)
+    have = part.stat().st_size if part.is_file() else 0
+    if have > remote.size:
+        part.unlink()
+        have = 0
+    return have
 
 
 def _drop_if_empty(part: Path) -> None:
@@ -518,11 +527,7 @@ def _row(ctx: _Context, remote: _Remote, sha256: str | None) -> dict:
 
 
 def _upsert_hub_file(conn: sqlite3.Connection, row: dict) -> None:
-    conn.execute(
-        'INSERT OR REPLACE INTO hub_files (path, size, sha256, "commit", local_path) '
-        "VALUES (:path, :size, :sha256, :commit, :local_path)",
-        row,
-    )
+    hub_files.upsert(conn, row)
 
 
 # --- errors and progress ----------------------------------------------------------------
@@ -641,7 +646,7 @@ def _partial_words(ctx: _Context, remote: _Remote) -> str:
     have = part.stat().st_size if part.is_file() else 0
     if not have:
         return ""
-    return f" (partial data kept: {format_bytes(have)} of {format_bytes(remote.size)})"
+    return f" (partial data kept: {human_bytes(have)} of {human_bytes(remote.size)})"
 
 
 def _status(exc: BaseException) -> int | None:

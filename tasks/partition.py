@@ -12,10 +12,10 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from state.atomic import atomic_write
 from state.hashing import hash_bytes
+from state.kinds import FileKind
 from tasks.records import PARTITION_SCHEMA
 from tasks.settings import Settings, partition_path
 
@@ -33,7 +33,7 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
     return {
         "path": os.path.relpath(path, settings.root),
         "shard": shard,
-        "kind": "partition",
+        "kind": FileKind.PARTITION,
         "sample": None,
         "member": None,
         "offset": None,
@@ -49,23 +49,8 @@ def read_partition(settings: Settings, shard: str, columns: list[str] | None = N
     """A shard's partition (or only some of its columns).
 
     Read with `ParquetFile`, not `pq.read_table`: that goes through pyarrow.dataset, whose
-    import alone costs ~0.1 s in every run that reads a partition (adding a shard, an
+    import is slow, and every run that reads a partition would pay it (adding a shard, an
     edited JSON, a caption switch).
     """
     with pq.ParquetFile(partition_path(settings, shard)) as pf:
         return pf.read(columns=columns)
-
-
-def digest_pairs(pairs: Iterable[tuple[str, str]]) -> str:
-    """XXH3-128 of sorted (path, hash) pairs: one value that changes when any file does."""
-    h = xxhash.xxh3_128()
-    for path, digest in sorted(pairs):
-        h.update(f"{path}\t{digest}\n".encode())
-    return h.hexdigest()
-
-
-def json_digest(conn, shard: str) -> str:
-    """The digest of the shard's JSON files as the manifest records them."""
-    return digest_pairs(
-        conn.execute("SELECT path, xxh3 FROM files WHERE shard = ? AND kind = 'json'", (shard,))
-    )

@@ -6,25 +6,48 @@ parallel); this is the same work without doit, each step deciding from the manif
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 from tasks.captions import write_captions
 from tasks.dataloader import write_dataloader
-from tasks.extract import extract_shard
+from tasks.extract.shard import extract_shard
 from tasks.scan import scan_edits
 from tasks.settings import Settings, shard_names
+from tasks.steps import STEPS
 from tasks.summary import BuildSummary, summarize
 from tasks.table import build_table
 
 
-def build(settings: Settings) -> BuildSummary:
-    """Extract every shard, pick up edits, write captions, the table and the entry."""
+def _extract(settings: Settings) -> None:
     for tar in shard_names(settings)[0].values():
         extract_shard(settings, tar)
+
+
+def _scan(settings: Settings) -> None:
     scan = scan_edits(settings)
     if scan.errors:
         raise ValueError("\n".join(scan.errors))
-    summary = summarize(settings)
-    for name in summary.shard_names:
+
+
+def _captions(settings: Settings) -> None:
+    for name in summarize(settings).shard_names:
         write_captions(settings, name)
-    build_table(settings)
-    write_dataloader(settings)
-    return summary
+
+
+RUNNERS: dict[str, Callable[[Settings], object]] = {
+    "extract": _extract,
+    "scan": _scan,
+    "captions": _captions,
+    "table": build_table,
+    "dataloader": write_dataloader,
+    "summary": summarize,
+}
+
+
+def build(settings: Settings) -> BuildSummary:
+    """Run every step of `STEPS` in order; the summary step's result is returned."""
+    result = None
+    for step in STEPS:
+        result = RUNNERS[step](settings)
+    return cast(BuildSummary, result)  # the last step is the summary

@@ -12,6 +12,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from state.kinds import FileKind
+
+IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CAPTION_COLUMNS = (
     "short_caption",
@@ -42,9 +46,9 @@ def member_kind(path: str) -> str:
     """`image`, `json` or `other`, from a member path's extension (case-insensitive)."""
     ext = posixpath.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
-        return "image"
+        return IMAGE
     if ext == ".json":
-        return "json"
+        return JSON
     return "other"
 
 

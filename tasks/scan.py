@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state.manifest import file_row, open_manifest, query, upsert_files, write_transaction
+from state import files, shards
+from state.digests import json_digest
+from state.kinds import FileKind
+from state.manifest import open_manifest, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
-from tasks.partition import json_digest, read_partition, write_partition
+from tasks.partition import read_partition, write_partition
 from tasks.records import parse_json, partition_row
 from tasks.settings import Settings, partition_path
+
+IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 
 
 class EditedJsonError(ValueError):
@@ -26,7 +31,6 @@ class ScanResult:
     """What `scan_edits` found and did."""
 
     edited: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -36,7 +40,7 @@ def scan_edits(settings: Settings) -> ScanResult:
     result = ScanResult()
     db = open_manifest(settings.root)
     try:
-        changed, result.missing = changed_json_rows(db, settings)
+        changed, _ = changed_json_rows(db, settings)
         edited_by_shard: dict[str, set[str]] = {}
         for path, shard, _size, _mtime, _xxh3, content_changed in changed:
             if content_changed:
@@ -51,21 +55,16 @@ def scan_edits(settings: Settings) -> ScanResult:
                 result.errors.append(str(exc))
                 continue
             with write_transaction(db) as conn:
-                upsert_files(conn, _stat_rows(db, changed, shard))
-                upsert_files(conn, [part_row])
-                conn.execute(
-                    "UPDATE shards SET part_xxh3 = ?, json_digest = ? WHERE name = ?",
-                    (part_row["xxh3"], json_digest(conn, shard), shard),
-                )
+                files.upsert(conn, _stat_rows(db, changed, shard))
+                files.upsert(conn, [part_row])
+                shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
             result.rebuilt.append(shard)
         untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
         if untouched:  # touched without a content change: remember the new stat
             with write_transaction(db) as conn:
-                for path, _shard, size, mtime_ns, _xxh3, _ in untouched:
-                    conn.execute(
-                        "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                        (size, mtime_ns, path),
-                    )
+                files.set_stat(
+                    conn, [(size, mtime_ns, path) for path, _, size, mtime_ns, *_ in untouched]
+                )
     finally:
         db.close()
     return result
@@ -76,7 +75,7 @@ def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
     for path, owner, size, mtime_ns, xxh3, _ in changed:
         if owner != shard:
             continue
-        old = file_row(db, path)
+        old = files.get(db, path)
         rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
     return rows
 
@@ -110,22 +109,17 @@ def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None)
             rows[json_path] = _row_from_json(settings, json_path, old["filename"], header)
         return write_partition(settings, shard, rows.values())
     samples: dict[str, dict] = {}
-    for r in query(
-        db,
-        "SELECT path, kind, sample, width, height FROM files WHERE shard = ? "
-        "AND kind IN ('image', 'json')",
-        [shard],
-    ):
+    for r in files.sample_rows(db, shard):
         samples.setdefault(r["sample"], {})[r["kind"]] = r
     rows = []
     for parts in samples.values():
-        if "image" not in parts or "json" not in parts:
+        if IMAGE not in parts or JSON not in parts:
             continue
-        image = parts["image"]
+        image = parts[IMAGE]
         rows.append(
             _row_from_json(
                 settings,
-                parts["json"]["path"].removeprefix("data/"),
+                parts[JSON]["path"].removeprefix("data/"),
                 image["path"].removeprefix("data/"),
                 (image["width"], image["height"]),
             )

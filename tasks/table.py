@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from state import files, meta
 from state.atomic import TMP_SUFFIX
 from state.counts import shards_in_build
 from state.hashing import hash_file
-from state.manifest import get_meta, open_manifest, set_meta, upsert_files, write_transaction
+from state.kinds import FileKind
+from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import check_caption_fields
 from tasks.captions import caption_texts, partition_columns
 from tasks.freshness import table_key, table_matches, table_shards
@@ -49,26 +51,26 @@ def build_table(settings: Settings) -> TableResult:
         key = table_key(settings, shards)
         rel = os.path.relpath(settings.table_path, settings.root)
         if table_matches(db, settings, key):
-            rows = int(get_meta(db, f"table_rows:{rel}") or 0)
+            rows = int(meta.get(db, meta.table_rows(rel)) or 0)
             return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
-            upsert_files(
+            files.upsert(
                 conn,
                 [
                     {
                         "path": rel,
-                        "kind": "table",
+                        "kind": FileKind.TABLE,
                         "size": st.st_size,
                         "mtime_ns": st.st_mtime_ns,
                         "xxh3": hash_file(settings.table_path),
                     }
                 ],
             )
-            set_meta(conn, f"table_key:{rel}", key)
-            set_meta(conn, f"table_rows:{rel}", str(rows))
+            meta.set(conn, meta.table_key(rel), key)
+            meta.set(conn, meta.table_rows(rel), str(rows))
         return TableResult(rows, shards_in_build(db), False)
     finally:
         db.close()

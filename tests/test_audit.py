@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from tarbuild import M, png, write_tar
 
 from sample.generate import make_dataset, write_config
-from tasks.audit import audit
-from tasks.audit_pairing import Fingerprint
-from tasks.audit_report import write_report
+from tasks.audit.pairing import Fingerprint
+from tasks.audit.report import write_report
+from tasks.audit.run import audit
 from tasks.settings import load_settings
 
 DOIT_DB = ("state/doit.db",)  # doit's own dependency file: doit rewrites it after any task
@@ -407,7 +407,7 @@ def test_the_stat_pass_split_across_processes_finds_what_the_serial_one_does(
     ds: Path, processes: int
 ):
     from state.manifest import open_readonly
-    from tasks.audit_stat import stat_all_rows
+    from tasks.audit.stat_pass import stat_all_rows
 
     damaged = _damage_for_the_stat_pass(ds)
     conn = open_readonly(ds)
@@ -424,14 +424,14 @@ def test_the_stat_pass_split_across_processes_finds_what_the_serial_one_does(
 
 
 def test_an_audit_with_its_stat_pass_forked_reports_what_a_serial_one_does(ds: Path, monkeypatch):
-    import tasks.audit_stat
+    import tasks.audit.stat_pass
 
     _damage_for_the_stat_pass(ds)
     (ds / "data" / "stray.png").write_bytes(b"\x89PNG\r\n\x1a\nnot from the build")
     settings = load_settings(ds / "dataset.toml")
     serial = audit(settings)
-    monkeypatch.setattr(tasks.audit_stat, "PROCESSES_FROM_ROWS", 0)
-    if tasks.audit_stat._processes_for(1) < 2:
+    monkeypatch.setattr(tasks.audit.stat_pass, "PROCESSES_FROM_ROWS", 0)
+    if tasks.audit.stat_pass._processes_for(1) < 2:
         pytest.skip("one CPU here: the audit never forks")
     forked = audit(settings)
     findings = lambda r: sorted(  # noqa: E731

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tarbuild import M, jpeg, png, sample_json, write_tar
 
-import tasks.audit_deep
+import tasks.audit.deep
 from sample.generate import write_config
 from sample.images import jpeg_bytes, png_bytes
-from tasks.audit import audit
+from tasks.audit.run import audit
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.settings import load_settings
 
@@ -196,7 +196,7 @@ def test_big_images_are_checked_while_read_in_chunks(tmp_path: Path, monkeypatch
     root = tmp_path / "ds"
     _cut_dataset(root)
     run_doit(root)
-    monkeypatch.setattr(tasks.audit_deep, "BIG_FILE", 1000)
+    monkeypatch.setattr(tasks.audit.deep, "BIG_FILE", 1000)
     report = audit(load_settings(root / "dataset.toml"), deep=True)
     assert {f.path for f in report.of("truncated_image")} == {
         "data/cut_c.png",

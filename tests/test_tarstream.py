@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tasks.tarstream import (
+from tasks.extract.tarstream import (
     VIEW_MIN,
     HashingReader,
     ShardReadError,

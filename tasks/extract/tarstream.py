@@ -105,23 +105,15 @@ def name_problem(path: str) -> str | None:
 
 
 class HashingReader(io.RawIOBase):
-    """A read-only file wrapper that hashes each byte of the file once, in file order.
-
-    Seeking forward past unread bytes reads and hashes them, so the digest always
-    covers the file from its start; seeking back re-reads without hashing again.
-    """
+    """A read-only, forward-only file wrapper that hashes each byte as it is read."""
 
     def __init__(self, path: Path):
         self._f = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115
         self._hash = xxhash.xxh3_128()
-        self._hashed = 0
         self._pos = 0
         self.name = str(path)
 
     def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
         return True
 
     def tell(self) -> int:
@@ -129,39 +121,15 @@ class HashingReader(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
-        end = self._pos + len(data)
-        if end > self._hashed:
-            self._hash.update(memoryview(data)[self._hashed - self._pos :])
-            self._hashed = end
-        self._pos = end
+        self._hash.update(data)
+        self._pos += len(data)
         return data
-
-    def readinto(self, b) -> int:  # pragma: no cover - tarfile does not use it
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            offset += self._pos
-        elif whence == io.SEEK_END:
-            raise io.UnsupportedOperation("HashingReader cannot seek from the end")
-        if offset > self._hashed:
-            self._f.seek(self._hashed)
-            self._pos = self._hashed
-            while self._pos < offset:
-                if not self.read(min(READ_BUFFER, offset - self._pos)):
-                    break
-        self._f.seek(offset)
-        self._pos = offset
-        return offset
 
     def finish(self) -> tuple[str, int]:
         """Hash the rest of the file; return (hex digest, file size)."""
-        self.seek(self._hashed)
         while self.read(READ_BUFFER):
             pass
-        return self._hash.hexdigest(), self._hashed
+        return self._hash.hexdigest(), self._pos
 
     def close(self) -> None:
         self._f.close()
@@ -231,6 +199,59 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+def parse_header(block: bytes) -> tuple[str, int, bytes] | None:
+    """(name, size, typeflag) of one 512-byte header block, or None when its checksum is wrong."""
+    stored = block[148:156].split(b"\0", 1)[0].strip()
+    try:
+        if int(stored, 8) != sum(block[:148]) + sum(block[156:]) + 256:
+            return None
+        size = _octal(block[124:136])
+    except ValueError:
+        return None
+    name = _text(block[0:100])
+    if block[257:263] == b"ustar\0" and block[345]:  # POSIX prefix field
+        name = _text(block[345:500]) + "/" + name
+    return name, size, block[156:157]
+
+
+def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
+    """A member's bytes at its recorded data offset, if the tar header before it names it."""
+    if offset is None or offset < BLOCK or not member:
+        return None
+    fh.seek(offset - BLOCK)
+    block = fh.read(BLOCK)
+    header = parse_header(block) if len(block) == BLOCK else None
+    if header is None:
+        return None
+    name, size, _ = header
+    # a long name is cut to its first 100 bytes in the header itself (GNU/pax)
+    if not (name == member or (len(name) >= 99 and member.startswith(name))):
+        return None
+    data = fh.read(size)
+    return data if len(data) == size else None
+
+
+def _extended_header(
+    reader: HashingReader, shard: Path, typeflag: bytes, size: int, offset: int, last: str | None
+) -> dict[str, str]:
+    """Read a GNU long name (`L`; `K` is skipped) or pax header (`x`; `g` is skipped); the
+    records it sets for the next member."""
+    padded = -(-size // BLOCK) * BLOCK
+    meta = reader.read(padded)
+    if len(meta) < padded:
+        raise ShardReadError(shard, f"an extended header cut short at byte {offset}", last)
+    meta = meta[:size]
+    if typeflag == b"L":
+        return {"path": meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")}
+    if typeflag == b"x":
+        try:
+            return _pax_records(meta)
+        except ValueError as exc:
+            detail = f"a malformed pax header at byte {offset}"
+            raise ShardReadError(shard, detail, last) from exc
+    return {}
+
+
 def iter_members(
     reader: HashingReader, shard: Path
 ) -> Iterator[tuple[TarMember, bytes | memoryview | None]]:
@@ -238,7 +259,7 @@ def iter_members(
 
     Members of VIEW_MIN bytes or more come as a memoryview, smaller ones as bytes.
 
-    A small ustar/GNU/pax header reader (tarfile's own costs ~0.1 ms a member): GNU long
+    A small ustar/GNU/pax header reader (tarfile's own is slow per member): GNU long
     names (`L`/`K`) and pax `path`/`size`/`linkpath` records apply to the next member.
     Raises ShardReadError when the shard ends before its end-of-archive marker, or at a
     header whose checksum is wrong.
@@ -255,34 +276,15 @@ def iter_members(
             raise ShardReadError(shard, f"{what} at byte {offset}", last)
         if block == ZERO_BLOCK:
             return
-        stored = block[148:156].split(b"\0", 1)[0].strip()
-        try:
-            checksum_ok = int(stored, 8) == sum(block[:148]) + sum(block[156:]) + 256
-            size = _octal(block[124:136])
-        except ValueError:
-            checksum_ok = False
-        if not checksum_ok:
+        header = parse_header(block)
+        if header is None:
             raise ShardReadError(shard, f"not a valid tar header at byte {offset}", last)
-        typeflag = block[156:157]
-        name = _text(block[0:100])
-        if block[257:263] == b"ustar\0" and block[345]:  # POSIX prefix field
-            name = _text(block[345:500]) + "/" + name
+        name, size, typeflag = header
         offset_data = offset + BLOCK
         padded = -(-size // BLOCK) * BLOCK
         kind = _KINDS.get(typeflag, "special")
         if typeflag in (b"L", b"K", b"x", b"g"):
-            meta = reader.read(padded)
-            if len(meta) < padded:
-                raise ShardReadError(shard, f"an extended header cut short at byte {offset}", last)
-            meta = meta[:size]
-            if typeflag == b"L":
-                pending["path"] = meta.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif typeflag == b"x":
-                try:
-                    pending.update(_pax_records(meta))
-                except ValueError as exc:
-                    detail = f"a malformed pax header at byte {offset}"
-                    raise ShardReadError(shard, detail, last) from exc
+            pending.update(_extended_header(reader, shard, typeflag, size, offset, last))
             offset = offset_data + padded
             continue
         if "path" in pending:

@@ -1,7 +1,7 @@
 """`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
 
 The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
-and writes it under its claim (see tasks/claims.py: straight into `data/`, or staged when
+and writes it under its claim (see tasks/extract/claims.py: straight into `data/`, or staged when
 another shard owns the path). When the tar has been read to its end-of-archive marker,
 samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
 in batches: each batch settles contested paths, moves what goes aside and records final
@@ -19,30 +19,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state import files, meta, shards
+from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
+from state.batching import batched
+from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file
-from state.manifest import (
-    ADOPT_KEY,
-    ManifestError,
-    delete_files,
-    file_row,
-    files_of_shard,
-    get_meta,
-    open_manifest,
-    query,
-    shard_row,
-    upsert_files,
-    write_transaction,
-)
-from tasks.audit_pairing import is_trainer_file
+from state.kinds import MEMBER_KINDS, FileKind
+from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
+from tasks.audit.pairing import is_trainer_file
 from tasks.captions import caption_path
-from tasks.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
-from tasks.imagesize import image_size
-from tasks.partition import digest_pairs, json_digest, write_partition
-from tasks.progress import Progress
-from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
-from tasks.settings import Settings, partition_path, shard_name
-from tasks.tarstream import (
+from tasks.extract.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
+from tasks.extract.tarstream import (
     HashingReader,
     ShardReadError,
     iter_members,
@@ -50,8 +38,15 @@ from tasks.tarstream import (
     normalize_member_name,
     printable,
 )
+from tasks.imagesize import image_size
+from tasks.partition import write_partition
+from tasks.progress import Progress
+from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
+from tasks.settings import Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
+IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION
+ASIDE, PENDING = FileKind.ASIDE, FileKind.PENDING
 CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
 
 
@@ -118,21 +113,20 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
     name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
-    row = shard_row(db, name)
+    row = shards.get(db, name)
     if row and row["status"] == "done" and row["size"] == st.st_size:
         same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
         if same_stat or hash_file(tar_path) == row["xxh3"]:
             if not same_stat:
                 with write_transaction(db) as conn:
-                    conn.execute(
-                        "UPDATE shards SET mtime_ns = ?, path = ? WHERE name = ?",
-                        (st.st_mtime_ns, rel, name),
-                    )
+                    shards.moved(conn, name, rel, st.st_mtime_ns)
             return ExtractResult(name, "up-to-date", samples=row["samples"] or 0)
     renamed_from = _find_renamed(db, settings, name, tar_path, st)
     if renamed_from:
         _adopt_renamed(db, settings, renamed_from, name, rel, st)
-        return ExtractResult(name, "renamed", samples=(shard_row(db, name) or {}).get("samples", 0))
+        return ExtractResult(
+            name, "renamed", samples=(shards.get(db, name) or {}).get("samples", 0)
+        )
     return _extract(db, settings, name, tar_path, rel, st)
 
 
@@ -142,11 +136,7 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
     rel = os.path.relpath(tar_path, settings.root)
     candidates = [
         r
-        for r in query(
-            db,
-            "SELECT name, path, xxh3 FROM shards WHERE status = 'done' AND size = ? AND name != ?",
-            [st.st_size, name],
-        )
+        for r in shards.done_of_size(db, st.st_size, name)
         if r["path"] == rel or not (settings.root / r["path"]).exists()
     ]
     if not candidates:
@@ -162,37 +152,38 @@ def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> 
     old_part = settings.parts_dir / f"shard={old}"
     new_part = settings.parts_dir / f"shard={new}"
     with write_transaction(db) as conn:
-        conn.execute("DELETE FROM shards WHERE name = ?", (new,))
-        conn.execute(
-            "UPDATE shards SET name = ?, path = ?, mtime_ns = ?, captions_key = NULL "
-            "WHERE name = ?",
-            (new, rel, st.st_mtime_ns, old),
-        )
-        conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
-        conn.execute("UPDATE quirks SET shard = ? WHERE shard = ?", (new, old))
+        shards.rename(conn, old, new, rel, st.st_mtime_ns)
         if old_part.exists():
             shutil.rmtree(new_part, ignore_errors=True)
             old_part.rename(new_part)
             old_rel = os.path.relpath(old_part, settings.root)
             new_rel = os.path.relpath(new_part, settings.root)
-            conn.execute(
-                # substr, not LIKE: a shard name may hold `_` or `%`
-                "UPDATE files SET path = ? || substr(path, ?) WHERE kind = 'partition' "
-                "AND substr(path, 1, ?) = ?",
-                (new_rel, len(old_rel) + 1, len(old_rel) + 1, old_rel + "/"),
-            )
+            files.move_partition_folder(conn, old_rel, new_rel)
+
+
+@dataclass
+class _Job:
+    """One shard's extraction: where it reads, what the manifest held, what it found."""
+
+    db: sqlite3.Connection
+    settings: Settings
+    name: str
+    tar_path: Path
+    rel: str  # the tar's path under the root
+    st: os.stat_result  # the tar's
+    previous: dict[str, dict]  # path -> `files` row, as the last extraction left them
+    quirks: list[dict] = field(default_factory=list)
 
 
 def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
     tmp_dir = settings.state_dir / "tmp" / name
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    previous = {r["path"]: r for r in files_of_shard(db, name)}
-    quirks: list[dict] = []
+    previous = {r["path"]: r for r in files.of_shard(db, name)}
+    job = _Job(db, settings, name, tar_path, rel, st, previous)
+    quirks = job.quirks
     try:
-        samples, duplicates, digest, streamed = _read_shard(
-            db, settings, name, tar_path, st.st_size, tmp_dir, previous, quirks
-        )
+        samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
@@ -209,22 +200,24 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
         placements, rows = _decide(name, samples, duplicates, quirks)
         kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(db, settings, name, rel, st, digest, placed, previous, rows, quirks, kept)
+        _finish(job, digest, placed, rows, kept)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    aside = sum(1 for p in placed.values() if p.kind == "aside")
+    aside = sum(1 for p in placed.values() if p.kind == ASIDE)
     return ExtractResult(
         name, "extracted", samples=len(rows), aside=aside, written=streamed + written
     )
 
 
-def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
+def _read_shard(job: _Job, tmp_dir: Path):
     """Stream the tar: write every regular member under the shard's claims, collect samples."""
+    db, settings, name, tar_path, quirks = job.db, job.settings, job.name, job.tar_path, job.quirks
+    previous, total = job.previous, job.st.st_size
     writer = MemberWriter(
-        db, settings.root, name, tmp_dir, previous, get_meta(db, ADOPT_KEY) == "1"
+        db, settings.root, name, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1"
     )
     samples: dict[str, Sample] = {}
     seen: dict[str, Member] = {}
@@ -245,48 +238,27 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
                 )
                 continue
             if (other := names.case_twin(path)) is not None:
-                quirks.append(
-                    _quirk(
-                        name,
-                        "case_collision",
-                        tm.name,
-                        None,
-                        f"differs from member {other!r} only in case: both are built, but a "
-                        "case-insensitive file system (macOS, Windows) would hold only one",
-                    )
-                )
+                quirks.append(_case_collision(name, tm.name, other))
             kind = member_kind(path)
             m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
-            if kind == "image":
+            if kind == IMAGE:
                 m.header = image_size(data)
-            elif kind == "json":
+            elif kind == JSON:
                 raw = bytes(data)  # a view when large (iter_members)
                 m.obj, m.json_error = parse_json(raw)
                 if m.obj is not None:
                     m.raw = raw.decode("utf-8")
             if path in seen:  # the later member wins, as with tar xf
-                earlier = _drop_member(samples, seen[path])
-                writer.flush()
-                writer.move(earlier, _duplicate_dest(name, earlier, len(duplicates)))
-                duplicates.append(earlier)
-                quirks.append(
-                    _quirk(
-                        name,
-                        "duplicate_member",
-                        tm.name,
-                        None,
-                        "a later member of the same name replaces it (as tar xf)",
-                    )
-                )
+                _set_aside_earlier(job, writer, samples, seen[path], duplicates, tm.name)
             seen[path] = m
             writer.add(m, data)
             key = sample_key(path)
             sample = samples.get(key)
             if sample is None:
                 sample = samples[key] = Sample(key)
-            if kind == "json":
+            if kind == JSON:
                 sample.json = m
-            elif kind == "image":
+            elif kind == IMAGE:
                 sample.images.append(m)
             else:
                 sample.others.append(m)
@@ -296,6 +268,36 @@ def _read_shard(db, settings, name, tar_path, total, tmp_dir, previous, quirks):
         reader.close()
         progress.close()
     return samples, duplicates, digest, writer.written
+
+
+def _case_collision(shard: str, member: str, other: str) -> dict:
+    return _quirk(
+        shard,
+        "case_collision",
+        member,
+        None,
+        f"differs from member {other!r} only in case: both are built, but a "
+        "case-insensitive file system (macOS, Windows) would hold only one",
+    )
+
+
+def _set_aside_earlier(
+    job: _Job, writer: MemberWriter, samples: dict, earlier: Member, duplicates: list, tm_name: str
+) -> None:
+    """A later member of the same name replaces `earlier`, which is kept aside."""
+    earlier = _drop_member(samples, earlier)
+    writer.flush()
+    writer.move(earlier, _duplicate_dest(job.name, earlier, len(duplicates)))
+    duplicates.append(earlier)
+    job.quirks.append(
+        _quirk(
+            job.name,
+            "duplicate_member",
+            tm_name,
+            None,
+            "a later member of the same name replaces it (as tar xf)",
+        )
+    )
 
 
 class _Names:
@@ -388,7 +390,7 @@ def _winner(sample: Sample) -> Member:
 
 
 def _aside(shard: str, m: Member, sample: str, sub: str = "") -> Placement:
-    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", "aside", sample)
+    return Placement(m, f"incomplete/{shard}/{sub}{m.path}", ASIDE, sample)
 
 
 def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], quirks: list[dict]):
@@ -396,7 +398,7 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
     placements: list[Placement] = []
     rows: dict[str, dict] = {}
     for m in duplicates:
-        placements.append(Placement(m, m.loc, "aside", sample_key(m.path)))
+        placements.append(Placement(m, m.loc, ASIDE, sample_key(m.path)))
     for key, s in samples.items():
         for m in s.others:
             quirks.append(
@@ -443,16 +445,11 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
                     )
                 )
                 placements.append(_aside(name, m, key))
-        placements.append(Placement(s.json, f"data/{s.json.path}", "json", key))
-        placements.append(Placement(image, f"data/{image.path}", "image", key))
+        placements.append(Placement(s.json, f"data/{s.json.path}", JSON, key))
+        placements.append(Placement(image, f"data/{image.path}", IMAGE, key))
         rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
         s.json.obj = None  # the row holds what is needed now
     return placements, rows
-
-
-def _batches(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _commit(
@@ -469,16 +466,15 @@ def _commit(
     made_dirs: set[str] = set()
     written = 0
     blocked = _blocked(settings, name, placements, quirks)
-    for batch in _batches(placements, COMMIT_BATCH):
+    for batch in batched(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
             lost = _settle(conn, settings, name, batch, quirks) | blocked
-            conn.executemany(
-                "DELETE FROM files WHERE path = ? AND shard = ? AND kind = 'pending'",
-                [(p.dest, name) for p in batch if p.sample in lost and p.kind != "aside"],
+            files.drop_pending(
+                conn, name, [p.dest for p in batch if p.sample in lost and p.kind != ASIDE]
             )
             file_rows, vacated = [], []
             for p in batch:
-                if p.sample in lost and p.kind != "aside":
+                if p.sample in lost and p.kind != ASIDE:
                     p = _aside(name, p.member, p.sample)
                     rows.pop(p.sample, None)
                 m = p.member
@@ -487,17 +483,15 @@ def _commit(
                 try:
                     written += _place(settings, tar_path, p, made_dirs)
                 except OSError as exc:
-                    if p.kind != "aside" or exc.errno not in PATH_ERRNOS:
+                    if p.kind != ASIDE or exc.errno not in PATH_ERRNOS:
                         raise
                     p = _unplaced(name, p, len(placed), quirks)
                     written += _place(settings, tar_path, p, made_dirs)
                 file_rows.append(_file_row(settings, name, p))
                 placed[p.dest] = p
-            conn.executemany(
-                "DELETE FROM files WHERE path = ? AND shard = ?", [(v, name) for v in vacated]
-            )
+            files.drop_of_shard(conn, name, vacated)
             remove_empty_folders(settings.data_dir, vacated)
-            upsert_files(conn, file_rows)
+            files.upsert(conn, file_rows)
     return placed, rows, written
 
 
@@ -507,7 +501,7 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
     dest = f"incomplete/{name}/unplaced/{index}{posixpath.splitext(p.dest)[1]}"
     detail = f"{p.dest} is blocked by a file or folder: kept as {dest}"
     quirks.append(_quirk(name, "path_conflict", p.member.member, dest, detail))
-    return Placement(p.member, dest, "aside", p.sample)
+    return Placement(p.member, dest, ASIDE, p.sample)
 
 
 def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
@@ -519,7 +513,7 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
     blocked: set[str] = set()
     root = str(settings.root)
     for p in placements:
-        if p.kind == "aside" or p.member.loc == p.dest or p.sample in blocked:
+        if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
         why = path_blocked(root, p.dest)
         if why is not None:
@@ -543,7 +537,7 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
     A member this shard wrote straight into `data/` whose path was taken meanwhile (by
     a shard sorting earlier) finds its bytes where that shard put them, else in the tar.
     """
-    dests = [p.dest for p in batch if p.kind != "aside"]
+    dests = [p.dest for p in batch if p.kind != ASIDE]
     owners = {k: v for k, v in owners_of(conn, dests).items() if v != name}
     lost: set[str] = set()
     for p in batch:
@@ -582,17 +576,17 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
 
 def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     """Move another shard's copy of `dest` aside so that this shard can own the path."""
-    row = file_row(conn, dest)
+    row = files.get(conn, dest)
     aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
         (settings.root / aside).parent.mkdir(parents=True, exist_ok=True)
         move_file(src, settings.root / aside)
         remove_empty_folders(settings.data_dir, [dest])
-    row.update(path=aside, kind="aside")
-    delete_files(conn, [dest])
-    upsert_files(conn, [row])
-    conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (other,))
+    row.update(path=aside, kind=ASIDE)
+    files.delete(conn, [dest])
+    files.upsert(conn, [row])
+    shards.invalidate(conn, [other], partition=True)
 
 
 def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]) -> int:
@@ -643,57 +637,37 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     }
 
 
-def _finish(
-    db,
-    settings: Settings,
-    name: str,
-    rel: str,
-    st,
-    digest: str,
-    placed: dict,
-    previous: dict,
-    rows: dict,
-    quirks: list[dict],
-    kept: list[dict],
-) -> None:
+def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
+    db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
+    previous, quirks = job.previous, job.quirks
     edited = _edited_dir(name)
     stale = [
         r
         for path, r in previous.items()
         if path not in placed
-        and r["kind"] in ("image", "json", "aside", "pending")
+        and r["kind"] in (IMAGE, JSON, ASIDE, PENDING)
         and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
     kept = kept + _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
-        delete_files(conn, [r["path"] for r in stale])
-        conn.execute("DELETE FROM quirks WHERE shard = ?", (name,))
-        conn.executemany(
-            "INSERT INTO quirks (shard, kind, member, path, detail) VALUES (?, ?, ?, ?, ?)",
-            [(q["shard"], q["kind"], q["member"], q["path"], q["detail"]) for q in quirks],
-        )
-        upsert_files(conn, [part_row, *kept])
+        files.delete(conn, [r["path"] for r in stale])
+        quirk_rows.replace(conn, name, quirks)
+        files.upsert(conn, [part_row, *kept])
         current = json_digest(conn, name)
-        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == "json")
-        conn.execute("DELETE FROM shards WHERE name = ?", (name,))
-        conn.execute(
-            "INSERT INTO shards (name, path, size, mtime_ns, xxh3, status, members, samples, "
-            "aside, error, part_xxh3, json_digest, captions_key) "
-            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?, ?, NULL)",
-            (
-                name,
-                rel,
-                st.st_size,
-                st.st_mtime_ns,
-                digest,
-                len(placed),
-                len(rows),
-                sum(1 for p in placed.values() if p.kind == "aside"),
-                part_row["xxh3"],
-                current if current == expected else None,
-            ),
+        expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == JSON)
+        shards.mark_done(
+            conn,
+            name,
+            rel,
+            st,
+            xxh3=digest,
+            members=len(placed),
+            samples=len(rows),
+            aside=sum(1 for p in placed.values() if p.kind == ASIDE),
+            part_xxh3=part_row["xxh3"],
+            json_digest=current if current == expected else None,
         )
 
 
@@ -708,19 +682,19 @@ def _clear_stale_data(
     stale = [
         r
         for path, r in previous.items()
-        if path.startswith("data/") and path not in planned and r["kind"] in ("image", "json")
+        if path.startswith("data/") and path not in planned and r["kind"] in MEMBER_KINDS
     ]
     dropped = []
     for r in stale:
-        if r["kind"] != "image":
+        if r["kind"] != IMAGE:
             continue
-        caption = file_row(db, caption_path(r["path"].removeprefix("data/")))
-        ours = caption is not None and caption["kind"] == "caption" and caption["shard"] == name
+        caption = files.get(db, caption_path(r["path"].removeprefix("data/")))
+        ours = caption is not None and caption["kind"] == CAPTION and caption["shard"] == name
         if ours and _left_as_built(settings.root / caption["path"], caption):
             (settings.root / caption["path"]).unlink()
             dropped.append(caption["path"])
     with write_transaction(db) as conn:
-        delete_files(conn, dropped)
+        files.delete(conn, dropped)
     return _drop_stale(settings, name, stale, quirks)
 
 
@@ -732,7 +706,7 @@ def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) 
         target = settings.root / r["path"]
         if _left_as_built(target, r):
             target.unlink(missing_ok=True)
-        elif r["path"].startswith("data/") and r["kind"] != "pending" and target.is_file():
+        elif r["path"].startswith("data/") and r["kind"] != PENDING and target.is_file():
             kept.append(_keep_edited(settings, name, r, quirks))
     remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
     return kept
@@ -772,7 +746,7 @@ def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> 
     return {
         **r,
         "path": dest,
-        "kind": "aside",
+        "kind": ASIDE,
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "xxh3": hash_file(target),
@@ -800,9 +774,9 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
     build wrote (a JSON the user edited) stays."""
     rows = [
         r
-        for r in files_of_shard(db, name)
+        for r in files.of_shard(db, name)
         if r["path"].startswith("data/")
-        and r["kind"] in ("image", "json", "pending")
+        and r["kind"] in (IMAGE, JSON, PENDING)
         and not _vouched(previous.get(r["path"]), r)
     ]
     for r in rows:
@@ -810,13 +784,13 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
         if _left_as_built(target, r):
             target.unlink()
     with write_transaction(db) as conn:
-        delete_files(conn, [r["path"] for r in rows])
+        files.delete(conn, [r["path"] for r in rows])
     remove_empty_folders(settings.data_dir, [r["path"] for r in rows])
 
 
 def _vouched(old: dict | None, r: dict) -> bool:
     """Whether the last good extraction recorded this very file."""
-    return old is not None and old["kind"] in ("image", "json") and old["xxh3"] == r["xxh3"]
+    return old is not None and old["kind"] in MEMBER_KINDS and old["xxh3"] == r["xxh3"]
 
 
 def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str) -> None:
@@ -825,15 +799,6 @@ def _record_failure(db, settings: Settings, name: str, rel: str, st, error: str)
     part_row = None if part.exists() else write_partition(settings, name, [])
     with write_transaction(db) as conn:
         if part_row:
-            upsert_files(conn, [part_row])
-        existing = conn.execute("SELECT status FROM shards WHERE name = ?", (name,)).fetchone()
-        if not existing:
-            conn.execute(
-                "INSERT INTO shards (name, path, size, mtime_ns, samples) VALUES (?, ?, ?, ?, 0)",
-                (name, rel, st.st_size, st.st_mtime_ns),
-            )
-        conn.execute(
-            "UPDATE shards SET status = 'failed', error = ?, path = ?, "
-            "part_xxh3 = coalesce(?, part_xxh3) WHERE name = ?",
-            (error, rel, part_row["xxh3"] if part_row else None, name),
-        )
+            files.upsert(conn, [part_row])
+        part_xxh3 = part_row["xxh3"] if part_row else None
+        shards.mark_failed(conn, name, rel, st, error=error, part_xxh3=part_xxh3)

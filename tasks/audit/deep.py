@@ -11,24 +11,59 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
+from typing import NamedTuple
 
 import xxhash
 
-from tasks.audit_pairing import counted_in_data
-from tasks.audit_report import AuditReport
+from state import files, quirks, shards
+from state.batching import batched
+from state.kinds import FileKind
+from tasks.audit.pairing import counted_in_data
+from tasks.audit.report import AuditReport
+from tasks.extract.tarstream import read_member
 from tasks.imagecheck import ImageCheck, image_problem
 from tasks.progress import Progress
 from tasks.records import parse_json
 
-FILE_QUERY = "SELECT path, shard, kind, sample, size, mtime_ns, xxh3 FROM files"
+IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
+_PAIRED = frozenset((IMAGE, JSON))  # a sample's files: read JSON first, then its image
+
 BIG_FILE = 64 << 20
+
+
+# positions in a `files.AUDIT_COLUMNS` row
+PATH, SHARD, KIND, SAMPLE, SIZE, MTIME_NS, XXH3 = (
+    files.AUDIT_COLUMNS.index(c)
+    for c in ("path", "shard", "kind", "sample", "size", "mtime_ns", "xxh3")
+)
+
+
+class Read(NamedTuple):
+    """What a reader thread found for one manifest row's file."""
+
+    size: int
+    mtime_ns: int
+    xxh3: str
+    data: bytes | None = None  # an edited JSON's bytes (the judge reads it)
+    checks: tuple[dict, dict] | None = None  # an image's (wanted, got) md5/sha512
+    problem: str | None = None  # why an image is not whole, else None
+
+
+class Mismatch(NamedTuple):
+    """An image whose md5/sha512 differ from what its sample's JSON says."""
+
+    json_row: tuple
+    json_digest: str
+    image_row: tuple
+    want: dict[str, str]
+    got: dict[str, str]
+    wrong: list[str]
 
 
 @dataclass
@@ -50,30 +85,29 @@ def _deep_work(conn) -> Iterator[list[tuple]]:
     """
     pending: dict[tuple, tuple] = {}
     batch: list[tuple] = []
-    cursor = conn.execute(FILE_QUERY)
+    cursor = files.audit_rows(conn)
     while rows := cursor.fetchmany(4096):
         for r in rows:
-            kind = r[2]
-            if (kind == "json" or kind == "image") and r[0].startswith("data/"):
-                key = (r[1], r[3])
+            kind = r[KIND]
+            if kind in _PAIRED and r[PATH].startswith("data/"):
+                key = (r[SHARD], r[SAMPLE])
                 other = pending.pop(key, None)
                 if other is None:
                     pending[key] = r
                     continue
-                batch += (other, r) if kind == "image" else (r, other)
+                batch += (other, r) if kind == IMAGE else (r, other)
             else:
                 batch.append(r)
             if len(batch) >= 256:
                 yield batch
                 batch = []
     batch.extend(pending.values())
-    for i in range(0, len(batch), 256):
-        yield batch[i : i + 256]
+    yield from batched(batch, 256)
 
 
 def deep_files(conn, root: str, report: AuditReport, judge) -> None:
     """Read and hash every file in reader threads; judge the results in order."""
-    total = conn.execute("SELECT coalesce(sum(size), 0) FROM files").fetchone()[0]
+    total = files.total_size(conn)
     progress = Progress("audit --deep", total)
     workers = min(16, 4 * (os.cpu_count() or 1))  # reads wait on the disk: keep it busy
     mismatches: list = []
@@ -85,24 +119,28 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
             ):
                 last_json = None
                 for row, got in zip(batch, results, strict=True):
-                    judge.tally(row[0], row[2], row[3])
+                    judge.tally(row[PATH], row[KIND], row[SAMPLE])
                     if got is None:
                         judge(row, Seen(False))
                         continue
-                    size, mtime_ns, digest, data, checks, problem = got
-                    report.bytes_read += size
-                    if problem is not None and digest == row[6]:
-                        cut.append((row[0], row[1], problem))
-                    if digest == row[6] and size == row[4] and mtime_ns == row[5]:
+                    digest = got.xxh3
+                    report.bytes_read += got.size
+                    if got.problem is not None and digest == row[XXH3]:
+                        cut.append((row[PATH], row[SHARD], got.problem))
+                    if (
+                        digest == row[XXH3]
+                        and got.size == row[SIZE]
+                        and got.mtime_ns == row[MTIME_NS]
+                    ):
                         judge.report.files_checked += 1
-                        if counted_in_data(row[0]):
+                        if counted_in_data(row[PATH]):
                             judge.present_in_data += 1
                     else:
-                        judge(row, Seen(True, size, mtime_ns, digest, data))
-                    if row[2] == "json":
+                        judge(row, Seen(True, got.size, got.mtime_ns, digest, got.data))
+                    if row[KIND] == JSON:
                         last_json = (row, digest)
-                    elif checks and last_json and last_json[0][1:4:2] == row[1:4:2]:
-                        _judge_checksums(report, last_json, row, digest, checks, mismatches)
+                    elif got.checks and last_json and _same_sample(last_json[0], row):
+                        _judge_checksums(report, last_json, row, digest, got.checks, mismatches)
                 progress.update(report.bytes_read)
     finally:
         progress.close()
@@ -113,12 +151,7 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
 def _note_cut_images(conn, cut: list[tuple[str, str, str]], report: AuditReport) -> None:
     """Note each image the tar held cut or corrupt, but not one the build noted already."""
     for path, shard, problem in cut:
-        noted = conn.execute(
-            "SELECT 1 FROM quirks q JOIN files f ON f.shard = q.shard AND f.member = q.member"
-            " WHERE f.path = ? AND q.kind = 'truncated_image' LIMIT 1",
-            (path,),
-        ).fetchone()
-        if noted is None:
+        if not quirks.noted_for_file(conn, path, "truncated_image"):
             report.add("truncated_image", path, shard, problem)
 
 
@@ -136,33 +169,29 @@ def _bounded_map(pool, fn: Callable, items: Iterable, ahead: int):
 
 
 def _read_batch(root: str, batch: list[tuple]) -> list:
-    """Read and hash each row's file (a reader thread's work); None for a missing file.
-
-    Each result is (size, mtime_ns, xxh3, bytes of an edited JSON or None, checks,
-    problem). A JSON in data/ gives the checksums its image must have; the image right
-    after it is then hashed with md5/sha512 too, and `checks` is (wanted, got) for it.
-    `problem` says why an image is not whole (`image_problem`), else None.
-    """
+    """Read and hash each row's file (a reader thread's work): a `Read`, None for a
+    missing file. A JSON in data/ gives the checksums its image must have; the image right
+    after it is then hashed with md5/sha512 too."""
     out: list = []
     append = out.append
     want: dict[str, str] = {}
     want_of = None
     xxh3 = xxhash.xxh3_128_hexdigest
     for row in batch:
-        path, kind = row[0], row[2]
+        path, kind = row[PATH], row[KIND]
         if path.startswith("data/"):
-            if kind == "json":
+            if kind == JSON:
                 got = _read_hash(root + path, {})
                 if got is None:
                     append(None)
                     continue
                 data = got[3]
-                want, want_of = wanted_from_bytes(data), (row[1], row[3])
-                append((got[0], got[1], got[2], data if got[2] != row[6] else None, None, None))
+                want, want_of = wanted_from_bytes(data), (row[SHARD], row[SAMPLE])
+                append(Read(got[0], got[1], got[2], data if got[2] != row[XXH3] else None))
                 continue
-            if kind == "image" and want and want_of == (row[1], row[3]):
+            if kind == IMAGE and want and want_of == (row[SHARD], row[SAMPLE]):
                 got = _read_hash(root + path, want, True)
-                append(None if got is None else (got[0], got[1], got[2], None, got[4], got[5]))
+                append(None if got is None else Read(got[0], got[1], got[2], None, got[4], got[5]))
                 continue
         try:
             fd = os.open(root + path, os.O_RDONLY)
@@ -177,13 +206,13 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
             if st.st_size < BIG_FILE:
                 data = os.read(fd, st.st_size + 1)
                 if len(data) <= st.st_size:
-                    problem = image_problem(data) if kind == "image" else None
-                    append((len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
+                    problem = image_problem(data) if kind == IMAGE else None
+                    append(Read(len(data), st.st_mtime_ns, xxh3(data), None, None, problem))
                     continue
         finally:
             os.close(fd)
-        got = _read_hash(root + path, {}, kind == "image")
-        append(None if got is None else (got[0], got[1], got[2], None, None, got[5]))
+        got = _read_hash(root + path, {}, kind == IMAGE)
+        append(None if got is None else Read(got[0], got[1], got[2], None, None, got[5]))
     return out
 
 
@@ -266,10 +295,15 @@ def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | 
     return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None, problem
 
 
+def _same_sample(a: tuple, b: tuple) -> bool:
+    """Two manifest rows of the same shard's same sample."""
+    return a[SAMPLE] == b[SAMPLE] and a[SHARD] == b[SHARD]
+
+
 def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -> None:
     """Count an image checked against its JSON's md5/sha512; keep mismatches for later."""
     want, got = checks
-    if digest != image_row[6]:
+    if digest != image_row[XXH3]:
         return  # reported as corrupt_image already
     report.checksums_checked += 1
     if got == want:
@@ -277,7 +311,7 @@ def _judge_checksums(report, last_json, image_row, digest, checks, mismatches) -
     wrong = [algo for algo in want if got.get(algo) != want[algo]]
     if wrong:
         json_row, json_digest = last_json
-        mismatches.append((json_row, json_digest, image_row, want, got, wrong))
+        mismatches.append(Mismatch(json_row, json_digest, image_row, want, got, wrong))
 
 
 def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -> None:
@@ -289,24 +323,24 @@ def _settle_checksums(conn, root: Path, mismatches: list, report: AuditReport) -
     Without the tar: damage, unless the JSON is edited since the build (note).
     """
     names = {"md5": "md5_file_hash", "sha512": "sha512_hash"}
-    tars = {n: p for n, p in conn.execute("SELECT name, path FROM shards")}
+    tars = shards.paths(conn)
     for json_row, json_digest, image_row, want, got, wrong in mismatches:
-        image, shard = image_row[0], image_row[1]
+        image, shard = image_row[PATH], image_row[SHARD]
         detail = ", ".join(f"{a} {got[a][:12]}… but {names[a]} {want[a][:12]}…" for a in wrong)
         tar = root / tars[shard] if tars.get(shard) else None
         if tar is None or not tar.is_file():
-            if json_digest != json_row[6]:
-                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+            if json_digest != json_row[XXH3]:
+                report.add("edited_checksum", json_row[PATH], shard, f"{image}: {detail}")
             else:
                 report.add(
                     "checksum_mismatch", image, shard, f"{detail}; its tar is gone (cannot tell)"
                 )
             continue
-        original_json = member_bytes(conn, tar, json_row[0])
+        original_json = member_bytes(conn, tar, json_row[PATH])
         if original_json is not None:
             obj, _ = parse_json(original_json)
             if wanted_checksums(obj) != want:
-                report.add("edited_checksum", json_row[0], shard, f"{image}: {detail}")
+                report.add("edited_checksum", json_row[PATH], shard, f"{image}: {detail}")
                 continue
         original_image = member_bytes(conn, tar, image)
         if original_image is not None and checksums_match(original_image, want):
@@ -333,7 +367,7 @@ def checksums_match(data: bytes, want: dict[str, str]) -> bool:
 
 def member_bytes(conn, tar: Path, path: str) -> bytes | None:
     """The bytes of the tar member a manifest row came from, or None (tar changed)."""
-    row = conn.execute("SELECT member, offset FROM files WHERE path = ?", (path,)).fetchone()
+    row = files.member_of(conn, path)
     if row is None:
         return None
     try:
@@ -341,20 +375,3 @@ def member_bytes(conn, tar: Path, path: str) -> bytes | None:
             return read_member(fh, row[0], row[1])
     except OSError:
         return None
-
-
-def read_member(fh, member: str | None, offset: int | None) -> bytes | None:
-    """A member's bytes at its recorded data offset, if the tar header before it names it."""
-    if offset is None or offset < tarfile.BLOCKSIZE or not member:
-        return None
-    fh.seek(offset - tarfile.BLOCKSIZE)
-    block = fh.read(tarfile.BLOCKSIZE)
-    try:
-        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-    except tarfile.TarError:
-        return None
-    # a long name is cut to its first 100 bytes in the header itself (GNU/pax)
-    if not (info.name == member or (len(info.name) >= 99 and member.startswith(info.name))):
-        return None
-    data = fh.read(info.size)
-    return data if len(data) == info.size else None

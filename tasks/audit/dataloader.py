@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from tasks.audit_report import AuditReport
+from tasks.audit.report import AuditReport
 from tasks.dataloader import READ_KEYS, DataloaderFileError, DataloaderPlan, plan_dataloader
 from tasks.settings import Settings
 

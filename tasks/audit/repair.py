@@ -28,18 +28,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state import files, meta, shards
 from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
-from state.manifest import file_row, open_manifest, query, write_transaction
-from tasks.audit import audit
-from tasks.audit_deep import checksums_match, read_member, wanted_checksums
-from tasks.audit_report import AuditReport, Finding, load_report
+from state.kinds import FileKind
+from state.manifest import open_manifest, write_transaction
+from tasks.audit.deep import checksums_match, wanted_checksums
+from tasks.audit.report import AuditReport, Finding, load_report
+from tasks.audit.run import audit
 from tasks.captions import write_captions
+from tasks.extract.tarstream import printable, read_member
 from tasks.records import parse_json
 from tasks.scan import scan_edits
 from tasks.settings import Settings
 from tasks.table import build_table
-from tasks.tarstream import printable
 
 RESTORE_KINDS = (
     "missing_image",
@@ -140,7 +142,7 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
             kind, path = item["kind"], item.get("path")
             if not isinstance(path, str) or (kind, path) in seen:
                 continue
-            row = file_row(db, path)
+            row = files.get(db, path)
             if row is None or not (settings.root / path).is_file():
                 continue
             if kind == "checksum_mismatch":
@@ -154,14 +156,7 @@ def _deep_findings(settings: Settings, fresh: AuditReport) -> list[Finding]:
 
 
 def _json_row(db, row: dict) -> dict | None:
-    rows = list(
-        query(
-            db,
-            "SELECT * FROM files WHERE shard = ? AND sample = ? AND kind = 'json'",
-            [row["shard"], row["sample"]],
-        )
-    )
-    return rows[0] if rows else None
+    return files.json_of_sample(db, row["shard"], row["sample"])
 
 
 def _json_checksums(db, settings: Settings, row: dict) -> dict[str, str]:
@@ -209,19 +204,19 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
     """Re-extract damaged files from their tars, shard by shard, in member order."""
     by_shard: dict[str, list[tuple[Finding, dict]]] = {}
     for f in findings:
-        row = file_row(db, f.path) if f.path else None
+        row = files.get(db, f.path) if f.path else None
         if row is None:
             continue
-        if row["kind"] == "json" and f.kind != "missing_json":
+        if row["kind"] == FileKind.JSON and f.kind != "missing_json":
             continue  # an edited JSON is the user's
         by_shard.setdefault(row["shard"], []).append((f, row))
-    shards = {r["name"]: r for r in query(db, "SELECT name, path, status FROM shards")}
+    tars = shards.paths(db)
     tmp_dir = settings.state_dir / "tmp" / "repair"
     for shard, items in sorted(by_shard.items()):
-        info = shards.get(shard)
-        tar = settings.root / info["path"] if info else None
+        tar_rel = tars.get(shard)
+        tar = settings.root / tar_rel if tar_rel else None
         if tar is None or not tar.is_file():
-            where = info["path"] if info else f"the tar of shard {shard}"
+            where = tar_rel if tar_rel else f"the tar of shard {shard}"
             for f, row in items:
                 result.failed.append(
                     f"cannot restore {row['path']} ({f.kind}): its tar {where} is gone"
@@ -258,7 +253,7 @@ def _restore_one(db, settings, fh, tar: Path, f: Finding, row: dict, tmp_dir, re
             return
         new_hash = digest
     elif digest != row["xxh3"]:
-        if row["kind"] != "json":
+        if row["kind"] != FileKind.JSON:
             result.failed.append(
                 f"cannot restore {row['path']}: member {row['member']!r} of {rel_tar} no longer "
                 "holds the bytes the build extracted (the tar changed; `doit` re-extracts it)"
@@ -271,12 +266,9 @@ def _restore_one(db, settings, fh, tar: Path, f: Finding, row: dict, tmp_dir, re
         )
     st = atomic_write(settings.root / row["path"], data, tmp_dir)
     with write_transaction(db) as conn:
-        conn.execute(
-            "UPDATE files SET size = ?, mtime_ns = ?, xxh3 = ? WHERE path = ?",
-            (st.st_size, st.st_mtime_ns, new_hash or row["xxh3"], row["path"]),
-        )
-        if new_hash and row["kind"] == "json":
-            conn.execute("UPDATE shards SET json_digest = NULL WHERE name = ?", (row["shard"],))
+        files.set_content(conn, row["path"], st.st_size, st.st_mtime_ns, new_hash or row["xxh3"])
+        if new_hash and row["kind"] == FileKind.JSON:
+            shards.invalidate(conn, [row["shard"]], partition=True)
     result.restored.append(row["path"])
 
 
@@ -284,7 +276,7 @@ def _refresh_touched(db, settings: Settings, findings: list[Finding], result) ->
     """Rows of files whose mtime changed but content did not get the new stat."""
     updates = []
     for f in findings:
-        row = file_row(db, f.path) if f.path else None
+        row = files.get(db, f.path) if f.path else None
         path = settings.root / f.path if f.path else None
         if row is None or path is None or not path.is_file():
             continue
@@ -293,21 +285,19 @@ def _refresh_touched(db, settings: Settings, findings: list[Finding], result) ->
             updates.append((st.st_size, st.st_mtime_ns, f.path))
     if updates:
         with write_transaction(db) as conn:
-            conn.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", updates)
+            files.set_stat(conn, updates)
         result.refreshed += len(updates)
 
 
 # --------------------------------------------------------------------------- derived files
 
 
-def _rebuild_partitions(settings: Settings, shards: list[str], result: RepairResult) -> None:
+def _rebuild_partitions(settings: Settings, names: list[str], result: RepairResult) -> None:
     """Rebuild damaged partitions from data/ (clear json_digest, then run `scan`)."""
     db = open_manifest(settings.root)
     try:
         with write_transaction(db) as conn:
-            conn.executemany(
-                "UPDATE shards SET json_digest = NULL WHERE name = ?", [(s,) for s in shards]
-            )
+            shards.invalidate(conn, names, partition=True)
     finally:
         db.close()
     scan = scan_edits(settings)
@@ -324,7 +314,7 @@ def _rewrite_captions(settings: Settings, shard: str, result: RepairResult) -> N
     db = open_manifest(settings.root)
     try:
         with write_transaction(db) as conn:
-            conn.execute("UPDATE shards SET captions_key = NULL WHERE name = ?", (shard,))
+            shards.invalidate(conn, [shard], captions=True)
     finally:
         db.close()
     try:
@@ -345,7 +335,7 @@ def _rebuild_table(settings: Settings, result: RepairResult) -> None:
     db = open_manifest(settings.root)
     try:
         with write_transaction(db) as conn:
-            conn.execute("DELETE FROM meta WHERE key = ?", (f"table_key:{rel}",))
+            meta.delete(conn, meta.table_key(rel))
     finally:
         db.close()
     try:

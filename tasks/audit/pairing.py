@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from state import files
+from state.batching import batched
+from state.kinds import FileKind
 from tasks.captions import caption_path
+
+IMAGE, CAPTION = FileKind.IMAGE, FileKind.CAPTION
 
 TRAINER_FILE_PREFIX = "aspect_ratio_bucket_"  # SimpleTuner's own files in data/
 TRAINER_DATA_PREFIX = "data/" + TRAINER_FILE_PREFIX
@@ -82,12 +87,12 @@ class PairTallies:
 
     def add(self, path: str, kind: str, sample: str | None) -> None:
         """Count one manifest row (every row, whatever the disk holds)."""
-        if kind == "image":
+        if kind == IMAGE:
             if path.startswith("data/"):
                 self.images.add(path)
                 if self.textfile:
                     self.wanted_captions.add(caption_of(path, sample))
-        elif kind == "caption":
+        elif kind == CAPTION:
             self.captions.add(path)
 
     def merge(self, other: PairTallies) -> None:
@@ -127,22 +132,9 @@ def data_files(data_dir: str) -> Iterator[str]:
     return (f"{rel}/{name}" for rel, name in _data_entries(data_dir))
 
 
-def batched(items: Iterable, size: int = LOOKUP_BATCH) -> Iterator[list]:
-    """`items` in lists of at most `size`."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def known_paths(conn: sqlite3.Connection, paths: list[str]) -> set[str]:
     """Those of `paths` (at most a few hundred) that the manifest has a row for."""
-    marks = ",".join("?" * len(paths))
-    return {p for (p,) in conn.execute(f"SELECT path FROM files WHERE path IN ({marks})", paths)}
+    return files.known(conn, paths)
 
 
 def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
@@ -151,7 +143,7 @@ def strays(conn: sqlite3.Connection, data_dir: str, present: int) -> list[str]:
     if count_data_files(data_dir) == present:
         return []
     found: list[str] = []
-    for batch in batched(data_files(data_dir)):
+    for batch in batched(data_files(data_dir), LOOKUP_BATCH):
         named = [p for p in batch if _is_utf8(p)]  # the manifest holds UTF-8 names only
         known = known_paths(conn, named)
         found.extend(p for p in batch if p not in known)
@@ -171,10 +163,7 @@ def images_without_caption(
 ) -> Iterator[tuple[str, str | None, str]]:
     """(image, shard, caption) for images on disk whose caption is neither a manifest row
     nor a file on disk (a caption row whose file is gone is reported as missing already)."""
-    rows = conn.execute(
-        "SELECT path, shard, sample FROM files "
-        "WHERE kind = 'image' AND substr(path, 1, 5) = 'data/'"
-    )
+    rows = files.images_in_data(conn)
     while batch := rows.fetchmany(LOOKUP_BATCH):
         wanted = [(path, shard, caption_of(path, sample)) for path, shard, sample in batch]
         known = known_paths(conn, [cap for _, _, cap in wanted])
@@ -194,31 +183,13 @@ def row_mismatches(
     """(images on disk without a table row with their shard, table rows whose image is
     neither in the manifest nor on disk), both sorted.
 
-    The table's names go into a temporary SQLite table (file-backed: memory stays flat),
-    then two anti-joins on primary keys answer both questions.
+    The table's names are streamed batch by batch (`files.table_mismatches`).
     """
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS table_rows (name TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("DELETE FROM temp.table_rows")
-    for batch in pq.ParquetFile(table_path).iter_batches(columns=["filename"]):
-        conn.executemany(
-            "INSERT OR IGNORE INTO temp.table_rows VALUES (?)",
-            ((n,) for n in batch.column("filename").to_pylist() if n is not None),
-        )
-    no_row = [
-        (path, shard)
-        for path, shard in conn.execute(
-            "SELECT path, shard FROM files WHERE kind = 'image' AND substr(path, 1, 5) = 'data/' "
-            "AND substr(path, 6) NOT IN (SELECT name FROM temp.table_rows) ORDER BY path"
-        )
-        if path not in missing
-    ]
-    no_image = [
-        f"data/{name}"
-        for (name,) in conn.execute(
-            "SELECT name FROM temp.table_rows WHERE 'data/' || name NOT IN "
-            "(SELECT path FROM files) ORDER BY name"
-        )
-        if not os.path.lexists(f"{root}data/{name}")
-    ]
-    conn.execute("DROP TABLE temp.table_rows")
+    names = (
+        [n for n in batch.column("filename").to_pylist() if n is not None]
+        for batch in pq.ParquetFile(table_path).iter_batches(columns=["filename"])
+    )
+    unnamed, unknown = files.table_mismatches(conn, names)
+    no_row = [(path, shard) for path, shard in unnamed if path not in missing]
+    no_image = [f"data/{name}" for name in unknown if not os.path.lexists(f"{root}data/{name}")]
     return no_row, no_image

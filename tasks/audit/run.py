@@ -13,8 +13,8 @@ with the number of files: whether images, captions and table rows pair up, and w
 `data/` holds only files the manifest knows, is settled by counts and order-free
 fingerprints (`Fingerprint`); only where they differ are names looked up, a batch at a
 time, to say which. The manifest is opened read-only (no WAL or lock files are created),
-and nothing on disk changes except the report (`tasks/audit_report.py`).
-The `--deep` reading lives in `tasks/audit_deep.py`.
+and nothing on disk changes except the report (`tasks/audit/report.py`).
+The `--deep` reading lives in `tasks/audit/deep.py`.
 """
 
 from __future__ import annotations
@@ -32,26 +32,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from state import files, quirks, shards
+from state.batching import batched
 from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file
+from state.kinds import FileKind
 from state.manifest import manifest_path, open_readonly
-from tasks.audit_dataloader import check_dataloader
-from tasks.audit_deep import FILE_QUERY, Seen, deep_files
-from tasks.audit_pairing import (
+from tasks.audit.dataloader import check_dataloader
+from tasks.audit.deep import Seen, deep_files
+from tasks.audit.pairing import (
+    LOOKUP_BATCH,
     Fingerprint,
     PairTallies,
-    batched,
     counted_in_data,
     images_without_caption,
     row_mismatches,
     strays,
 )
-from tasks.audit_report import KINDS, AuditReport
-from tasks.audit_stat import stat_all_rows
+from tasks.audit.report import KINDS, AuditReport
+from tasks.audit.stat_pass import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
-from tasks.records import parse_json
+from tasks.records import member_kind, parse_json
 from tasks.settings import Settings, shard_name
+
+IMAGE, JSON, CAPTION, PENDING = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION, FileKind.PENDING
 
 EDITED_CAPTION_WORDS = (
     "edited by hand: kept (the table keeps the caption field's text); moved to "
@@ -220,9 +225,8 @@ def _fast_files(conn, root: str, judge: _Judge) -> None:
     judge.tallies.merge(found.tallies)
     judge.report.files_checked += found.same
     judge.present_in_data += found.present
-    for chunk in batched(found.closer):
-        marks = ",".join("?" * len(chunk))
-        for row in conn.execute(f"{FILE_QUERY} WHERE path IN ({marks})", chunk):
+    for chunk in batched(found.closer, LOOKUP_BATCH):
+        for row in files.audit_rows(conn, chunk):
             judge(row, _look(root, row))
 
 
@@ -238,8 +242,8 @@ def _look(root: str, row: tuple) -> Seen:
     seen = Seen(True, st.st_size, st.st_mtime_ns)
     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
         seen.xxh3 = xxh3
-    elif st.st_size == size or kind == "json":
-        seen.data = _read(root + path) if kind == "json" else None
+    elif st.st_size == size or kind == JSON:
+        seen.data = _read(root + path) if kind == JSON else None
         seen.xxh3 = xxhash.xxh3_128_hexdigest(seen.data) if seen.data is not None else None
         if seen.xxh3 is None:
             seen.xxh3 = hash_file(root + path)
@@ -269,7 +273,7 @@ class _Judge:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        if kind == "pending" or (kind == "caption" and mtime_ns == WRITING):
+        if kind == PENDING or (kind == CAPTION and mtime_ns == WRITING):
             self._unfinished(path, shard, seen)  # claimed or rewritten by an unfinished run
             return
         if not seen.exists:
@@ -287,9 +291,9 @@ class _Judge:
         if seen.xxh3 is not None and seen.xxh3 == xxh3:
             if not same_stat:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
-        elif kind == "json":
+        elif kind == JSON:
             report.add("edited_json", path, shard, _edited_words(seen))
-        elif kind == "caption" and not same_stat:  # written since the build: a hand edit
+        elif kind == CAPTION and not same_stat:  # written since the build: a hand edit
             report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
             how = (
@@ -343,7 +347,7 @@ def _edited_words(seen: Seen) -> str:
 
 def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -> None:
     for path in strays(conn, str(settings.data_dir), present):
-        is_image = posixpath.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg")
+        is_image = member_kind(path) == IMAGE
         report.add(
             "stray",
             path,
@@ -359,8 +363,8 @@ def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
     folder = settings.incomplete_dir / EDITED_CAPTIONS
     if not folder.is_dir():
         return
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in sorted(files):
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in sorted(names):
             path = os.path.relpath(os.path.join(dirpath, name), settings.root)
             report.add(
                 "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
@@ -378,9 +382,7 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
         "header_height",
         "image_name",
     ]
-    for (shard,) in conn.execute(
-        "SELECT name FROM shards WHERE part_xxh3 IS NOT NULL ORDER BY name"
-    ).fetchall():
+    for shard, _ in shards.with_partition(conn):
         try:
             t = read_partition(settings, shard, columns)
         except (OSError, pa.ArrowException):
@@ -425,15 +427,8 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
 
 
 def _check_quirks(conn, report: AuditReport) -> None:
-    aside = {
-        (shard, member): path
-        for shard, member, path in conn.execute(
-            "SELECT shard, member, path FROM files WHERE kind = 'aside'"
-        )
-    }
-    for shard, kind, member, path, detail in conn.execute(
-        "SELECT shard, kind, member, path, detail FROM quirks ORDER BY shard, rowid"
-    ):
+    aside = files.aside_members(conn)
+    for shard, kind, member, path, detail in quirks.rows(conn):
         where = aside.get((shard, member)) or path
         words = f"{member}: {detail}" if member else detail
         if kind not in KINDS:
@@ -444,8 +439,8 @@ def _check_quirks(conn, report: AuditReport) -> None:
 
 def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
     known = set()
-    for name, path, size, mtime_ns, status, error in conn.execute(
-        "SELECT name, path, size, mtime_ns, status, error FROM shards ORDER BY name"
+    for name, path, size, mtime_ns, status, error in shards.rows(
+        conn, "name", "path", "size", "mtime_ns", "status", "error"
     ):
         known.add(name)
         try:
@@ -467,10 +462,7 @@ def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
 def _check_duplicates(conn, report: AuditReport) -> None:
     """Images with the same content under several names (one grouped scan of the images)."""
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for digest, path, shard in conn.execute(
-        "SELECT xxh3, path, shard FROM files WHERE kind = 'image' AND xxh3 IN "
-        "(SELECT xxh3 FROM files WHERE kind = 'image' GROUP BY xxh3 HAVING count(*) > 1)"
-    ):
+    for digest, path, shard in files.duplicate_images(conn):
         groups[digest].append((path, shard))
     for members in groups.values():
         members.sort()
@@ -483,7 +475,7 @@ def _check_expected(conn, settings: Settings, report: AuditReport, table: TableF
         return
     samples = table.rows if table.readable else None
     if samples is None:
-        samples = conn.execute("SELECT coalesce(sum(samples), 0) FROM shards").fetchone()[0]
+        samples = shards.total_samples(conn)
         report.samples = samples
     if samples != settings.expected_samples:
         report.add(

@@ -1,13 +1,11 @@
 """The fast audit's stat pass: every manifest row's file `stat`-ed against its record.
 
 On a large build the rows are split into rowid ranges `stat`-ed in parallel by processes
-forked from the audit (one range stays in the audit's own process). On this 2-core VM, a
-fast `doit audit` of a 1.16M-sample build (3.5M files) took 20.7 s instead of 33.1 s with
-the inodes cached (medians of 4 alternating runs) and 67 s instead of 98 s from a dropped
-cache. Threads do not help with the inodes cached (the GIL hand-offs cost what the overlap
-gains).
+forked from the audit (one range stays in the audit's own process): `stat` waits on the
+kernel, so processes overlap it. Threads do not help with the inodes cached (the GIL
+hand-offs cost what the overlap gains); figures are in bench/README.md.
 
-Forked, not spawned: a child starts in ~ms without importing anything, and shares the
+Forked, not spawned: a child starts at once without importing anything, and shares the
 parent's `hash()` key, so the fingerprints it returns (`PairTallies`) compare with the
 parent's. A child only runs SQLite reads and `os.stat`, so the threads pyarrow keeps in the
 parent (which Python 3.12+ warns about at fork) cannot hold anything it needs.
@@ -23,8 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state import files
 from state.manifest import open_readonly
-from tasks.audit_pairing import PairTallies, counted_in_data
+from tasks.audit.pairing import PairTallies, counted_in_data
 from tasks.progress import Progress
 
 PROCESSES_FROM_ROWS = 50_000  # fewer rows: forking costs more than it saves
@@ -62,11 +61,7 @@ def stat_rows(
     fetched later by the caller.
     """
     found = StatPass(PairTallies(textfile))
-    sql = "SELECT path, size, mtime_ns, kind, sample FROM files"
-    if rowids is not None:
-        cursor = conn.execute(sql + " WHERE rowid BETWEEN ? AND ?", rowids)
-    else:
-        cursor = conn.execute(sql)
+    cursor = files.stat_rows(conn, rowids)
     stat, tally, closer = os.stat, found.tallies.add, found.closer
     same = present = handled = 0
     while batch := cursor.fetchmany(8192):
@@ -98,11 +93,7 @@ def stat_all_rows(
     `processes` forces a count (tests); by default it follows the row count and the CPUs
     this process may use.
     """
-    # three queries: SQLite answers a lone min() or max() from the b-tree's edge, but scans
-    # every row for both in one query (0.6 s at 3.5M rows)
-    (rows,) = conn.execute("SELECT count(*) FROM files").fetchone()
-    (first,) = conn.execute("SELECT min(rowid) FROM files").fetchone()
-    (last,) = conn.execute("SELECT max(rowid) FROM files").fetchone()
+    rows, first, last = files.rowid_span(conn)
     if processes is None:
         processes = _processes_for(rows)
     progress = Progress("audit: stat", rows, unit="files")

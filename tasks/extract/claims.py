@@ -15,13 +15,17 @@ import errno
 import os
 from dataclasses import dataclass
 
+from state import files
 from state.atomic import move_file, raise_if_disk_full, write_all, write_new
 from state.hashing import file_matches, hash_file
-from state.manifest import upsert_files, write_transaction
+from state.kinds import MEMBER_KINDS, FileKind
+from state.manifest import write_transaction
+
+JSON = FileKind.JSON
 
 BATCH_MEMBERS = 512
 BATCH_BYTES = 32 << 20
-DIRECT_KINDS = ("image", "json")
+DIRECT_KINDS = MEMBER_KINDS
 # A path that cannot be written because a file stands where a folder is needed, or
 # the other way round: the member is staged and the conflict named at commit.
 PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
@@ -105,7 +109,7 @@ class MemberWriter:
                 old = self.previous.get(dest)
                 if old is None or old["xxh3"] != m.xxh3:
                     rows.append(pending_row(self.shard, dest, m))
-            upsert_files(conn, rows)
+            files.upsert(conn, rows)
         return claimed
 
     def _write_direct(self, m: Member, data: bytes | memoryview) -> None:
@@ -121,7 +125,7 @@ class MemberWriter:
             return
         if self.adopt and old is None and os.path.isfile(target):
             on_disk = hash_file(target)
-            if on_disk == m.xxh3 or m.kind == "json":  # a differing JSON: the user's edit
+            if on_disk == m.xxh3 or m.kind == JSON:  # a differing JSON: the user's edit
                 m.loc, m.stale_stat = dest, on_disk != m.xxh3
                 return
         try:
@@ -188,19 +192,7 @@ def path_blocked(root: str, rel: str) -> str | None:
 
 def owners_of(conn, paths: list[str]) -> dict[str, str]:
     """path -> owning shard, for the member paths (images, JSON, pending) among `paths`."""
-    owners: dict[str, str] = {}
-    for i in range(0, len(paths), 500):
-        chunk = paths[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        owners.update(
-            conn.execute(
-                # `+kind`: look rows up by path; an index on kind here scans every file
-                f"SELECT path, shard FROM files WHERE path IN ({marks}) "
-                "AND +kind IN ('image', 'json', 'pending')",
-                chunk,
-            ).fetchall()
-        )
-    return owners
+    return files.owners(conn, paths)
 
 
 def pending_row(shard: str, dest: str, m: Member) -> dict:
@@ -208,7 +200,7 @@ def pending_row(shard: str, dest: str, m: Member) -> dict:
     return {
         "path": dest,
         "shard": shard,
-        "kind": "pending",
+        "kind": FileKind.PENDING,
         "sample": None,
         "member": m.member,
         "offset": m.offset,
