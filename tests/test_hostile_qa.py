@@ -262,3 +262,25 @@ def test_the_summary_counts_the_rows_the_table_holds_after_a_sample_moves(tmp_pa
     _no_traceback(proc)
     rows = len(table_rows(root))
     assert f"{rows} sample(s) in dalle3.parquet" in proc.stdout, (rows, proc.stdout)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a second entry with our id (our entry copied by hand, e.g. with repeats) reads the "
+    "same data/: the build and the audit say nothing, though an entry of another id that "
+    "reads data/ is warned about (SimpleTuner would train each image twice)",
+)
+def test_a_copy_of_our_entry_with_our_id_is_named(tmp_path: Path):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", ["a"])
+    write_config(root)
+    run_doit(root)
+    entries = _entries(root)
+    entries.append({**entries[0], "repeats": 2})
+    (root / "multidatabackend.json").write_text(json.dumps(entries, indent=4))
+    proc = run_doit(root, check=False)
+    audit = run_doit(root, "audit", check=False)
+    _no_traceback(proc)
+    said = proc.stdout + proc.stderr + audit.stdout + audit.stderr
+    ours = [e for e in _entries(root) if e.get("instance_data_dir") == str(root / "data")]
+    assert len(ours) == 1 or "twice" in said, said
