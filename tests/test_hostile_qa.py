@@ -284,3 +284,45 @@ def test_a_copy_of_our_entry_with_our_id_is_named(tmp_path: Path):
     said = proc.stdout + proc.stderr + audit.stdout + audit.stderr
     ours = [e for e in _entries(root) if e.get("instance_data_dir") == str(root / "data")]
     assert len(ours) == 1 or "twice" in said, said
+
+
+# ------------------------------------------------------------------- special files in data/
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=subprocess.TimeoutExpired,
+    reason="a JSON in data/ replaced by a FIFO (or a symlink to /dev/zero) is read as an edit: "
+    "`doit`, `doit audit` and `doit repair` block forever on it",
+)
+def test_a_json_replaced_by_a_fifo_hangs_nothing(tmp_path: Path):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", ["a", "b"])
+    write_config(root)
+    run_doit(root)
+    (root / "data/a.json").unlink()
+    os.mkfifo(root / "data/a.json")
+    proc = run_doit(root, check=False, timeout=60)
+    _no_traceback(proc)
+    assert "a.json" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    audit = run_doit(root, "audit", check=False, timeout=60)
+    _no_traceback(audit)
+    assert audit.returncode == 1, audit.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=subprocess.TimeoutExpired,
+    reason="an image in data/ replaced by a FIFO: the fast audit calls it corrupt_image, but "
+    "`doit audit --deep` blocks forever reading it",
+)
+def test_the_deep_audit_of_an_image_replaced_by_a_fifo_ends(tmp_path: Path):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", ["a", "b"])
+    write_config(root)
+    run_doit(root)
+    (root / "data/a.png").unlink()
+    os.mkfifo(root / "data/a.png")
+    audit = run_doit(root, "audit", "--deep", check=False, timeout=60)
+    _no_traceback(audit)
+    assert audit.returncode == 1 and "a.png" in audit.stdout, audit.stdout
