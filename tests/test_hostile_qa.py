@@ -302,10 +302,10 @@ def test_a_json_replaced_by_a_fifo_hangs_nothing(tmp_path: Path):
     run_doit(root)
     (root / "data/a.json").unlink()
     os.mkfifo(root / "data/a.json")
-    proc = run_doit(root, check=False, timeout=60)
+    proc = run_doit(root, check=False, timeout=20)
     _no_traceback(proc)
     assert "a.json" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    audit = run_doit(root, "audit", check=False, timeout=60)
+    audit = run_doit(root, "audit", check=False, timeout=20)
     _no_traceback(audit)
     assert audit.returncode == 1, audit.stdout
 
@@ -323,6 +323,6 @@ def test_the_deep_audit_of_an_image_replaced_by_a_fifo_ends(tmp_path: Path):
     run_doit(root)
     (root / "data/a.png").unlink()
     os.mkfifo(root / "data/a.png")
-    audit = run_doit(root, "audit", "--deep", check=False, timeout=60)
+    audit = run_doit(root, "audit", "--deep", check=False, timeout=20)
     _no_traceback(audit)
     assert audit.returncode == 1 and "a.png" in audit.stdout, audit.stdout
