@@ -421,3 +421,25 @@ def test_a_symlinked_table_is_written_through_to_its_target(tmp_path: Path):
     run_doit(root, "caption_field=long_caption")
     assert (root / "dalle3.parquet").is_symlink()
     assert {r["caption"] for r in table_rows(root)} == {"long a"}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="`[dataloader] resolution = nan` (or inf), valid TOML, is written into "
+    "multidatabackend.json as NaN / Infinity, which is not JSON (strict parsers refuse the "
+    "file); like a TOML date, it should be a one-line error naming [dataloader]",
+)
+def test_a_dataloader_value_that_is_not_json_never_reaches_the_file(tmp_path: Path, value: str):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", ["a"])
+    write_config(root)
+    run_doit(root)
+    proc = run_doit(root, f"dataloader={{resolution = {value}}}", check=False)
+    _no_traceback(proc)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    json.loads((root / "multidatabackend.json").read_text(), parse_constant=refuse)
+    assert proc.returncode != 0 and "[dataloader]" in proc.stdout + proc.stderr
