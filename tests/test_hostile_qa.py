@@ -424,12 +424,6 @@ def test_a_symlinked_table_is_written_through_to_its_target(tmp_path: Path):
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="`[dataloader] resolution = nan` (or inf), valid TOML, is written into "
-    "multidatabackend.json as NaN / Infinity, which is not JSON (strict parsers refuse the "
-    "file); like a TOML date, it should be a one-line error naming [dataloader]",
-)
 def test_a_dataloader_value_that_is_not_json_never_reaches_the_file(tmp_path: Path, value: str):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])
