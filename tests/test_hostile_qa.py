@@ -496,3 +496,24 @@ def test_a_dangling_shard_symlink_is_named(tmp_path: Path):
     _no_traceback(proc)
     assert "data-000001" in proc.stdout + proc.stderr, proc.stdout
     assert "data-000001" in audit.stdout, audit.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kill -9 of a first build before doit saved its state leaves an empty "
+    "state/doit.db.dat and no .dir; the next run calls doit's state file 'damaged' and moves "
+    "it to state/damaged-<time>/ (a false alarm after every such kill; the folders pile up)",
+)
+def test_a_first_build_killed_before_doit_saved_its_state_is_no_damage(tmp_path: Path):
+    root = tmp_path / "ds"
+    _shard(root, "data-000000", ["a"])
+    write_config(root)
+    run_doit(root)
+    # what kill -9 leaves when it lands during a first build's extraction (seen at 2 s of a
+    # 32k-sample build): dbm.dumb created its data file, nothing was synced yet
+    for path in (root / "state").glob("doit.db*"):
+        path.unlink()
+    (root / "state" / "doit.db.dat").write_bytes(b"")
+    proc = run_doit(root)
+    assert "damaged" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not list((root / "state").glob("damaged-*"))
