@@ -220,9 +220,9 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
 
 
 def _check_json(settings: Settings, entry: dict) -> None:
-    """Refuse, in one line, a `[dataloader]` value that JSON cannot hold (a TOML date)."""
+    """Refuse, in one line, a `[dataloader]` value that JSON cannot hold (a TOML date, nan, inf)."""
     try:
-        json.dumps(entry)
+        json.dumps(entry, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DataloaderFileError(
             f"{settings.config_file}: [dataloader] holds a value JSON cannot hold ({exc}); "
