@@ -215,8 +215,10 @@ class _Writer:
                 st = os.stat(target)
                 result.unchanged += 1
             else:
-                if not self._vouched_by_another_shard(path, target):
-                    self._move_aside(path)  # edited by hand, or cut short by a killed run
+                if not _cut_short(target, data) and not self._vouched_by_another_shard(
+                    path, target
+                ):
+                    self._move_aside(path)  # edited by hand
                 st = write_in_place(target, data)
                 result.written += 1
         else:
@@ -323,6 +325,16 @@ def _is_file(path: str) -> bool:
     try:
         return S_ISREG(os.stat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _cut_short(path: str, data: bytes) -> bool:
+    """Whether `path` holds a strict prefix of `data`: a create a killed run did not finish."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(data))
+            return len(head) < len(data) and data.startswith(head) and not f.read(1)
+    except OSError:
         return False
 
 

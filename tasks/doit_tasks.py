@@ -137,6 +137,8 @@ def _interrupted(signum: int, frame: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
     if os.getpid() == _MAIN_PID:
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    if sys.is_finalizing():  # too late for an exception: it would be printed, then ignored
+        os._exit(130)
     raise SystemExit(130)
 
 
