@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sample.generate import write_config
 from sample.images import jpeg_bytes, png_bytes
+
+SHARDS = Path("hub/data")
 
 
 @dataclass
@@ -65,3 +69,20 @@ def member_offsets(path: Path) -> list[tuple[str, int, int, int]]:
     """(name, header offset, data offset, size) of each member."""
     with tarfile.open(path) as tar:
         return [(m.name, m.offset, m.offset_data, m.size) for m in tar.getmembers()]
+
+
+def write_dataset(root: Path, shards: dict[str, list[M]], **settings) -> Path:
+    """A root holding one tar per `shards` entry under hub/data/, and its dataset.toml."""
+    for name, members in shards.items():
+        write_tar(root / SHARDS / f"{name}.tar", members)
+    write_config(root, **settings)
+    return root
+
+
+def quirk_rows(root: Path) -> list[tuple[str, str, str]]:
+    """(shard, kind, member or path) of every quirk the manifest records."""
+    conn = sqlite3.connect(root / "state/manifest.sqlite")
+    try:
+        return list(conn.execute("SELECT shard, kind, coalesce(member, path) FROM quirks"))
+    finally:
+        conn.close()

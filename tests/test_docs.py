@@ -14,7 +14,7 @@ import pytest
 import sqlite_utils
 
 from state.manifest import open_manifest
-from tasks.audit_report import DAMAGE, KINDS
+from tasks.audit.report import DAMAGE, KINDS
 from tasks.settings import SETTING_KEYS
 
 REPO = Path(__file__).resolve().parents[1]

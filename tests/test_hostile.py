@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import tarfile
 from pathlib import Path
@@ -12,30 +11,22 @@ from pathlib import Path
 import pytest
 import xxhash
 from conftest import images_in, run_doit, snapshot, table_rows
-from tarbuild import M, jpeg, member_offsets, png, sample_json, write_tar
+from tarbuild import (
+    SHARDS,
+    M,
+    jpeg,
+    member_offsets,
+    png,
+    quirk_rows,
+    sample_json,
+    write_dataset,
+)
 
 from sample.generate import make_dataset, write_config
 from sample.images import png_bytes
 from state.manifest import ManifestError, open_manifest
 from tasks.settings import load_settings
 from tasks.summary import summarize
-
-SHARDS = Path("hub/data")
-
-
-def _dataset(root: Path, shards: dict[str, list[M]]) -> Path:
-    for name, members in shards.items():
-        write_tar(root / SHARDS / f"{name}.tar", members)
-    write_config(root)
-    return root
-
-
-def _quirks(root: Path) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(root / "state/manifest.sqlite")
-    try:
-        return list(conn.execute("SELECT shard, kind, coalesce(member, path) FROM quirks"))
-    finally:
-        conn.close()
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -82,7 +73,7 @@ def test_members_that_would_escape_or_are_not_files_are_never_written(tmp_path: 
         M("dev.png", type=tarfile.CHRTYPE),
         M("fifo.json", type=tarfile.FIFOTYPE),
     ]
-    _dataset(
+    write_dataset(
         root, {"data-000000": [M("good.json", sample_json("good")), M("good.png", png())] + hostile}
     )
     proc = run_doit(root)
@@ -92,7 +83,7 @@ def test_members_that_would_escape_or_are_not_files_are_never_written(tmp_path: 
         "good.png",
         "good.txt",
     ]
-    refused = {m for _, kind, m in _quirks(root) if kind == "refused"}
+    refused = {m for _, kind, m in quirk_rows(root) if kind == "refused"}
     assert refused == {m.name for m in hostile}
     for m in hostile:
         assert m.name in proc.stdout
@@ -103,7 +94,9 @@ def test_large_members_are_written_and_parsed_byte_for_byte(tmp_path: Path):
     image = png_bytes(300, 200, seed=3, noisy=True)  # ~180 KB: read as a view of the tar
     caption = " ".join(["a very long caption"] * 4000)  # a JSON of ~80 KB
     meta = sample_json("big", long_caption=caption, width=300, height=200)
-    root = _dataset(tmp_path / "ds", {"data-000000": [M("big.json", meta), M("big.png", image)]})
+    root = write_dataset(
+        tmp_path / "ds", {"data-000000": [M("big.json", meta), M("big.png", image)]}
+    )
     run_doit(root, "caption_field=long_caption")
     assert (root / "data/big.png").read_bytes() == image
     assert (root / "data/big.json").read_bytes() == meta
@@ -141,7 +134,7 @@ def test_data_quirks_are_kept_aside_or_recovered_and_named(tmp_path: Path):
         M("sub/dir/deep.png", png(10)),
         M("notes.txt", b"not a sample"),
     ]
-    _dataset(root, {"data-000000": members})
+    write_dataset(root, {"data-000000": members})
     proc = run_doit(root)
     rows = {r["filename"]: r for r in table_rows(root)}
     assert sorted(rows) == [
@@ -154,7 +147,7 @@ def test_data_quirks_are_kept_aside_or_recovered_and_named(tmp_path: Path):
     ]
     assert rows["dup.png"]["caption"] == "second"  # the later member wins, as with tar xf
     assert (rows["strsize.png"]["width"], rows["strsize.png"]["height"]) == (1024, 1024)
-    kinds = {(kind, m) for _, kind, m in _quirks(root)}
+    kinds = {(kind, m) for _, kind, m in quirk_rows(root)}
     assert ("invalid_json", "bad.json") in kinds
     assert ("invalid_json", "latin.json") in kinds
     assert ("invalid_json", "list.json") in kinds
@@ -194,7 +187,7 @@ def _two_owners(root: Path, shards: list[str]) -> None:
             M("b.png", png(4)),
         ],
     }
-    _dataset(root, {name: content[name] for name in shards})
+    write_dataset(root, {name: content[name] for name in shards})
 
 
 def test_the_same_path_in_two_shards_does_not_depend_on_build_order(tmp_path: Path):
@@ -211,7 +204,7 @@ def test_the_same_path_in_two_shards_does_not_depend_on_build_order(tmp_path: Pa
     rows = {r["filename"]: r["caption"] for r in table_rows(later)}
     assert rows == {"a.png": "short a", "b.png": "short b", "x.png": "from 0"}
     assert sorted(_tree(later / "incomplete")) == ["data-000001/x.json", "data-000001/x.png"]
-    named = [q for q in _quirks(later) if q[1] == "duplicate_across_shards"]
+    named = [q for q in quirk_rows(later) if q[1] == "duplicate_across_shards"]
     assert named and all("x." in q[2] for q in named)
 
 
@@ -268,7 +261,7 @@ def test_a_damaged_manifest_has_a_documented_way_back(built: Path):
 
 
 def test_the_summary_names_a_damaged_manifest_and_the_way_back(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {})
+    root = write_dataset(tmp_path / "ds", {})
     settings = load_settings(root / "dataset.toml", {})
     assert summarize(settings).shards == 0  # no manifest yet: nothing built, no error
     settings.state_dir.mkdir(parents=True)

@@ -19,7 +19,7 @@ from state.lock import LockHeld, acquire, lock_path, release, running_writer
 REFUSAL = "another shardprep run (pid {pid}: "
 
 
-def _start_doit(root: Path, *args: str) -> subprocess.Popen:
+def _start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *args],
         cwd=REPO,
@@ -27,6 +27,7 @@ def _start_doit(root: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        **popen,
     )
 
 
@@ -161,15 +162,8 @@ def test_a_lock_held_by_another_process_names_it(tmp_path: Path):
 @pytest.mark.parametrize("parallel", [(), ("-n", "2", "-P", "process")])
 def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
     root, reference = two_roots
-    run = subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *parallel],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True,  # Ctrl-C reaches every process of the terminal's group
-    )
+    # a session of its own: Ctrl-C reaches every process of the terminal's group
+    run = _start_doit(root, *parallel, start_new_session=True)
     _wait_for_lock_of(root, run)
     os.killpg(run.pid, signal.SIGINT)
     out, err = run.communicate(timeout=300)

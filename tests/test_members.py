@@ -14,31 +14,14 @@ from pathlib import Path
 
 import pytest
 from conftest import images_in, run_doit, table_rows
-from tarbuild import M, png, sample_json, write_tar
+from tarbuild import SHARDS, M, png, quirk_rows, sample_json, write_dataset, write_tar
 
 from sample.generate import write_config
 from tasks.settings import load_settings, shard_name
 
-SHARDS = Path("hub/data")
-
 
 def _good(key: str, seed: int) -> list[M]:
     return [M(f"{key}.json", sample_json(key)), M(f"{key}.png", png(seed))]
-
-
-def _dataset(root: Path, shards: dict[str, list[M]], **settings) -> Path:
-    for name, members in shards.items():
-        write_tar(root / SHARDS / f"{name}.tar", members)
-    write_config(root, **settings)
-    return root
-
-
-def _quirks(root: Path) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(root / "state/manifest.sqlite")
-    try:
-        return list(conn.execute("SELECT shard, kind, coalesce(member, path) FROM quirks"))
-    finally:
-        conn.close()
 
 
 def _no_traceback(proc: subprocess.CompletedProcess) -> str:
@@ -105,12 +88,12 @@ ODD_NAMES = {
 
 @pytest.mark.parametrize("case", sorted(ODD_NAMES))
 def test_an_odd_member_name_is_refused_and_the_rest_builds(tmp_path: Path, case: str):
-    root = _dataset(tmp_path / "ds", _around(ODD_NAMES[case]))
+    root = write_dataset(tmp_path / "ds", _around(ODD_NAMES[case]))
     out = _build_and_audit(root)
     names = {r["filename"] for r in table_rows(root)}
     assert {"a.png", "b.png", "c.png", "d.png"} <= names
-    quirks = [q for q in _quirks(root) if q[1] == "refused"]
-    assert quirks, _quirks(root)
+    quirks = [q for q in quirk_rows(root) if q[1] == "refused"]
+    assert quirks, quirk_rows(root)
     assert "\n" not in "".join(q[2] for q in quirks)  # stored and printed escaped
     assert "refused" in out
     for line in out.splitlines():
@@ -119,7 +102,7 @@ def test_an_odd_member_name_is_refused_and_the_rest_builds(tmp_path: Path, case:
 
 def test_a_name_that_is_not_utf8_is_refused_named_escaped(tmp_path: Path):
     root = tmp_path / "ds"
-    _dataset(root, _around([]))
+    write_dataset(root, _around([]))
     raw = root / SHARDS / "data-000001.tar"
     with tarfile.open(raw, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
         for m in _good("b", 2) + [M("caf\xe9.png", png(9))] + _good("c", 3):
@@ -129,7 +112,7 @@ def test_a_name_that_is_not_utf8_is_refused_named_escaped(tmp_path: Path):
     out = _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "b.png", "c.png", "d.png"}
     assert "caf\\xe9.png" in out
-    assert ("data-000001", "refused", "caf\\xe9.png") in _quirks(root)
+    assert ("data-000001", "refused", "caf\\xe9.png") in quirk_rows(root)
     assert (root / "data/c.txt").exists() and (root / "data/d.txt").exists()
 
 
@@ -139,10 +122,10 @@ def test_a_file_and_folder_of_one_name_across_shards(tmp_path: Path):
         "data-000001": [M("x.png/y.png", png(9)), M("x.png/y.json", sample_json("y"))]
         + _good("c", 3),
     }
-    root = _dataset(tmp_path / "ds", shards)
+    root = write_dataset(tmp_path / "ds", shards)
     out = _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "c.png", "x.png"}
-    assert any(q[1] == "path_conflict" for q in _quirks(root)), out
+    assert any(q[1] == "path_conflict" for q in quirk_rows(root)), out
     assert "path_conflict" in out
 
 
@@ -152,10 +135,10 @@ def test_a_folder_then_a_file_of_one_name_across_shards(tmp_path: Path):
         + [M("x.png/y.png", png(9)), M("x.png/y.json", sample_json("y"))],
         "data-000001": [M("x.png", png(8)), M("x.json", sample_json("x"))] + _good("c", 3),
     }
-    root = _dataset(tmp_path / "ds", shards)
+    root = write_dataset(tmp_path / "ds", shards)
     out = _build_and_audit(root)
     assert {r["filename"] for r in table_rows(root)} == {"a.png", "c.png", "x.png/y.png"}
-    assert any(q[1] == "path_conflict" for q in _quirks(root)), out
+    assert any(q[1] == "path_conflict" for q in quirk_rows(root)), out
     assert not (root / "data/x.json").exists()
 
 
@@ -170,7 +153,7 @@ def test_a_size_that_cannot_be_a_size_is_taken_from_the_header(tmp_path: Path, v
     if value in ("1e400", "NaN"):
         text = text.replace(f'"{value}"', value)  # raw JSON number tokens
     odd = [M("odd.json", text.encode()), M("odd.png", png(9))]
-    root = _dataset(tmp_path / "ds", _around(odd))
+    root = write_dataset(tmp_path / "ds", _around(odd))
     _build_and_audit(root)
     rows = {r["filename"]: r for r in table_rows(root)}
     assert (rows["odd.png"]["width"], rows["odd.png"]["height"]) == (16, 12)
@@ -194,7 +177,7 @@ ODD_VALUES = {
 @pytest.mark.parametrize("case", sorted(ODD_VALUES))
 def test_an_odd_json_value_never_stops_the_build(tmp_path: Path, case: str):
     odd = [M("odd.json", ODD_VALUES[case]), M("odd.png", png(9))]
-    root = _dataset(tmp_path / "ds", _around(odd))
+    root = write_dataset(tmp_path / "ds", _around(odd))
     _build_and_audit(root)
     names = {r["filename"] for r in table_rows(root)}
     assert {"a.png", "b.png", "c.png", "d.png"} <= names
@@ -210,18 +193,18 @@ def test_empty_members_percent_and_our_own_file_names(tmp_path: Path):
         M("B.png", png(6)),
         M("B.json", sample_json("B")),
     ]
-    root = _dataset(tmp_path / "ds", _around(odd))
+    root = write_dataset(tmp_path / "ds", _around(odd))
     _build_and_audit(root)
     names = {r["filename"] for r in table_rows(root)}
     assert {"a.png", "b.png", "c.png", "d.png", "100%.png", "B.png"} <= names
     assert (root / "data/b.txt").read_text() == "short b"  # our caption, not the member
-    kinds = {(k, m) for _, k, m in _quirks(root)}
+    kinds = {(k, m) for _, k, m in quirk_rows(root)}
     assert ("unexpected_member", "b.txt") in kinds
     assert ("case_collision", "B.png") in kinds
 
 
 def test_a_sparse_member_is_refused_named(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", _around([]))
+    root = write_dataset(tmp_path / "ds", _around([]))
     work = tmp_path / "src"
     work.mkdir()
     for key, seed in (("b", 2), ("c", 3)):
@@ -240,12 +223,12 @@ def test_a_sparse_member_is_refused_named(tmp_path: Path):
         out = _build_and_audit(root)
         assert {"a.png", "b.png", "c.png", "d.png"} <= {r["filename"] for r in table_rows(root)}
         assert not list((root / "data").glob("**/GNUSparseFile*")), fmt
-        assert ("data-000001", "refused") in {(s, k) for s, k, _ in _quirks(root)}
+        assert ("data-000001", "refused") in {(s, k) for s, k, _ in quirk_rows(root)}
         assert "sparse.png" in out
 
 
 def test_a_gzip_compressed_shard_is_named_as_such(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", _around([]))
+    root = write_dataset(tmp_path / "ds", _around([]))
     tar = root / SHARDS / "data-000001.tar"
     tar.write_bytes(gzip.compress(tar.read_bytes()))
     proc = run_doit(root, check=False)
@@ -271,13 +254,13 @@ def test_shards_of_one_name_in_two_folders_are_both_built(tmp_path: Path):
 
 
 def test_flat_shard_names_stay_as_they_were(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
     settings = load_settings(root / "dataset.toml")
     assert [shard_name(p, settings) for p in settings.shard_paths()] == ["data-000000"]
 
 
 def test_an_edited_json_the_changed_shard_no_longer_holds_is_kept_and_named(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + _good("b", 2)})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + _good("b", 2)})
     run_doit(root)
     edited = root / "data/b.json"
     edited.write_text(json.dumps({"image_name": "b.png", "short_caption": "mine"}))
@@ -295,14 +278,14 @@ def test_an_edited_json_the_changed_shard_no_longer_holds_is_kept_and_named(tmp_
 def test_folders_emptied_by_members_kept_aside_are_removed(tmp_path: Path):
     odd = [M("sub/deep/only.json", sample_json("only")), M("sub2/bad.png", b"not an image")]
     odd += [M("sub2/bad.json", sample_json("bad"))]
-    root = _dataset(tmp_path / "ds", _around(odd))
+    root = write_dataset(tmp_path / "ds", _around(odd))
     _build_and_audit(root)
     assert (root / "incomplete/data-000001/sub/deep/only.json").exists()
     assert sorted(p.name for p in (root / "data").iterdir() if p.is_dir()) == []
 
 
 def test_files_with_odd_names_put_into_data_are_strays_the_audit_names(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
     run_doit(root)
     (root / "data").joinpath("new\nline.png").write_bytes(png(2))
     with open(bytes(root / "data") + b"/caf\xe9.png", "wb") as f:
@@ -318,7 +301,7 @@ def test_files_with_odd_names_put_into_data_are_strays_the_audit_names(tmp_path:
 
 def test_a_shard_cut_short_after_a_written_batch_leaves_data_trainer_safe(tmp_path: Path):
     many = [m for k in range(300) for m in _good(f"k{k}", k + 10)]  # more than one batch
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1), "data-000001": many})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1), "data-000001": many})
     tar = root / SHARDS / "data-000001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size * 9 // 10])
     proc = run_doit(root, check=False)
@@ -330,7 +313,7 @@ def test_a_shard_cut_short_after_a_written_batch_leaves_data_trainer_safe(tmp_pa
 
 
 def test_a_json_broken_by_hand_stops_nothing_else(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1)})
     run_doit(root)
     (root / "data/a.json").write_text('{"broken')
     write_tar(root / SHARDS / "data-000001.tar", _good("b", 2))
@@ -379,7 +362,9 @@ def test_tars_that_cannot_be_shards_are_named_and_the_rest_builds(tmp_path: Path
 
 
 def test_a_member_kept_aside_where_an_earlier_build_kept_a_folder_aside(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + [M("x.png/y.png", png(9))]})
+    root = write_dataset(
+        tmp_path / "ds", {"data-000000": _good("a", 1) + [M("x.png/y.png", png(9))]}
+    )
     run_doit(root)
     assert (root / "incomplete/data-000000/x.png/y.png").exists()
     write_tar(root / SHARDS / "data-000000.tar", _good("a", 1) + [M("x.png", png(8))])
@@ -391,7 +376,7 @@ def test_a_member_kept_aside_where_an_earlier_build_kept_a_folder_aside(tmp_path
 
 def test_a_changed_shard_whose_folder_became_a_file_builds_it(tmp_path: Path):
     before = [M("x.png/y.png", png(9)), M("x.png/y.json", sample_json("y"))]
-    root = _dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + before})
+    root = write_dataset(tmp_path / "ds", {"data-000000": _good("a", 1) + before})
     run_doit(root)
     after = [M("x.png", png(8)), M("x.json", sample_json("x"))]
     write_tar(root / SHARDS / "data-000000.tar", _good("a", 1) + after)
@@ -402,7 +387,7 @@ def test_a_changed_shard_whose_folder_became_a_file_builds_it(tmp_path: Path):
 
 def test_any_other_failure_inside_a_shard_fails_that_shard_alone(tmp_path: Path):
     odd = [M("lonely.png", png(9))]  # kept aside: needs incomplete/, which is a file here
-    root = _dataset(tmp_path / "ds", _around(odd))
+    root = write_dataset(tmp_path / "ds", _around(odd))
     (root / "incomplete").write_text("in the way")
     proc = run_doit(root, check=False)
     out = _no_traceback(proc)
@@ -417,7 +402,7 @@ def test_any_other_failure_inside_a_shard_fails_that_shard_alone(tmp_path: Path)
 
 
 def test_a_shard_that_fails_after_a_good_build_is_counted_as_still_built(tmp_path: Path):
-    root = _dataset(tmp_path / "ds", _around([]))
+    root = write_dataset(tmp_path / "ds", _around([]))
     run_doit(root)
     tar = root / SHARDS / "data-000001.tar"
     tar.write_bytes(gzip.compress(tar.read_bytes()))
