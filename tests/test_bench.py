@@ -69,8 +69,9 @@ def test_profile_summary_names_the_functions_that_take_the_time(tmp_path: Path) 
     subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), str(script)], check=True)
     summary = summarize(prof, tmp_path, top=5)
     names = [r["function"] for r in summary["by_cumulative"]]
-    assert any(n.startswith("work.py:") and n.endswith("(busy)") for n in names)
-    assert not any("(idle)" in n for n in names)
+    busy = next(i for i, n in enumerate(names) if n.startswith("work.py:") and n.endswith("(busy)"))
+    # a short profile may fill the top 5 with idle's ~0 s too: it must rank below busy
+    assert all(i > busy for i, n in enumerate(names) if "(idle)" in n)
     assert summary["total_s"] > 0 and len(summary["by_self"]) == 5
     assert "-- by self time" in format_summary("cold", summary)
 
