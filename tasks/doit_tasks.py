@@ -14,7 +14,6 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from functools import wraps
 from pathlib import Path
 
 from doit import Globals
@@ -167,125 +166,204 @@ def _guard_dep_file_save(dep_file: Path) -> None:
     manager._shardprep_guarded = True
 
 
+# The `task_<name>` creators of one run, one function per task family. Each takes the
+# settings and returns doit's dict (or the dicts of its subtasks); `_creators` wraps them
+# with what every task shares.
+
+TaskMaker = Callable[[Settings], "dict | Iterator[dict]"]
+
+
+def task_name(shard: str) -> str:
+    """A shard's name as a doit subtask name: doit forbids `=`, so `%` and `=` are escaped
+    (`split=train` -> `split%3Dtrain`); `shard_of_task_name` reverses it."""
+    return shard.replace("%", "%25").replace("=", "%3D")
+
+
+def shard_of_task_name(name: str) -> str:
+    """The shard a subtask name stands for (the inverse of `task_name`)."""
+    return name.replace("%3D", "=").replace("%25", "%")
+
+
+def _present_shards(s: Settings) -> dict[str, str]:
+    """shard name -> tar path, for the tars present."""
+    # tars that cannot be shards are named by the summary
+    return {name: str(path) for name, path in shard_names(s)[0].items()}
+
+
+def _all_shards(s: Settings) -> list[str]:
+    """Present shards and those the manifest has a partition for."""
+    return sorted(set(_present_shards(s)) | set(_known_shards(s)))
+
+
+def _extract_tasks(s: Settings) -> Iterator[dict]:
+    for name, tar in _present_shards(s).items():
+        yield {
+            "name": task_name(name),
+            "doc": f"extract {tar}",
+            "actions": [(act.run_extract, [s, tar])],
+            "file_dep": [tar],
+            "targets": [str(partition_path(s, name))],
+            "uptodate": [(shard_is_done, [s, name])],
+        }
+
+
+def _scan_task(s: Settings) -> dict:
+    return {
+        "actions": [(act.run_scan, [s])],
+        "task_dep": ["extract"],
+        "uptodate": [(scan_is_up_to_date, [s])],
+    }
+
+
+def _captions_tasks(s: Settings) -> Iterator[dict]:
+    present = _present_shards(s)
+    for name in _all_shards(s):
+        yield {
+            "name": task_name(name),
+            "actions": [(act.run_captions, [s, name])],
+            "file_dep": [str(partition_path(s, name))] if name in present else [],
+            "task_dep": ["scan"],
+            "uptodate": [(captions_are_current, [s, name])],
+        }
+
+
+def _table_task(s: Settings) -> dict:
+    return {
+        "actions": [(act.run_table, [s])],
+        "file_dep": [str(partition_path(s, n)) for n in _present_shards(s)],
+        "task_dep": ["scan"],
+        "targets": [str(s.table_path)],
+        "uptodate": [(table_is_current, [s])],
+    }
+
+
+def _dataloader_task(s: Settings) -> dict:
+    return {
+        "actions": [(act.run_dataloader, [s])],
+        "targets": [str(s.backend_path)],
+        "uptodate": [(dataloader_is_current, [s])],
+    }
+
+
+def _summary_task(s: Settings) -> dict:
+    return {
+        "actions": [(act.run_summary, [s])],
+        "task_dep": [step for step in STEPS if step != "summary"],
+        "uptodate": [False],
+    }
+
+
+def _reset_state_task(s: Settings) -> dict:
+    return {"actions": [(act.run_reset_state, [s])], "uptodate": [False]}
+
+
+def _download_task(s: Settings) -> dict:
+    return {"actions": [(act.run_download, [s])], "uptodate": [False]}
+
+
+_DEEP = {
+    "name": "deep",
+    "long": "deep",
+    "type": bool,
+    "default": False,
+    "help": "re-hash every file and check images against the JSON's md5/sha512",
+}
+
+
+def _audit_task(s: Settings) -> dict:
+    return {"actions": [(act.run_audit, [s])], "params": [_DEEP], "uptodate": [False]}
+
+
+def _repair_task(s: Settings) -> dict:
+    return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
+
+
+# name -> (maker, doc, has subtasks); the order is the order `doit list` shows
+_TASKS: dict[str, tuple[TaskMaker, str, bool]] = {
+    "extract": (
+        _extract_tasks,
+        "Read each tar shard once into data/, the manifest and its partition.",
+        True,
+    ),
+    "scan": (
+        _scan_task,
+        "Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.",
+        False,
+    ),
+    "captions": (
+        _captions_tasks,
+        "Write data/<stem>.txt per image (caption_strategy=textfile); only changed.",
+        True,
+    ),
+    "table": (
+        _table_task,
+        "Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here).",
+        False,
+    ),
+    "dataloader": (
+        _dataloader_task,
+        "Write the SimpleTuner entry into <root>/multidatabackend.json.",
+        False,
+    ),
+    "summary": (
+        _summary_task,
+        "Print what the build holds and what was kept aside; fail if a shard was unreadable.",
+        False,
+    ),
+    "reset_state": (
+        _reset_state_task,
+        "Move a damaged manifest aside; the next doit rebuilds it from the tars and data/.",
+        False,
+    ),
+    "download": (
+        _download_task,
+        "Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/.",
+        False,
+    ),
+    "audit": (
+        _audit_task,
+        "Check data/, the table and kept-aside files against the manifest (--deep: re-hash).",
+        False,
+    ),
+    "repair": (
+        _repair_task,
+        "Restore damaged or missing files from the tars and partitions; move strays aside.",
+        False,
+    ),
+}
+
+
 def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> dict:
     """The task creators (`task_<name>` functions) of one run."""
+    return {
+        f"task_{name}": _creator(make, doc, subtasks, settings, error, dep_file)
+        for name, (make, doc, subtasks) in _TASKS.items()
+    }
 
-    def creator(doc: str, subtasks: bool = False) -> Callable:
-        """Shared by every task: the settings error, the dep-file guard, verbosity 2."""
 
-        def wrap(make: Callable[[Settings], dict | Iterator[dict]]) -> Callable:
-            @wraps(make)
-            def task_creator():
-                _guard_dep_file_save(dep_file)
-                if settings is None:
-                    failing = {"actions": [(act.fail_settings, [error])], "uptodate": [False]}
-                    made = [{"name": None, **failing}] if subtasks else failing
-                else:
-                    made = make(settings)
-                if subtasks:
-                    return ({"doc": doc, "verbosity": 2, **t} for t in made)
-                return {"doc": doc, "verbosity": 2, **made}
+def _creator(
+    make: TaskMaker,
+    doc: str,
+    subtasks: bool,
+    settings: Settings | None,
+    error: str | None,
+    dep_file: Path,
+) -> Callable:
+    """A `task_<name>` function: the settings error, the dep-file guard, verbosity 2."""
 
-            task_creator.__doc__ = doc
-            return task_creator
+    def task_creator():
+        _guard_dep_file_save(dep_file)
+        if settings is None:
+            failing = {"actions": [(act.fail_settings, [error])], "uptodate": [False]}
+            made = [{"name": None, **failing}] if subtasks else failing
+        else:
+            made = make(settings)
+        if subtasks:
+            return ({"doc": doc, "verbosity": 2, **t} for t in made)
+        return {"doc": doc, "verbosity": 2, **made}
 
-        return wrap
-
-    def shards(s: Settings) -> dict[str, str]:
-        """shard name -> tar path, for the tars present."""
-        # tars that cannot be shards are named by the summary
-        return {name: str(path) for name, path in shard_names(s)[0].items()}
-
-    def all_shards(s: Settings) -> list[str]:
-        return sorted(set(shards(s)) | set(_known_shards(s)))
-
-    @creator("Read each tar shard once into data/, the manifest and its partition.", True)
-    def task_extract(s: Settings) -> Iterator[dict]:
-        for name, tar in shards(s).items():
-            yield {
-                "name": name,
-                "doc": f"extract {tar}",
-                "actions": [(act.run_extract, [s, tar])],
-                "file_dep": [tar],
-                "targets": [str(partition_path(s, name))],
-                "uptodate": [(shard_is_done, [s, name])],
-            }
-
-    @creator("Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.")
-    def task_scan(s: Settings) -> dict:
-        return {
-            "actions": [(act.run_scan, [s])],
-            "task_dep": ["extract"],
-            "uptodate": [(scan_is_up_to_date, [s])],
-        }
-
-    @creator("Write data/<stem>.txt per image (caption_strategy=textfile); only changed.", True)
-    def task_captions(s: Settings) -> Iterator[dict]:
-        present = shards(s)
-        for name in all_shards(s):
-            yield {
-                "name": name,
-                "actions": [(act.run_captions, [s, name])],
-                "file_dep": [str(partition_path(s, name))] if name in present else [],
-                "task_dep": ["scan"],
-                "uptodate": [(captions_are_current, [s, name])],
-            }
-
-    @creator("Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here).")
-    def task_table(s: Settings) -> dict:
-        return {
-            "actions": [(act.run_table, [s])],
-            "file_dep": [str(partition_path(s, n)) for n in shards(s)],
-            "task_dep": ["scan"],
-            "targets": [str(s.table_path)],
-            "uptodate": [(table_is_current, [s])],
-        }
-
-    @creator("Write the SimpleTuner entry into <root>/multidatabackend.json.")
-    def task_dataloader(s: Settings) -> dict:
-        return {
-            "actions": [(act.run_dataloader, [s])],
-            "targets": [str(s.backend_path)],
-            "uptodate": [(dataloader_is_current, [s])],
-        }
-
-    @creator("Print what the build holds and what was kept aside; fail if a shard was unreadable.")
-    def task_summary(s: Settings) -> dict:
-        return {
-            "actions": [(act.run_summary, [s])],
-            "task_dep": [step for step in STEPS if step != "summary"],
-            "uptodate": [False],
-        }
-
-    @creator("Move a damaged manifest aside; the next doit rebuilds it from the tars and data/.")
-    def task_reset_state(s: Settings) -> dict:
-        return {"actions": [(act.run_reset_state, [s])], "uptodate": [False]}
-
-    @creator("Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/.")
-    def task_download(s: Settings) -> dict:
-        return {"actions": [(act.run_download, [s])], "uptodate": [False]}
-
-    @creator("Check data/, the table and kept-aside files against the manifest (--deep: re-hash).")
-    def task_audit(s: Settings) -> dict:
-        return {
-            "actions": [(act.run_audit, [s])],
-            "params": [
-                {
-                    "name": "deep",
-                    "long": "deep",
-                    "type": bool,
-                    "default": False,
-                    "help": "re-hash every file and check images against the JSON's md5/sha512",
-                }
-            ],
-            "uptodate": [False],
-        }
-
-    @creator("Restore damaged or missing files from the tars and partitions; move strays aside.")
-    def task_repair(s: Settings) -> dict:
-        return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
-
-    return {name: value for name, value in locals().items() if name.startswith("task_")}
+    task_creator.__doc__ = doc
+    return task_creator
 
 
 def _known_shards(settings: Settings) -> list[str]:

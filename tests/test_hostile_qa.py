@@ -47,11 +47,6 @@ def _no_traceback(proc) -> None:
 # ------------------------------------------------------------------- shard names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shard file whose name holds '=' (Hive-style `split=train.tar`) stops every "
-    "task, even the audit: doit refuses the task name `extract:split=train`",
-)
 def test_a_shard_named_with_an_equal_sign_stops_only_itself(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "good", ["a"])
@@ -66,11 +61,6 @@ def test_a_shard_named_with_an_equal_sign_stops_only_itself(tmp_path: Path):
     assert "OK" in audit.stdout or "DAMAGE" in audit.stdout, audit.stdout + audit.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with shards = 'hub/**/*.tar' and Hive-style folders (`hub/data/split=train/x.tar`) "
-    "the shard name keeps its folder, holds '=', and doit refuses every task",
-)
 def test_shards_in_a_hive_style_folder_build(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "split=train/data-000000", ["a"])
