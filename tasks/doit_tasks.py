@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 from doit import Globals
 from doit.exceptions import InvalidDodoFile
@@ -48,6 +49,7 @@ def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
     """DOIT_CONFIG and the task creators for a run given `argv` from the folder `cwd`."""
     line = parse_command_line(argv)
     _on_interrupt_say_one_line()
+    _survive_a_closed_pipe()
     settings, error = _load(line, cwd)
     if error is not None and line.command not in READ_ONLY_COMMANDS:
         raise RunRefused(error)  # `list` and `help` still show the tasks
@@ -62,6 +64,8 @@ def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
         "dep_file": str(dep_file),
         "check_file_uptodate": checker_for(settings.root if settings else Path(cwd)),
         "action_string_formatting": "new",
+        # doit took its default output stream when it was imported: give it the guarded one
+        "outfile": sys.stdout,
     }
     return {"DOIT_CONFIG": config, **_creators(settings, error, dep_file)}
 
@@ -139,6 +143,47 @@ def _interrupted(signum: int, frame: object) -> None:
     if sys.is_finalizing():  # too late for an exception: it would be printed, then ignored
         os._exit(130)
     raise SystemExit(130)
+
+
+class _ClosedPipeSafe:
+    """A standard stream whose reader may leave (`doit | head -1`): from then on its output
+    goes to /dev/null and the run goes on, instead of a BrokenPipeError traceback."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_is_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_is_gone()
+
+    def _reader_is_gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+        with contextlib.suppress(OSError):
+            self._stream.flush()  # what was buffered for the gone reader now goes nowhere
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _survive_a_closed_pipe() -> None:
+    """Wrap the process's own stdout and stderr (not a test's capture) in `_ClosedPipeSafe`."""
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        sys.stdout = _ClosedPipeSafe(sys.stdout)  # type: ignore[assignment]
+    if sys.stderr is sys.__stderr__ and sys.stderr is not None:
+        sys.stderr = _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
 
 
 def _guard_dep_file_save(dep_file: Path) -> None:

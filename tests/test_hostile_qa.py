@@ -174,11 +174,6 @@ def test_two_roots_sharing_one_dataloader_file_never_replace_each_others_entry(t
 # ------------------------------------------------------------------- output to a closed pipe
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`doit | head -1` (stdout a pipe whose reader is gone): doit's reporter raises "
-    "BrokenPipeError, a 20-line traceback, and the build stops after its first task",
-)
 def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])
