@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +62,45 @@ class Settings:
 
     def shard_paths(self) -> list[Path]:
         """The tar shards matching the `shards` glob, sorted by path."""
-        return sorted(p for p in self.root.glob(self.shards) if p.is_file())
+        return [p for p in self.shard_matches() if p.is_file()]
+
+    def dangling_shards(self) -> list[Path]:
+        """Matches of the `shards` glob that are symlinks to nothing (a cleaned Hub cache)."""
+        return [p for p in self.shard_matches() if p.is_symlink() and not p.exists()]
+
+    def shard_matches(self) -> list[Path]:
+        """Every path the `shards` glob matches, sorted; a wildcard never enters the
+        folders the build itself writes (`data/`, `incomplete/`, `state/`, ...)."""
+        first, _, rest = self.shards.partition("/")
+        if not rest or not _is_wildcard(first):
+            return sorted(self.root.glob(self.shards))
+        found = set()
+        if first == "**":
+            found.update(self.root.glob(rest))
+        for child in _scandir(self.root):
+            if child.name in OWN_FOLDERS or not child.is_dir():
+                continue
+            if first == "**":
+                found.update(child.glob(self.shards))
+            elif fnmatch.fnmatchcase(child.name, first):
+                found.update(child.glob(rest))
+        return sorted(found)
 
 
 PART_FILE = "part.parquet"
+# folders under root that the build (or the trainer, `cache/`) writes: never shards
+OWN_FOLDERS = frozenset({"data", "incomplete", "strays", "state", "cache"})
+
+
+def _is_wildcard(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
+def _scandir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # an absent root has no shards yet
+        return []
 
 
 def partition_path(settings: Settings, shard: str) -> Path:
@@ -96,7 +133,7 @@ def _fixed_parts(pattern: str) -> list[str]:
     parts = pattern.split("/")[:-1]
     fixed = []
     for part in parts:
-        if any(c in part for c in "*?["):
+        if _is_wildcard(part):
             break
         fixed.append(part)
     return fixed
@@ -110,6 +147,11 @@ def shard_names(settings: Settings) -> tuple[dict[str, Path], list[str]]:
     """
     found: dict[str, list[Path]] = {}
     refused: list[str] = []
+    for path in settings.dangling_shards():
+        refused.append(
+            f"{_escaped(path)} is a symlink to {_escaped(Path(os.readlink(path)))}, which does "
+            "not exist (a cleaned download cache?); download the shard again, then run `doit`"
+        )
     for path in settings.shard_paths():
         name = shard_name(path, settings)
         try:

@@ -457,6 +457,9 @@ def _check_shards(conn, settings: Settings, report: AuditReport) -> None:
         if name not in known:
             rel = os.path.relpath(tar, settings.root)
             report.add("shard_new", rel, name, "not extracted yet")
+    for tar in settings.dangling_shards():
+        rel = os.path.relpath(tar, settings.root)
+        report.add("shard_failed", rel, shard_name(tar, settings), "a symlink to nothing")
 
 
 def _check_duplicates(conn, report: AuditReport) -> None:
