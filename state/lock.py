@@ -78,7 +78,9 @@ def acquire(root: Path, command: list[str] | None = None) -> None:
             "wait for it or stop it"
         ) from None
     argv = command if command is not None else sys.argv
-    info = f"{os.getpid()}\n{socket.gethostname()}\n{shlex.join(argv)}\n".encode()
+    text = f"{os.getpid()}\n{socket.gethostname()}\n{shlex.join(argv)}\n"
+    # the command line holds what the OS gave, which need not be UTF-8
+    info = text.encode("utf-8", "surrogateescape")
     os.ftruncate(fd, 0)
     os.pwrite(fd, info, 0)
     _held[root] = fd

@@ -154,9 +154,7 @@ def shard_names(settings: Settings) -> tuple[dict[str, Path], list[str]]:
         )
     for path in settings.shard_paths():
         name = shard_name(path, settings)
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
+        if not _is_utf8(name):
             refused.append(
                 f"{_escaped(path)}: its file name is not valid UTF-8; rename it, then run `doit`"
             )
@@ -172,7 +170,15 @@ def shard_names(settings: Settings) -> tuple[dict[str, Path], list[str]]:
     return {name: paths[0] for name, paths in found.items() if len(paths) == 1}, refused
 
 
-def _escaped(path: Path) -> str:
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(path: Path | str) -> str:
     """A path for one line: bytes that are not UTF-8 as `\\xNN`."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
@@ -236,6 +242,12 @@ def load_settings(
         raise SettingsError(f"{config_file}: missing required key `root` (the dataset folder)")
     base = cwd if sources["root"] == "the command line" else config_file.parent
     root = (base / values["root"]).resolve()
+    if not _is_utf8(str(root)):
+        raise SettingsError(
+            f"{_escaped(sources['root'])}: `root` {_escaped(root)} is not valid UTF-8, and "
+            "SimpleTuner's multidatabackend.json must name it; rename the folder (or a parent), "
+            "then run `doit`"
+        )
     if root.exists() and not root.is_dir():
         raise SettingsError(f"{sources['root']}: `root` {root} is a file, not a folder")
     if "shards" in values:

@@ -441,12 +441,6 @@ def test_an_edited_json_kept_aside_survives_a_member_named_like_its_place(tmp_pa
 # ------------------------------------------------------------------- a root that is not UTF-8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a root folder whose name is not valid UTF-8 (b'caf\\xe9'): the lock writes argv "
-    "with a strict encode (UnicodeEncodeError traceback on every writing run); past that, "
-    "the captions fail on the same encode and data/ is left without captions or table",
-)
 def test_a_root_whose_name_is_not_utf8_builds_or_is_refused_in_one_line(tmp_path: Path):
     root = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9"))
     _shard(root, "data-000000", ["a"])
