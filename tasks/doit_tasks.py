@@ -91,6 +91,7 @@ def _take_root(settings: Settings, argv: list[str]) -> Path:
             "`root`"
         ) from None
     dep_file = settings.state_dir / "doit.db"
+    _drop_an_unsaved_dep_file(dep_file)
     if (moved := quarantine_dep_file(dep_file)) is not None:
         print(
             f"warning: doit's state file {dep_file} was damaged and has been moved to "
@@ -98,6 +99,16 @@ def _take_root(settings: Settings, argv: list[str]) -> Path:
             file=sys.stderr,
         )
     return dep_file
+
+
+def _drop_an_unsaved_dep_file(dep_file: Path) -> None:
+    """Remove what a first run killed before doit saved its state leaves: an empty `.dat`
+    alone (dbm.dumb creates it on open and writes the rest on close). It is no damage."""
+    dat = Path(f"{dep_file}.dat")
+    others = [s for s in DEP_SUFFIXES if s != ".dat" and Path(f"{dep_file}{s}").exists()]
+    with contextlib.suppress(OSError):
+        if not others and dat.stat().st_size == 0:
+            dat.unlink()
 
 
 def _say_if_a_build_is_running(settings: Settings) -> None:

@@ -465,12 +465,6 @@ def test_a_dangling_shard_symlink_is_named(tmp_path: Path):
     assert "data-000001" in audit.stdout, audit.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kill -9 of a first build before doit saved its state leaves an empty "
-    "state/doit.db.dat and no .dir; the next run calls doit's state file 'damaged' and moves "
-    "it to state/damaged-<time>/ (a false alarm after every such kill; the folders pile up)",
-)
 def test_a_first_build_killed_before_doit_saved_its_state_is_no_damage(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])
