@@ -10,15 +10,22 @@ is the command when doit has one of that name, else the command is `run`.
 
 from __future__ import annotations
 
+import dbm
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from doit import cmd_clean, cmd_dumpdb, cmd_forget, cmd_ignore, cmd_info, cmd_resetdep, cmd_strace
 from doit.cmd_base import DodoTaskLoader
+from doit.cmdparse import CmdParseError
 from doit.doit_cmd import DoitMain
+from doit.exceptions import InvalidCommand, InvalidDodoFile, InvalidTask
+
+from tasks.settings import SettingsError
 
 READ_ONLY_COMMANDS = frozenset({"help", "list", "info", "dumpdb", "tabcompletion"})
 READ_ONLY_TASKS = frozenset({"audit"})
+DOIT_USER_ERRORS = (CmdParseError, InvalidCommand, InvalidDodoFile, InvalidTask)
 
 
 def _value_options() -> frozenset[str]:
@@ -76,6 +83,84 @@ def parse_command_line(argv: list[str]) -> CommandLine:
     return CommandLine("run", tuple(words), variables)
 
 
+class _OneLineErrors:
+    """For doit's own commands (`info`, `forget`, ...): an error doit does not expect (a task
+    name it does not know, a file it cannot open) is one `ERROR:` line, not a traceback."""
+
+    def execute(self, params: dict, args: list[str]) -> int:
+        try:
+            return super().execute(params, args)  # type: ignore[misc]
+        except DOIT_USER_ERRORS:
+            raise  # doit prints these as one line itself
+        except Exception as exc:  # noqa: BLE001 - any other failure is one line too
+            name = self.get_name()  # type: ignore[attr-defined]
+            what = str(exc).strip().replace("\n", " ") or type(exc).__name__
+            if isinstance(exc, KeyError):
+                what = f"{exc} is not a task; `doit list --all` names them"
+            sys.stderr.write(f"ERROR: `doit {name}` failed: {what}\n")
+            return 3
+
+
+class Info(_OneLineErrors, cmd_info.Info):
+    pass
+
+
+class Forget(_OneLineErrors, cmd_forget.Forget):
+    pass
+
+
+class Ignore(_OneLineErrors, cmd_ignore.Ignore):
+    pass
+
+
+class Clean(_OneLineErrors, cmd_clean.Clean):
+    pass
+
+
+class Strace(_OneLineErrors, cmd_strace.Strace):
+    pass
+
+
+class ResetDep(_OneLineErrors, cmd_resetdep.ResetDep):
+    pass
+
+
+class DumpDB(_OneLineErrors, cmd_dumpdb.DumpDB):
+    """`doit dumpdb` shows the root's own state file (`<root>/state/doit.db`) by default."""
+
+    def execute(self, params: dict, args: list[str]) -> int:
+        if params["dep_file"] == cmd_dumpdb.opt_depfile["default"]:
+            try:
+                params["dep_file"] = str(_root_dep_file())
+            except SettingsError as exc:
+                sys.stderr.write(f"ERROR: {exc}\n")
+                return 3
+        if dbm.whichdb(params["dep_file"]) is None:
+            sys.stderr.write(
+                f"ERROR: {params['dep_file']}: no doit state saved there yet; run `doit` first\n"
+            )
+            return 3
+        return super().execute(params, args)
+
+
+# doit's commands replaced by the ones above (pyproject.toml names them for `doit`)
+COMMANDS = {
+    cls.get_name(): f"{__name__}:{cls.__name__}"
+    for cls in (Info, Forget, Ignore, Clean, Strace, ResetDep, DumpDB)
+}
+
+
+def _root_dep_file() -> Path:
+    """doit's state file of the root the command line's settings name."""
+    from doit import get_initial_workdir, get_var
+
+    from tasks.settings import SETTING_KEYS, load_settings
+
+    overrides = {k: v for k in SETTING_KEYS if (v := get_var(k)) is not None}
+    cwd = Path(get_initial_workdir() or Path.cwd())
+    return load_settings(get_var("config"), overrides, cwd=cwd).state_dir / "doit.db"
+
+
 def main(argv: list[str] | None = None) -> int:
     """`shardprep [TASK ...] [KEY=VALUE ...]`: the tasks of dodo.py, from any folder."""
     from doit.cmd_base import ModuleTaskLoader
@@ -88,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunRefused as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 3
-    return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(args)
+    doit = DoitMain(
+        ModuleTaskLoader(namespace), config_filenames=(), extra_config={"COMMAND": COMMANDS}
+    )
+    return doit.run(args)
 
 
 if __name__ == "__main__":

@@ -140,20 +140,26 @@ _MAIN_PID = os.getpid()
 
 
 def _on_interrupt_say_one_line() -> None:
-    """Ctrl-C ends the run with one line instead of a traceback (doit saves its state)."""
+    """Ctrl-C or SIGTERM (`kill`, a job scheduler) ends the run with one line instead of a
+    traceback or silence (doit saves its state; the manifest knows what is done)."""
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
 
 
 def _interrupted(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+    # a second signal must not cut the exit short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.getpid() == _MAIN_PID:
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    code = 128 + signum  # the shell's code for a run ended by this signal
     if sys.is_finalizing():  # too late for an exception: it would be printed, then ignored
-        os._exit(130)
-    raise SystemExit(130)
+        os._exit(code)
+    raise SystemExit(code)
 
 
 class _ClosedPipeSafe:

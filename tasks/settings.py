@@ -285,8 +285,10 @@ def _check(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: `{key}` must not be empty")
     if key == "caption_strategy" and value not in CAPTION_STRATEGIES:
         raise SettingsError(f"{source}: `caption_strategy` must be {what}, got {value!r}")
-    if key in ("id", "shards", "caption_field") and value == "":
+    if key in ("id", "shards", "caption_field", "repo_id", "revision") and value == "":
         raise SettingsError(f"{source}: `{key}` must not be empty")
+    if key in ("id", "shards", "repo_id", "revision") and not value.strip():
+        raise SettingsError(f"{source}: `{key}` must not be blank, got {value!r}")
     if key == "root" and value == "":
         raise SettingsError(f"{source}: `root` must not be empty (the dataset folder)")
     if key == "expected_samples" and value < 0:
