@@ -228,11 +228,22 @@ def _guard_dep_file_save(dep_file: Path) -> None:
     manager._shardprep_guarded = True
 
 
-# The `task_<name>` creators of one run, one function per task family. Each takes the
-# settings and returns doit's dict (or the dicts of its subtasks); `_creators` wraps them
-# with what every task shares.
+# The makers of the task dicts, one per task family, in the order `doit` runs them. Each
+# takes the settings and returns doit's dict (or the dicts of its subtasks); `_creators`
+# turns them into the `task_<name>` creators of one run.
 
 TaskMaker = Callable[[Settings], "dict | Iterator[dict]"]
+_TASKS: dict[str, tuple[TaskMaker, str, bool]] = {}  # name -> (maker, doc, has subtasks)
+
+
+def creator(doc: str, subtasks: bool = False) -> Callable[[TaskMaker], TaskMaker]:
+    """Register `task_<name>` as the maker of task `name`, with its help text."""
+
+    def register(make: TaskMaker) -> TaskMaker:
+        _TASKS[make.__name__.removeprefix("task_")] = (make, doc, subtasks)
+        return make
+
+    return register
 
 
 def task_name(shard: str) -> str:
@@ -257,7 +268,8 @@ def _all_shards(s: Settings) -> list[str]:
     return sorted(set(_present_shards(s)) | set(_known_shards(s)))
 
 
-def _extract_tasks(s: Settings) -> Iterator[dict]:
+@creator("Read each tar shard once into data/, the manifest and its partition.", subtasks=True)
+def task_extract(s: Settings) -> Iterator[dict]:
     for name, tar in _present_shards(s).items():
         yield {
             "name": task_name(name),
@@ -269,7 +281,8 @@ def _extract_tasks(s: Settings) -> Iterator[dict]:
         }
 
 
-def _scan_task(s: Settings) -> dict:
+@creator("Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.")
+def task_scan(s: Settings) -> dict:
     return {
         "actions": [(act.run_scan, [s])],
         "task_dep": ["extract"],
@@ -277,7 +290,10 @@ def _scan_task(s: Settings) -> dict:
     }
 
 
-def _captions_tasks(s: Settings) -> Iterator[dict]:
+@creator(
+    "Write data/<stem>.txt per image (caption_strategy=textfile); only changed.", subtasks=True
+)
+def task_captions(s: Settings) -> Iterator[dict]:
     present = _present_shards(s)
     for name in _all_shards(s):
         yield {
@@ -289,7 +305,8 @@ def _captions_tasks(s: Settings) -> Iterator[dict]:
         }
 
 
-def _table_task(s: Settings) -> dict:
+@creator("Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here).")
+def task_table(s: Settings) -> dict:
     return {
         "actions": [(act.run_table, [s])],
         "file_dep": [str(partition_path(s, n)) for n in _present_shards(s)],
@@ -299,7 +316,8 @@ def _table_task(s: Settings) -> dict:
     }
 
 
-def _dataloader_task(s: Settings) -> dict:
+@creator("Write the SimpleTuner entry into <root>/multidatabackend.json.")
+def task_dataloader(s: Settings) -> dict:
     return {
         "actions": [(act.run_dataloader, [s])],
         "targets": [str(s.backend_path)],
@@ -307,7 +325,8 @@ def _dataloader_task(s: Settings) -> dict:
     }
 
 
-def _summary_task(s: Settings) -> dict:
+@creator("Print what the build holds and what was kept aside; fail if a shard was unreadable.")
+def task_summary(s: Settings) -> dict:
     return {
         "actions": [(act.run_summary, [s])],
         "task_dep": [step for step in STEPS if step != "summary"],
@@ -315,11 +334,13 @@ def _summary_task(s: Settings) -> dict:
     }
 
 
-def _reset_state_task(s: Settings) -> dict:
+@creator("Move a damaged manifest aside; the next doit rebuilds it from the tars and data/.")
+def task_reset_state(s: Settings) -> dict:
     return {"actions": [(act.run_reset_state, [s])], "uptodate": [False]}
 
 
-def _download_task(s: Settings) -> dict:
+@creator("Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/.")
+def task_download(s: Settings) -> dict:
     return {"actions": [(act.run_download, [s])], "uptodate": [False]}
 
 
@@ -332,67 +353,14 @@ _DEEP = {
 }
 
 
-def _audit_task(s: Settings) -> dict:
+@creator("Check data/, the table and kept-aside files against the manifest (--deep: re-hash).")
+def task_audit(s: Settings) -> dict:
     return {"actions": [(act.run_audit, [s])], "params": [_DEEP], "uptodate": [False]}
 
 
-def _repair_task(s: Settings) -> dict:
+@creator("Restore damaged or missing files from the tars and partitions; move strays aside.")
+def task_repair(s: Settings) -> dict:
     return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
-
-
-# name -> (maker, doc, has subtasks); the order is the order `doit list` shows
-_TASKS: dict[str, tuple[TaskMaker, str, bool]] = {
-    "extract": (
-        _extract_tasks,
-        "Read each tar shard once into data/, the manifest and its partition.",
-        True,
-    ),
-    "scan": (
-        _scan_task,
-        "Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.",
-        False,
-    ),
-    "captions": (
-        _captions_tasks,
-        "Write data/<stem>.txt per image (caption_strategy=textfile); only changed.",
-        True,
-    ),
-    "table": (
-        _table_task,
-        "Consolidate the partitions into <root>/<id>.parquet (caption_field chosen here).",
-        False,
-    ),
-    "dataloader": (
-        _dataloader_task,
-        "Write the SimpleTuner entry into <root>/multidatabackend.json.",
-        False,
-    ),
-    "summary": (
-        _summary_task,
-        "Print what the build holds and what was kept aside; fail if a shard was unreadable.",
-        False,
-    ),
-    "reset_state": (
-        _reset_state_task,
-        "Move a damaged manifest aside; the next doit rebuilds it from the tars and data/.",
-        False,
-    ),
-    "download": (
-        _download_task,
-        "Fetch new or changed shards of repo_id@revision from the Hub into <root>/hub/.",
-        False,
-    ),
-    "audit": (
-        _audit_task,
-        "Check data/, the table and kept-aside files against the manifest (--deep: re-hash).",
-        False,
-    ),
-    "repair": (
-        _repair_task,
-        "Restore damaged or missing files from the tars and partitions; move strays aside.",
-        False,
-    ),
-}
 
 
 def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> dict:
