@@ -10,12 +10,24 @@ is the command when doit has one of that name, else the command is `run`.
 
 from __future__ import annotations
 
+import contextlib
 import dbm
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-from doit import cmd_clean, cmd_dumpdb, cmd_forget, cmd_ignore, cmd_info, cmd_resetdep, cmd_strace
+from doit import (
+    cmd_clean,
+    cmd_dumpdb,
+    cmd_forget,
+    cmd_ignore,
+    cmd_info,
+    cmd_list,
+    cmd_resetdep,
+    cmd_strace,
+)
 from doit.cmd_base import DodoTaskLoader
 from doit.cmdparse import CmdParseError
 from doit.doit_cmd import DoitMain
@@ -83,6 +95,17 @@ def parse_command_line(argv: list[str]) -> CommandLine:
     return CommandLine("run", tuple(words), variables)
 
 
+def output_to_devnull(stream: TextIO) -> None:
+    """Send what is still to be written to `stream` (a pipe whose reader is gone) nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        stream.flush()  # what was buffered for the gone reader now goes nowhere
+
+
 class _OneLineErrors:
     """For doit's own commands (`info`, `forget`, ...): an error doit does not expect (a task
     name it does not know, a file it cannot open) is one `ERROR:` line, not a traceback."""
@@ -92,6 +115,9 @@ class _OneLineErrors:
             return super().execute(params, args)  # type: ignore[misc]
         except DOIT_USER_ERRORS:
             raise  # doit prints these as one line itself
+        except BrokenPipeError:  # `doit list | head -1`: the reader has what it wanted
+            output_to_devnull(sys.stdout)
+            return 0
         except Exception as exc:  # noqa: BLE001 - any other failure is one line too
             name = self.get_name()  # type: ignore[attr-defined]
             what = str(exc).strip().replace("\n", " ") or type(exc).__name__
@@ -99,6 +125,10 @@ class _OneLineErrors:
                 what = f"{exc} is not a task; `doit list --all` names them"
             sys.stderr.write(f"ERROR: `doit {name}` failed: {what}\n")
             return 3
+
+
+class List(_OneLineErrors, cmd_list.List):
+    pass
 
 
 class Info(_OneLineErrors, cmd_info.Info):
@@ -146,7 +176,7 @@ class DumpDB(_OneLineErrors, cmd_dumpdb.DumpDB):
 # doit's commands replaced by the ones above (pyproject.toml names them for `doit`)
 COMMANDS = {
     cls.get_name(): f"{__name__}:{cls.__name__}"
-    for cls in (Info, Forget, Ignore, Clean, Strace, ResetDep, DumpDB)
+    for cls in (List, Info, Forget, Ignore, Clean, Strace, ResetDep, DumpDB)
 }
 
 

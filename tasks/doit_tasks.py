@@ -25,7 +25,7 @@ from state.checker import checker_for
 from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
 from tasks import doit_actions as act
-from tasks.cli import READ_ONLY_COMMANDS, CommandLine, parse_command_line
+from tasks.cli import READ_ONLY_COMMANDS, CommandLine, output_to_devnull, parse_command_line
 from tasks.dataloader import dataloader_is_current
 from tasks.freshness import (
     captions_are_current,
@@ -183,13 +183,7 @@ class _ClosedPipeSafe:
             self._reader_is_gone()
 
     def _reader_is_gone(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
-        with contextlib.suppress(OSError):
-            self._stream.flush()  # what was buffered for the gone reader now goes nowhere
+        output_to_devnull(self._stream)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -188,3 +188,26 @@ def test_a_wildcard_glob_never_enters_the_builds_own_folders(tmp_path: Path):
     write_config(root, shards="data/*.tar")  # named on purpose: taken
     found = load_settings(root / "dataset.toml").shard_paths()
     assert [str(p.relative_to(root)) for p in found] == ["data/c.tar"]
+
+
+# ------------------------------------------------------------------- a pipe whose reader left
+
+
+@pytest.mark.parametrize("args", [("list", "--all"), ("info", "table"), ("audit",)])
+def test_a_command_into_a_closed_pipe_is_no_traceback(built: Path, args: tuple[str, ...]):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `doit list | head -1` once head has its line
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "doit", f"config={built / 'dataset.toml'}", *args],
+            cwd=REPO,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == 0
