@@ -14,9 +14,11 @@ import contextlib
 import dbm
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from doit import (
     cmd_clean,
@@ -28,7 +30,7 @@ from doit import (
     cmd_resetdep,
     cmd_strace,
 )
-from doit.cmd_base import DodoTaskLoader
+from doit.cmd_base import Command, DodoTaskLoader
 from doit.cmdparse import CmdParseError
 from doit.doit_cmd import DoitMain
 from doit.exceptions import InvalidCommand, InvalidDodoFile, InvalidTask
@@ -106,59 +108,62 @@ def output_to_devnull(stream: TextIO) -> None:
         stream.flush()  # what was buffered for the gone reader now goes nowhere
 
 
-class _OneLineErrors:
-    """For doit's own commands (`info`, `forget`, ...): an error doit does not expect (a task
-    name it does not know, a file it cannot open) is one `ERROR:` line, not a traceback."""
+def _in_one_line(name: str, call: Callable[[], int]) -> int:
+    """Run a doit command's work: an error doit does not expect (a task name it does not
+    know, a file it cannot open) is one `ERROR:` line, not a traceback."""
+    try:
+        return call()
+    except DOIT_USER_ERRORS:
+        raise  # doit prints these as one line itself
+    except BrokenPipeError:  # `doit list | head -1`: the reader has what it wanted
+        output_to_devnull(sys.stdout)
+        return 0
+    except Exception as exc:  # noqa: BLE001 - any other failure is one line too
+        what = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        if isinstance(exc, KeyError):
+            what = f"{exc} is not a task; `doit list --all` names them"
+        sys.stderr.write(f"ERROR: `doit {name}` failed: {what}\n")
+        return 3
+
+
+# doit's commands that load dodo.py; their work (`_execute`) runs after it is loaded
+_LOADING_COMMANDS = (
+    cmd_list.List,
+    cmd_info.Info,
+    cmd_forget.Forget,
+    cmd_ignore.Ignore,
+    cmd_clean.Clean,
+    cmd_strace.Strace,
+    cmd_resetdep.ResetDep,
+)
+
+
+def guard_doit_commands() -> None:
+    """Make the commands of `_LOADING_COMMANDS` say an unexpected error in one line.
+
+    Called while dodo.py loads, so it holds however doit was started (installed or not).
+    """
+    for cls in _LOADING_COMMANDS:
+        work = cls._execute
+        if getattr(work, "_shardprep_guarded", False):
+            continue
+
+        @wraps(work)  # doit passes the parameters that `_execute`'s signature names
+        def guarded(self: Command, *args: Any, _work: Callable = work, **kwargs: Any) -> int:
+            return _in_one_line(self.get_name(), lambda: _work(self, *args, **kwargs))
+
+        guarded._shardprep_guarded = True  # type: ignore[attr-defined]
+        cls._execute = guarded
+
+
+class DumpDB(cmd_dumpdb.DumpDB):
+    """`doit dumpdb` (which loads no dodo.py) shows the root's own state file,
+    `<root>/state/doit.db`, by default; pyproject.toml puts it in place of doit's."""
 
     def execute(self, params: dict, args: list[str]) -> int:
-        try:
-            return super().execute(params, args)  # type: ignore[misc]
-        except DOIT_USER_ERRORS:
-            raise  # doit prints these as one line itself
-        except BrokenPipeError:  # `doit list | head -1`: the reader has what it wanted
-            output_to_devnull(sys.stdout)
-            return 0
-        except Exception as exc:  # noqa: BLE001 - any other failure is one line too
-            name = self.get_name()  # type: ignore[attr-defined]
-            what = str(exc).strip().replace("\n", " ") or type(exc).__name__
-            if isinstance(exc, KeyError):
-                what = f"{exc} is not a task; `doit list --all` names them"
-            sys.stderr.write(f"ERROR: `doit {name}` failed: {what}\n")
-            return 3
+        return _in_one_line("dumpdb", lambda: self._dump(params, args))
 
-
-class List(_OneLineErrors, cmd_list.List):
-    pass
-
-
-class Info(_OneLineErrors, cmd_info.Info):
-    pass
-
-
-class Forget(_OneLineErrors, cmd_forget.Forget):
-    pass
-
-
-class Ignore(_OneLineErrors, cmd_ignore.Ignore):
-    pass
-
-
-class Clean(_OneLineErrors, cmd_clean.Clean):
-    pass
-
-
-class Strace(_OneLineErrors, cmd_strace.Strace):
-    pass
-
-
-class ResetDep(_OneLineErrors, cmd_resetdep.ResetDep):
-    pass
-
-
-class DumpDB(_OneLineErrors, cmd_dumpdb.DumpDB):
-    """`doit dumpdb` shows the root's own state file (`<root>/state/doit.db`) by default."""
-
-    def execute(self, params: dict, args: list[str]) -> int:
+    def _dump(self, params: dict, args: list[str]) -> int:
         if params["dep_file"] == cmd_dumpdb.opt_depfile["default"]:
             try:
                 params["dep_file"] = str(_root_dep_file())
@@ -173,11 +178,7 @@ class DumpDB(_OneLineErrors, cmd_dumpdb.DumpDB):
         return super().execute(params, args)
 
 
-# doit's commands replaced by the ones above (pyproject.toml names them for `doit`)
-COMMANDS = {
-    cls.get_name(): f"{__name__}:{cls.__name__}"
-    for cls in (List, Info, Forget, Ignore, Clean, Strace, ResetDep, DumpDB)
-}
+DUMPDB = f"{__name__}:DumpDB"  # as doit names a command plugin (pyproject.toml names it too)
 
 
 def _root_dep_file() -> Path:
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 3
     doit = DoitMain(
-        ModuleTaskLoader(namespace), config_filenames=(), extra_config={"COMMAND": COMMANDS}
+        ModuleTaskLoader(namespace),
+        config_filenames=(),
+        extra_config={"COMMAND": {"dumpdb": DUMPDB}},
     )
     return doit.run(args)
 

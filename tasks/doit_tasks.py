@@ -25,7 +25,13 @@ from state.checker import checker_for
 from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
 from tasks import doit_actions as act
-from tasks.cli import READ_ONLY_COMMANDS, CommandLine, output_to_devnull, parse_command_line
+from tasks.cli import (
+    READ_ONLY_COMMANDS,
+    CommandLine,
+    guard_doit_commands,
+    output_to_devnull,
+    parse_command_line,
+)
 from tasks.dataloader import dataloader_is_current
 from tasks.freshness import (
     captions_are_current,
@@ -50,6 +56,7 @@ def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
     line = parse_command_line(argv)
     _on_interrupt_say_one_line()
     _survive_a_closed_pipe()
+    guard_doit_commands()
     settings, error = _load(line, cwd)
     if error is not None and line.command not in READ_ONLY_COMMANDS:
         raise RunRefused(error)  # `list` and `help` still show the tasks
