@@ -83,10 +83,19 @@ def run_scan(settings: Settings) -> TaskFailed | None:
 
 
 def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
-    """Write or remove the caption files of one shard."""
+    """Write or remove the caption files of one shard (under parquet, after the entry)."""
     from tasks.caption_fields import CaptionFieldError
     from tasks.captions import write_captions
+    from tasks.dataloader import entry_before_captions_go
 
+    try:
+        for line in entry_before_captions_go(settings):
+            print(f"warning: {line}", flush=True)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(
+            f"captions of {shard}: the caption files stay until the dataloader entry says "
+            f"parquet: {describe_failure(exc, settings)}"
+        )
     try:
         r = write_captions(settings, shard)
     except CaptionFieldError as exc:
