@@ -285,6 +285,8 @@ def _check_owner(settings: Settings, plan: DataloaderPlan, theirs: dict) -> None
     if os.path.normpath(other) == os.path.normpath(settings.root):
         return
     try:
+        if os.path.samefile(other, settings.root):
+            return  # this root under another name (a symlink or a bind mount)
         shared = os.path.samefile(other / plan.path.name, plan.path)
     except OSError:
         return  # that root is gone, or has no file of its own: the folder was moved
