@@ -11,8 +11,9 @@ the root when the folder moves, unless the user changed it. A symlinked file is 
 through to its target. A file that is not a JSON list is never overwritten.
 
 Refused in one line, writing nothing: an `id` that is the text_embeds entry's (or another
-non-image entry's), and an entry of our id that another root wrote into this same file (two
-roots sharing one file through a symlink). A second entry with our id is named, not merged.
+non-image entry's, or one of an image entry no build wrote), and an entry of our id that
+another root wrote into this same file (two roots sharing one file through a symlink). A
+second entry with our id is named, not merged.
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
         old_root = settings.root
     else:
         theirs = plan.entries[index]
+        _check_foreign(settings, plan, theirs, record)
         _check_owner(settings, plan, theirs)
         plan.copies = _copies(settings, plan.entries, index)
         base = _base_entry(settings, theirs, record)
@@ -275,6 +277,26 @@ def _check_id(settings: Settings, plan: DataloaderPlan) -> None:
         f"{plan.path}: id {settings.id!r} is {what}, and our image entry would be merged "
         f"into it: choose another `id` (in {_config_name(settings)}, or id=... on the "
         "command line)"
+    )
+
+
+def _check_foreign(
+    settings: Settings, plan: DataloaderPlan, theirs: dict, record: dict | None
+) -> None:
+    """Refuse an id that names an image entry no build wrote (the user's other dataset):
+    neither the record's nor shaped like ours (a table named `<id>.parquet`)."""
+    if not plan.found or (record is not None and record["entry"].get("id") == settings.id):
+        return
+    parquet = theirs.get("parquet")
+    path = parquet.get("path") if isinstance(parquet, dict) else None
+    if isinstance(path, str) and Path(path).name == f"{settings.id}.parquet":
+        return
+    if _same_path(theirs.get("instance_data_dir"), settings.data_dir):
+        return
+    raise DataloaderFileError(
+        f"{plan.path}: id {settings.id!r} is the id of an entry this build did not write "
+        f"(it reads {theirs.get('instance_data_dir')}), and ours would replace it: choose "
+        f"another `id` (in {_config_name(settings)}, or id=... on the command line)"
     )
 
 

@@ -66,8 +66,15 @@ def captions(root: Path) -> list[str]:
 # --- ids that are not ours to take -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("other", [None, {"id": "edges", "dataset_type": "conditioning"}])
-def test_an_id_of_a_non_image_entry_is_refused_in_one_line(tmp_path: Path, other) -> None:
+@pytest.mark.parametrize(
+    "other",
+    [
+        None,
+        {"id": "edges", "dataset_type": "conditioning"},
+        {"id": "mine", "type": "local", "instance_data_dir": "/elsewhere/data", "repeats": 2},
+    ],
+)
+def test_an_id_that_is_not_ours_to_take_is_refused_in_one_line(tmp_path: Path, other) -> None:
     root = _built(tmp_path / "ds")
     if other is not None:
         (root / BACKEND).write_text(json.dumps([*entries(root), other], indent=2))
@@ -76,7 +83,8 @@ def test_an_id_of_a_non_image_entry_is_refused_in_one_line(tmp_path: Path, other
     proc = run_doit(root, f"id={id_}", check=False)
     assert proc.returncode != 0
     [line] = lines_with(said(proc), "choose another `id`")
-    assert str(root / BACKEND) in line and repr(id_) in line and "merged" in line
+    assert str(root / BACKEND) in line and repr(id_) in line
+    assert "merged into it" in line or "ours would replace it" in line
     assert (root / BACKEND).read_bytes() == before
     run_doit(root)
     assert entries(root) == json.loads(before)
