@@ -212,6 +212,7 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
     record = read_record(settings)
     ours = dataloader_entry(settings)
     _check_json(settings, ours)
+    _check_strategy(settings, ours)
     _check_id(settings, plan)
 
     index = _find_ours(settings, plan, record)
@@ -251,6 +252,17 @@ def _check_json(settings: Settings, entry: dict) -> None:
             f"{settings.config_file}: [dataloader] holds a value JSON cannot hold ({exc}); "
             "use a string, number, boolean, array or table"
         ) from exc
+
+
+def _check_strategy(settings: Settings, entry: dict) -> None:
+    """Refuse a `[dataloader]` caption_strategy of textfile when the build writes no `.txt`:
+    SimpleTuner would find no caption for any image."""
+    if settings.caption_strategy != "textfile" and entry.get("caption_strategy") == "textfile":
+        raise DataloaderFileError(
+            f'{_config_name(settings)}: [dataloader] caption_strategy = "textfile" but '
+            f"caption_strategy = {settings.caption_strategy!r} writes no .txt files: set "
+            "`caption_strategy` itself (not in [dataloader])"
+        )
 
 
 def _check_id(settings: Settings, plan: DataloaderPlan) -> None:

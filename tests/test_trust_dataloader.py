@@ -176,6 +176,17 @@ def test_a_parquet_switch_keeps_the_captions_until_the_entry_says_parquet(tmp_pa
     assert captions(root) == ["a.txt", "b.txt", "c.txt"]
 
 
+def test_a_dataloader_textfile_override_under_parquet_keeps_the_captions(tmp_path: Path) -> None:
+    root = _built(tmp_path / "ds")
+    write_config(root, dataloader={"caption_strategy": "textfile"})
+    proc = run_doit(root, "caption_strategy=parquet", check=False)
+    assert proc.returncode != 0
+    [line] = lines_with(said(proc), "writes no .txt files")
+    assert "[dataloader] caption_strategy" in line and str(root / "dataset.toml") in line
+    assert captions(root) == ["a.txt", "b.txt", "c.txt"]
+    assert ours(root)["caption_strategy"] == "textfile"
+
+
 def test_a_parallel_parquet_switch_writes_one_valid_file(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     for n in range(4):
