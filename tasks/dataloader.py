@@ -274,7 +274,7 @@ def _check_id(settings: Settings, plan: DataloaderPlan) -> None:
             for e in plan.entries
             if isinstance(e, dict)
             and e.get("id") == settings.id
-            and e.get("dataset_type", "image") != "image"
+            and e.get("dataset_type") not in (None, "image")
         ),
         None,
     )
@@ -541,14 +541,14 @@ def entry_before_captions_go(settings: Settings) -> list[str]:
 @contextlib.contextmanager
 def _turn(path: Path) -> Iterator[None]:
     """Hold an `flock` on the folder of `path` (followed through a symlink) while inside."""
-    folder = os.path.dirname(os.path.realpath(path))
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(os.path.dirname(os.path.realpath(path)), os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        yield  # the write that follows says what is wrong with the folder
-        return
+        fd = -1  # the write that follows says what is wrong with the folder
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
