@@ -289,6 +289,7 @@ def test_repair_never_overwrites_a_file_that_is_not_a_json_list(tmp_path: Path) 
     (root / BACKEND).write_text("{broken\n")
     proc = run_doit(root, "repair", check=False)
     assert proc.returncode != 0
-    [line] = lines_with(said(proc), "NOT REPAIRED: cannot rewrite the dataloader entry")
+    [line] = lines_with(said(proc), "NOT REPAIRED:")  # named once
+    assert "cannot rewrite the dataloader entry" in line
     assert "not valid JSON" in line and "fix it or move it away" in line
     assert (root / BACKEND).read_text() == "{broken\n"

@@ -125,7 +125,7 @@ def repair(settings: Settings) -> RepairResult:
         _rewrite_dataloader(settings, result)
     result.after = audit(settings, deep=False)
     for f in result.after.findings:
-        if f.severity == "damage" and not any(f.path and f.path in x for x in result.failed):
+        if f.severity == "damage" and not any((f.path or f.detail) in x for x in result.failed):
             result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
     return result
 
