@@ -254,6 +254,21 @@ def _check_json(settings: Settings, entry: dict) -> None:
         ) from exc
 
 
+def check_id(settings: Settings) -> None:
+    """Raise `DataloaderFileError` for an `id` that is not ours to take in the file (see
+    `_check_id`, `_check_foreign`), so that nothing is written under it (`<id>.parquet`)."""
+    try:
+        current, entries = read_entries(settings.backend_path)
+    except DataloaderFileError:
+        return  # the dataloader task says what is wrong with the file
+    plan = DataloaderPlan(path=settings.backend_path, current=current, entries=entries or [])
+    _check_id(settings, plan)
+    record = read_record(settings)
+    index = _find_ours(settings, plan, record)
+    if index is not None:
+        _check_foreign(settings, plan, plan.entries[index], record)
+
+
 def _check_strategy(settings: Settings, entry: dict) -> None:
     """Refuse a `[dataloader]` caption_strategy of textfile when the build writes no `.txt`:
     SimpleTuner would find no caption for any image."""

@@ -142,11 +142,12 @@ def describe_caption_edits(r) -> list[str]:
 def run_table(settings: Settings) -> TaskFailed | None:
     """Consolidate the partitions into the table."""
     from tasks.caption_fields import CaptionFieldError
+    from tasks.dataloader import DataloaderFileError
     from tasks.table import build_table
 
     try:
         r = build_table(settings)
-    except CaptionFieldError as exc:
+    except (CaptionFieldError, DataloaderFileError) as exc:  # their message names the file
         return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{settings.table_path}: {describe_failure(exc, settings)}")

@@ -21,6 +21,7 @@ from state.manifest import open_manifest, write_transaction
 from state.through import replacing_through
 from tasks.caption_fields import check_caption_fields
 from tasks.captions import caption_texts, partition_columns
+from tasks.dataloader import check_id
 from tasks.freshness import table_key, table_matches, table_shards
 from tasks.partition import read_partition
 from tasks.settings import Settings, partition_path
@@ -55,6 +56,7 @@ def build_table(settings: Settings) -> TableResult:
             rows = int(meta.get(db, meta.table_rows(rel)) or 0)
             return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
+        check_id(settings)  # a table named after an id the dataloader file refuses is no use
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:

@@ -86,6 +86,7 @@ def test_an_id_that_is_not_ours_to_take_is_refused_in_one_line(tmp_path: Path, o
     assert str(root / BACKEND) in line and repr(id_) in line
     assert "merged into it" in line or "ours would replace it" in line
     assert (root / BACKEND).read_bytes() == before
+    assert not (root / f"{id_}.parquet").exists()  # refused before anything is written
     run_doit(root)
     assert entries(root) == json.loads(before)
 
