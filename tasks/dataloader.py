@@ -9,18 +9,26 @@ it. Entries with other ids are kept. The entry written under a previous `id` is 
 not duplicated. A default `text_embeds` entry is added when the file has none and follows
 the root when the folder moves, unless the user changed it. A symlinked file is written
 through to its target. A file that is not a JSON list is never overwritten.
+
+Refused in one line, writing nothing: an `id` that is the text_embeds entry's (or another
+non-image entry's, or one of an image entry no build wrote), and an entry of our id that
+another root wrote into this same file (two roots sharing one file through a symlink). A
+second entry with our id is named, not merged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from state.atomic import TMP_SUFFIX, atomic_write, write_new
+from state.atomic import DiskFullError, atomic_write
+from state.through import write_through
 from tasks.settings import CAPTION_STRATEGIES, Settings
 
 RECORD_NAME = "dataloader.json"  # under state/: the entry as the build last wrote it
@@ -107,6 +115,8 @@ class DataloaderPlan:
     old_root: Path | None = None  # the root our entry in the file was written for
     text_embeds: str = "kept"  # kept | added | moved
     duplicates: list[str] = field(default_factory=list)  # other ids reading our data/
+    copies: list[tuple[int, bool]] = field(default_factory=list)  # (place, reads our data/)
+    written: bool = False  # write_dataloader changed the file
 
     @property
     def text(self) -> str:
@@ -137,12 +147,21 @@ class DataloaderPlan:
                 f"would train each image twice; remove that entry from {self.path.name} "
                 "unless it is meant to (e.g. another resolution with its own cache_dir_vae)"
             )
+        out += [f"{self.path}: {line}" for line in self.copy_lines(settings)]
         return out
 
-
-def backend_target(path: Path) -> Path:
-    """The file to write: `path` itself, or the file a symlink at `path` points to."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    def copy_lines(self, settings: Settings) -> list[str]:
+        """One line per further entry with our id (a copy of ours made by hand)."""
+        out = []
+        for place, reads_ours in self.copies:
+            reads = f"it also reads {settings.data_dir}: SimpleTuner would train each image twice; "
+            twice = reads if reads_ours else ""
+            out.append(
+                f"entry {place} of the list has id {settings.id!r} too (only the first is "
+                f"kept up to date; SimpleTuner needs one entry per id): {twice}remove the "
+                "copy, or give it an id of its own"
+            )
+        return out
 
 
 def read_entries(path: Path) -> tuple[str | None, list | None]:
@@ -193,6 +212,8 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
     record = read_record(settings)
     ours = dataloader_entry(settings)
     _check_json(settings, ours)
+    _check_strategy(settings, ours)
+    _check_id(settings, plan)
 
     index = _find_ours(settings, plan, record)
     if index is None:
@@ -200,6 +221,9 @@ def plan_dataloader(settings: Settings) -> DataloaderPlan:
         old_root = settings.root
     else:
         theirs = plan.entries[index]
+        _check_foreign(settings, plan, theirs, record)
+        _check_owner(settings, plan, theirs)
+        plan.copies = _copies(settings, plan.entries, index)
         base = _base_entry(settings, theirs, record)
         old_root = plan.old_root = _root_of(base, settings.root)
         plan.stale = _differing(theirs, ours)
@@ -228,6 +252,112 @@ def _check_json(settings: Settings, entry: dict) -> None:
             f"{settings.config_file}: [dataloader] holds a value JSON cannot hold ({exc}); "
             "use a string, number, boolean, array or table"
         ) from exc
+
+
+def check_id(settings: Settings) -> None:
+    """Raise `DataloaderFileError` for an `id` that is not ours to take in the file (see
+    `_check_id`, `_check_foreign`), so that nothing is written under it (`<id>.parquet`)."""
+    try:
+        current, entries = read_entries(settings.backend_path)
+    except DataloaderFileError:
+        return  # the dataloader task says what is wrong with the file
+    plan = DataloaderPlan(path=settings.backend_path, current=current, entries=entries or [])
+    _check_id(settings, plan)
+    record = read_record(settings)
+    index = _find_ours(settings, plan, record)
+    if index is not None:
+        _check_foreign(settings, plan, plan.entries[index], record)
+
+
+def _check_strategy(settings: Settings, entry: dict) -> None:
+    """Refuse a `[dataloader]` caption_strategy of textfile when the build writes no `.txt`:
+    SimpleTuner would find no caption for any image."""
+    if settings.caption_strategy != "textfile" and entry.get("caption_strategy") == "textfile":
+        raise DataloaderFileError(
+            f'{_config_name(settings)}: [dataloader] caption_strategy = "textfile" but '
+            f"caption_strategy = {settings.caption_strategy!r} writes no .txt files: set "
+            "`caption_strategy` itself (not in [dataloader])"
+        )
+
+
+def _check_id(settings: Settings, plan: DataloaderPlan) -> None:
+    """Refuse an id that names the text_embeds entry (or any entry that is not for images):
+    our image entry would be merged into it."""
+    clash = next(
+        (
+            e
+            for e in plan.entries
+            if isinstance(e, dict)
+            and e.get("id") == settings.id
+            and e.get("dataset_type") not in (None, "image")
+        ),
+        None,
+    )
+    if clash is None and settings.id != TEXT_EMBEDS_ID:
+        return
+    what = (
+        f"the id of its {clash.get('dataset_type')} entry"
+        if clash is not None
+        else "the id the build gives the text_embeds entry"
+    )
+    raise DataloaderFileError(
+        f"{plan.path}: id {settings.id!r} is {what}, and our image entry would be merged "
+        f"into it: choose another `id` (in {_config_name(settings)}, or id=... on the "
+        "command line)"
+    )
+
+
+def _check_foreign(
+    settings: Settings, plan: DataloaderPlan, theirs: dict, record: dict | None
+) -> None:
+    """Refuse an id that names an image entry no build wrote (the user's other dataset):
+    neither the record's nor shaped like ours (a table named `<id>.parquet`)."""
+    if not plan.found or (record is not None and record["entry"].get("id") == settings.id):
+        return
+    parquet = theirs.get("parquet")
+    path = parquet.get("path") if isinstance(parquet, dict) else None
+    if isinstance(path, str) and Path(path).name == f"{settings.id}.parquet":
+        return
+    if _same_path(theirs.get("instance_data_dir"), settings.data_dir):
+        return
+    raise DataloaderFileError(
+        f"{plan.path}: id {settings.id!r} is the id of an entry this build did not write "
+        f"(it reads {theirs.get('instance_data_dir')}), and ours would replace it: choose "
+        f"another `id` (in {_config_name(settings)}, or id=... on the command line)"
+    )
+
+
+def _check_owner(settings: Settings, plan: DataloaderPlan, theirs: dict) -> None:
+    """Refuse to take over an entry another root wrote into this same file (a symlink
+    shared by two roots): that root still exists and its own file is this one."""
+    other = _root_of(theirs, settings.root)
+    if os.path.normpath(other) == os.path.normpath(settings.root):
+        return
+    try:
+        if os.path.samefile(other, settings.root):
+            return  # this root under another name (a symlink or a bind mount)
+        shared = os.path.samefile(other / plan.path.name, plan.path)
+    except OSError:
+        return  # that root is gone, or has no file of its own: the folder was moved
+    if shared:
+        raise DataloaderFileError(
+            f"{plan.path}: entry {theirs.get('id')!r} belongs to {other} (it reads "
+            f"{other / 'data'}), which writes this same file: give this root an id of its "
+            f"own (`id` in {_config_name(settings)}) so both entries stay"
+        )
+
+
+def _copies(settings: Settings, entries: list, index: int) -> list[tuple[int, bool]]:
+    """(place in the list, reads our data/) of the entries after ours that have our id."""
+    return [
+        (i + 1, _same_path(e.get("instance_data_dir"), settings.data_dir))
+        for i, e in enumerate(entries)
+        if i != index and isinstance(e, dict) and e.get("id") == settings.id
+    ]
+
+
+def _config_name(settings: Settings) -> str:
+    return str(settings.config_file) if settings.config_file else "dataset.toml"
 
 
 def _find_ours(settings: Settings, plan: DataloaderPlan, record: dict | None) -> int | None:
@@ -387,25 +517,53 @@ def dataloader_is_current(settings: Settings) -> bool:
 
 
 def write_dataloader(settings: Settings) -> DataloaderPlan:
-    """Write (or update in place) `multidatabackend.json`; return the plan it followed."""
-    plan = plan_dataloader(settings)
-    if plan.changed:
-        write_through(plan.path, plan.text.encode("utf-8"))
-    if read_record(settings) != plan.record:
-        text = json.dumps(plan.record, indent=1, ensure_ascii=False) + "\n"
-        atomic_write(record_path(settings), text.encode("utf-8"))
+    """Write (or update in place) `multidatabackend.json`; return the plan it followed.
+
+    Writers of one file take turns (parallel tasks of a run, two roots sharing the file).
+    A file that cannot be written raises `DataloaderFileError` with a one-line message.
+    """
+    with _turn(settings.backend_path):
+        plan = plan_dataloader(settings)
+        if plan.changed:
+            try:
+                write_through(plan.path, plan.text.encode("utf-8"))
+            except DiskFullError:
+                raise
+            except OSError as exc:
+                raise DataloaderFileError(
+                    f"{plan.path}: cannot be written ({exc.strerror or exc}: "
+                    f"{exc.filename or plan.path}); fix that and run doit again"
+                ) from exc
+            plan.written = True
+        if read_record(settings) != plan.record:
+            text = json.dumps(plan.record, indent=1, ensure_ascii=False) + "\n"
+            atomic_write(record_path(settings), text.encode("utf-8"))
     return plan
 
 
-def write_through(path: Path, data: bytes) -> None:
-    """Write `path` atomically; a symlink stays and its target is replaced. The temporary
-    file sits beside the target (same file system) and is removed when the rename fails."""
-    target = backend_target(path)
-    tmp = target.parent / f".{target.name}{TMP_SUFFIX}"
-    write_new(tmp, data)
+def entry_before_captions_go(settings: Settings) -> list[str]:
+    """Under `caption_strategy = "parquet"`, put the entry in place before the `.txt` files
+    are removed, so training works at every moment; return its warnings if it was written.
+
+    Raises `DataloaderFileError` when it cannot be written (the `.txt` files must stay).
+    """
+    if settings.caption_strategy == "textfile" or dataloader_is_current(settings):
+        return []
+    plan = write_dataloader(settings)
+    return plan.warnings(settings) if plan.written else []
+
+
+@contextlib.contextmanager
+def _turn(path: Path) -> Iterator[None]:
+    """Hold an `flock` on the folder of `path` (followed through a symlink) while inside."""
     try:
-        os.replace(tmp, target)
+        fd = os.open(os.path.dirname(os.path.realpath(path)), os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        fd = -1  # the write that follows says what is wrong with the folder
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)

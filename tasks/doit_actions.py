@@ -83,10 +83,19 @@ def run_scan(settings: Settings) -> TaskFailed | None:
 
 
 def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
-    """Write or remove the caption files of one shard."""
+    """Write or remove the caption files of one shard (under parquet, after the entry)."""
     from tasks.caption_fields import CaptionFieldError
     from tasks.captions import write_captions
+    from tasks.dataloader import entry_before_captions_go
 
+    try:
+        for line in entry_before_captions_go(settings):
+            print(f"warning: {line}", flush=True)
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(
+            f"captions of {shard}: the caption files stay until the dataloader entry says "
+            f"parquet: {describe_failure(exc, settings)}"
+        )
     try:
         r = write_captions(settings, shard)
     except CaptionFieldError as exc:
@@ -133,11 +142,12 @@ def describe_caption_edits(r) -> list[str]:
 def run_table(settings: Settings) -> TaskFailed | None:
     """Consolidate the partitions into the table."""
     from tasks.caption_fields import CaptionFieldError
+    from tasks.dataloader import DataloaderFileError
     from tasks.table import build_table
 
     try:
         r = build_table(settings)
-    except CaptionFieldError as exc:
+    except (CaptionFieldError, DataloaderFileError) as exc:  # their message names the file
         return TaskFailed(str(exc))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{settings.table_path}: {describe_failure(exc, settings)}")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import cast
 
 from tasks.captions import write_captions
-from tasks.dataloader import write_dataloader
+from tasks.dataloader import entry_before_captions_go, write_dataloader
 from tasks.extract.shard import extract_shard
 from tasks.scan import scan_edits
 from tasks.settings import Settings, shard_names
@@ -31,6 +31,7 @@ def _scan(settings: Settings) -> None:
 
 
 def _captions(settings: Settings) -> None:
+    entry_before_captions_go(settings)  # under parquet, before any .txt is removed
     for name in summarize(settings).shard_names:
         write_captions(settings, name)
 

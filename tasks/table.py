@@ -2,6 +2,7 @@
 
 Columns `width`, `height`, `caption`, `filename`, in the preset's order and types.
 Partitions are streamed one at a time, so memory does not grow with the shard count.
+A table that is a symlink (to another disk) stays one: its target is replaced.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from state import files, meta
-from state.atomic import TMP_SUFFIX
 from state.counts import shards_in_build
 from state.hashing import hash_file
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
+from state.through import replacing_through
 from tasks.caption_fields import check_caption_fields
 from tasks.captions import caption_texts, partition_columns
+from tasks.dataloader import check_id
 from tasks.freshness import table_key, table_matches, table_shards
 from tasks.partition import read_partition
 from tasks.settings import Settings, partition_path
@@ -54,6 +56,7 @@ def build_table(settings: Settings) -> TableResult:
             rows = int(meta.get(db, meta.table_rows(rel)) or 0)
             return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
+        check_id(settings)  # a table named after an id the dataloader file refuses is no use
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
@@ -77,10 +80,13 @@ def build_table(settings: Settings) -> TableResult:
 
 
 def _write(settings: Settings, shards: list[str]) -> int:
-    tmp = settings.table_path.with_name(f".{settings.table_path.name}{TMP_SUFFIX}")
+    """Stream the partitions into the table; a symlinked table is written through."""
     rows = 0
     columns = partition_columns(settings) + ["width", "height"]
-    with pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer:
+    with (
+        replacing_through(settings.table_path) as tmp,
+        pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer,
+    ):
         for shard in shards:
             if not partition_path(settings, shard).exists():
                 continue
@@ -98,5 +104,4 @@ def _write(settings: Settings, shards: list[str]) -> int:
                 )
             )
             rows += table.num_rows
-    os.replace(tmp, settings.table_path)
     return rows

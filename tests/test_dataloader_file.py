@@ -11,7 +11,7 @@ import pytest
 from conftest import run_doit
 
 from sample.generate import write_config
-from tasks.dataloader import plan_dataloader, write_dataloader
+from tasks.dataloader import DataloaderFileError, plan_dataloader, write_dataloader
 from tasks.settings import Settings, load_settings
 
 BACKEND = "multidatabackend.json"
@@ -134,7 +134,7 @@ def test_a_failed_rename_leaves_no_temporary_file(
         raise PermissionError(13, "Permission denied", str(dst))
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(PermissionError):
+    with pytest.raises(DataloaderFileError, match="cannot be written .Permission denied"):
         write_dataloader(settings_of(built, caption_strategy="parquet"))
     monkeypatch.undo()
     assert not (built / TMP).exists()

@@ -129,11 +129,6 @@ def _entries(root: Path) -> list[dict]:
     return json.loads((root / "multidatabackend.json").read_text())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a one-off `id=text-embeds` (the id of the text_embeds entry) merges our image "
-    "entry's keys into the text_embeds entry, silently, and a plain doit never takes them out",
-)
 def test_an_id_that_is_the_text_embeds_entrys_never_merges_into_it(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])
@@ -150,12 +145,6 @@ def test_an_id_that_is_the_text_embeds_entrys_never_merges_into_it(tmp_path: Pat
             assert "caption_strategy" not in entry, entry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two roots whose multidatabackend.json is one file (a symlink, as for one training "
-    "run over two datasets) and the default id: the second build silently replaces the first "
-    "root's entry, and each later build of either flips it back",
-)
 def test_two_roots_sharing_one_dataloader_file_never_replace_each_others_entry(tmp_path: Path):
     first, second = tmp_path / "A", tmp_path / "B"
     _shard(first, "data-000000", ["a"])
@@ -249,12 +238,6 @@ def test_the_summary_counts_the_rows_the_table_holds_after_a_sample_moves(tmp_pa
     assert f"{rows} sample(s) in dalle3.parquet" in proc.stdout, (rows, proc.stdout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a second entry with our id (our entry copied by hand, e.g. with repeats) reads the "
-    "same data/: the build and the audit say nothing, though an entry of another id that "
-    "reads data/ is warned about (SimpleTuner would train each image twice)",
-)
 def test_a_copy_of_our_entry_with_our_id_is_named(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])
@@ -316,13 +299,6 @@ def test_the_deep_audit_of_an_image_replaced_by_a_fifo_ends(tmp_path: Path):
 # ------------------------------------------------------------------- a switch that fails midway
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a switch to caption_strategy=parquet removes every .txt before the entry is "
-    "rewritten; when the entry cannot be written (a read-only symlink target; here a folder "
-    "where its temporary file goes) the entry still says textfile and SimpleTuner finds no "
-    "caption, and the error is a raw '[Errno 21] Is a directory: ...shardprep-tmp'",
-)
 def test_a_parquet_switch_whose_entry_cannot_be_written_leaves_training_possible(
     tmp_path: Path,
 ):
@@ -382,12 +358,6 @@ def test_a_json_edited_into_invalid_json_is_not_called_picked_up(tmp_path: Path)
     assert kinds and kinds != {"edited_json"}, kinds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a symlinked table (<root>/dalle3.parquet -> a file on another disk) is replaced by "
-    "a regular file when it is rewritten (as multidatabackend.json was, issue 20): the "
-    "target keeps the old captions and the root now holds a second copy",
-)
 def test_a_symlinked_table_is_written_through_to_its_target(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a"])

@@ -3,7 +3,8 @@
 Reads the file and `state/dataloader.json` only (a small JSON each); writes nothing.
 A missing file or entry, or a value that says where the output is or how to read it
 changed by hand, is damage; an entry written for another root (the folder was moved or
-copied) or for other settings is a note, as a new shard is: the next `doit` rewrites it.
+copied) or for other settings is a note, as a new shard is: the next `doit` rewrites it,
+and so does `doit repair` (`rewrite_entry`). Values only edited by hand are left to `doit`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 import os
 
 from tasks.audit.report import AuditReport
-from tasks.dataloader import READ_KEYS, DataloaderFileError, DataloaderPlan, plan_dataloader
+from tasks.dataloader import (
+    READ_KEYS,
+    DataloaderFileError,
+    DataloaderPlan,
+    plan_dataloader,
+    write_dataloader,
+)
 from tasks.settings import Settings
 
 
@@ -54,6 +61,8 @@ def check_dataloader(settings: Settings, report: AuditReport) -> None:
             f"entry {other!r} also reads {settings.data_dir}: SimpleTuner would train each "
             "image twice; remove it unless that is meant",
         )
+    for line in plan.copy_lines(settings):
+        report.add("dataloader_duplicate", None, None, f"{rel}: {line}")
 
 
 def _check_entry(settings: Settings, plan: DataloaderPlan, report: AuditReport) -> None:
@@ -94,3 +103,16 @@ def _check_entry(settings: Settings, plan: DataloaderPlan, report: AuditReport) 
             f"{entry}: {', '.join(edited)} changed by hand: the next doit sets them back; "
             "set them in [dataloader] to keep them",
         )
+
+
+# what `doit repair` rewrites: what the next `doit` would rewrite, found by the audit
+REPAIR_KINDS = ("dataloader_missing", "dataloader_stale", "dataloader_corrupt")
+
+
+def rewrite_entry(settings: Settings) -> tuple[bool, list[str]]:
+    """Write our entry as `doit` would; (whether the file changed, the warnings).
+
+    Raises `DataloaderFileError` (one line) when the file cannot be merged into or written.
+    """
+    plan = write_dataloader(settings)
+    return plan.written, plan.warnings(settings)

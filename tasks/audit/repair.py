@@ -13,6 +13,7 @@ and re-checked before anything is done about it (so an outdated report is harmle
 - captions: the shard's caption files are brought back in line with its partition; a
   caption edited by hand is not damage and is left as it is.
 - the table: rebuilt from the partitions.
+- `multidatabackend.json`: a missing, stale or mangled entry is written as `doit` would.
 - stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
   `incomplete/`, where a shard named `strays` keeps its own files aside).
 - touched files (new mtime, same content): their rows get the new stat.
@@ -33,6 +34,8 @@ from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
+from tasks.audit.dataloader import REPAIR_KINDS as DATALOADER_KINDS
+from tasks.audit.dataloader import rewrite_entry
 from tasks.audit.deep import checksums_match, wanted_checksums
 from tasks.audit.report import AuditReport, Finding, load_report
 from tasks.audit.run import audit
@@ -72,6 +75,7 @@ class RepairResult:
     captions: list[str] = field(default_factory=list)  # shards whose captions were redone
     partitions: list[str] = field(default_factory=list)
     table: bool = False
+    dataloader: bool = False  # our entry in multidatabackend.json was rewritten
     strays: list[tuple[str, str]] = field(default_factory=list)  # (from, to)
     refreshed: int = 0
     notes: list[str] = field(default_factory=list)
@@ -117,9 +121,11 @@ def repair(settings: Settings) -> RepairResult:
         _rewrite_captions(settings, shard, result)
     if of(*TABLE_KINDS) or result.partitions:
         _rebuild_table(settings, result)
+    if of(*DATALOADER_KINDS):
+        _rewrite_dataloader(settings, result)
     result.after = audit(settings, deep=False)
     for f in result.after.findings:
-        if f.severity == "damage" and not any(f.path and f.path in x for x in result.failed):
+        if f.severity == "damage" and not any((f.path or f.detail) in x for x in result.failed):
             result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
     return result
 
@@ -346,6 +352,15 @@ def _rebuild_table(settings: Settings, result: RepairResult) -> None:
     result.table = True
 
 
+def _rewrite_dataloader(settings: Settings, result: RepairResult) -> None:
+    try:
+        result.dataloader, warnings = rewrite_entry(settings)
+    except (OSError, ValueError) as exc:
+        result.failed.append(f"cannot rewrite the dataloader entry: {exc}")
+        return
+    result.notes.extend(warnings)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -368,6 +383,8 @@ def format_repair(result: RepairResult, settings: Settings) -> str:
         lines.append(f"rewrote the caption files of: {', '.join(result.captions)}")
     if result.table:
         lines.append(f"rebuilt {settings.table_path.name}")
+    if result.dataloader:
+        lines.append(f"rewrote entry {settings.id!r} in {settings.backend_path.name}")
     if result.refreshed:
         lines.append(f"recorded the new mtime of {result.refreshed} touched file(s)")
     lines += [f"note: {n}" for n in result.notes]
