@@ -289,12 +289,6 @@ def test_a_copy_of_our_entry_with_our_id_is_named(tmp_path: Path):
 # ------------------------------------------------------------------- special files in data/
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="a JSON in data/ replaced by a FIFO (or a symlink to /dev/zero) is read as an edit: "
-    "`doit`, `doit audit` and `doit repair` block forever on it",
-)
 def test_a_json_replaced_by_a_fifo_hangs_nothing(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a", "b"])
@@ -310,12 +304,6 @@ def test_a_json_replaced_by_a_fifo_hangs_nothing(tmp_path: Path):
     assert audit.returncode == 1, audit.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="an image in data/ replaced by a FIFO: the fast audit calls it corrupt_image, but "
-    "`doit audit --deep` blocks forever reading it",
-)
 def test_the_deep_audit_of_an_image_replaced_by_a_fifo_ends(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a", "b"])
@@ -380,12 +368,6 @@ def test_a_recursive_glob_never_takes_the_builds_own_folders_as_shards(tmp_path:
     assert {r["filename"] for r in table_rows(root)} == {"a.png"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a JSON edited into invalid JSON: the build prints '1 edited JSON file(s) picked "
-    "up; partitions rewritten: ' (nothing was picked up, no partition named), and the audit "
-    "after that build still says `edited_json: picked up by the next doit`",
-)
 def test_a_json_edited_into_invalid_json_is_not_called_picked_up(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a", "b"])

@@ -13,8 +13,9 @@ and re-checked before anything is done about it (so an outdated report is harmle
 - captions: the shard's caption files are brought back in line with its partition; a
   caption edited by hand is not damage and is left as it is.
 - the table: rebuilt from the partitions.
-- stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
-  `incomplete/`, where a shard named `strays` keeps its own files aside).
+- stray files in `data/`, and a FIFO, device or socket standing where a file the build
+  wrote was (then restored like a missing file): moved to `<root>/strays/<path>` (never
+  deleted; not under `incomplete/`, where a shard named `strays` keeps its own files aside).
 - touched files (new mtime, same content): their rows get the new stat.
 
 What cannot be restored (the tar is gone, or no longer holds the member's bytes) is
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from state import files, meta, shards
 from state.atomic import atomic_write, move_file
-from state.hashing import hash_bytes, hash_file
+from state.hashing import hash_bytes, hash_file, read_regular
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.audit.deep import checksums_match, wanted_checksums
@@ -102,7 +103,9 @@ def repair(settings: Settings) -> RepairResult:
 
     db = open_manifest(settings.root)
     try:
-        _move_strays(settings, of("stray"), result)
+        _move_strays(settings, of("stray", "not_regular_file"), result)
+        for f in _as_missing(db, of("not_regular_file")):
+            kinds.setdefault(f.kind, []).append(f)
         _restore_files(db, settings, of(*RESTORE_KINDS), result)
         _refresh_touched(db, settings, of("touched"), result)
     finally:
@@ -122,6 +125,17 @@ def repair(settings: Settings) -> RepairResult:
         if f.severity == "damage" and not any(f.path and f.path in x for x in result.failed):
             result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
     return result
+
+
+def _as_missing(db, odd: list[Finding]) -> list[Finding]:
+    """A FIFO, device or socket moved to strays/ leaves its file missing: restore it so."""
+    out = []
+    for f in odd:
+        row = files.get(db, f.path) if f.path else None
+        if row is not None:
+            kind = f"missing_{row['kind']}"
+            out.append(Finding(kind, "damage", f.path, row["shard"], "moved to strays/"))
+    return out
 
 
 # --------------------------------------------------------------------------- deep findings
@@ -165,7 +179,7 @@ def _json_checksums(db, settings: Settings, row: dict) -> dict[str, str]:
     if json_row is None:
         return {}
     try:
-        obj, _ = parse_json((settings.root / json_row["path"]).read_bytes())
+        obj, _ = parse_json(read_regular(settings.root / json_row["path"]))
     except OSError:
         return {}
     return wanted_checksums(obj)

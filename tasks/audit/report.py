@@ -50,6 +50,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "corrupt_aside": (DAMAGE, "{n} kept-aside file(s) differ from what the build wrote"),
     "corrupt_partition": (DAMAGE, "{n} partition(s) differ from what the build wrote"),
     "corrupt_table": (DAMAGE, "the table differs from what the build wrote"),
+    "not_regular_file": (
+        DAMAGE,
+        "{n} file(s) the build wrote are now a FIFO, device or socket: remove, then `doit repair`",
+    ),
     "unfinished": (DAMAGE, "{n} file(s) a killed run left unfinished: run doit to finish"),
     "missing_file": (DAMAGE, "{n} other file(s) recorded in the manifest are missing"),
     "corrupt_file": (DAMAGE, "{n} other file(s) differ from what the build wrote"),
@@ -60,6 +64,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "unreadable_table": (DAMAGE, "the table cannot be read"),
     "checksum_mismatch": (DAMAGE, "{n} image(s) fail their JSON's md5_file_hash/sha512_hash"),
     "edited_json": (NOTE, "{n} JSON file(s) edited since the build: picked up by the next doit"),
+    "edited_json_unreadable": (
+        NOTE,
+        "{n} JSON file(s) edited into something that cannot be read: not picked up; fix them",
+    ),
     "edited_caption": (
         NOTE,
         "{n} caption file(s) edited by hand: kept (a caption switch that changes their text "

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +35,7 @@ import xxhash
 from state import files, quirks, shards
 from state.batching import batched
 from state.caption_state import EDITED_CAPTIONS, WRITING
-from state.hashing import hash_file
+from state.hashing import hash_file, read_regular
 from state.kinds import FileKind
 from state.manifest import manifest_path, open_readonly
 from tasks.audit.dataloader import check_dataloader
@@ -239,6 +239,8 @@ def _look(root: str, row: tuple) -> Seen:
         return Seen(False)
     if S_ISDIR(st.st_mode):
         return Seen(False)
+    if not S_ISREG(st.st_mode):
+        return Seen(True, not_regular=True)
     seen = Seen(True, st.st_size, st.st_mtime_ns)
     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
         seen.xxh3 = xxh3
@@ -252,8 +254,7 @@ def _look(root: str, row: tuple) -> Seen:
 
 def _read(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except OSError:
         return None
 
@@ -285,6 +286,15 @@ class _Judge:
                 f"recorded in the manifest ({kind}, {size} bytes), not on disk",
             )
             return
+        if seen.not_regular:
+            report.add(
+                "not_regular_file",
+                path,
+                shard,
+                f"a FIFO, device or socket stands where the build wrote this {kind}: "
+                "remove it, then run `doit repair`",
+            )
+            return
         if counted_in_data(path):
             self.present_in_data += 1
         same_stat = (seen.size, seen.mtime_ns) == (size, mtime_ns)
@@ -292,7 +302,17 @@ class _Judge:
             if not same_stat:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
         elif kind == JSON:
-            report.add("edited_json", path, shard, _edited_words(seen))
+            error = parse_json(seen.data)[1] if seen.data is not None else None
+            if error:
+                report.add(
+                    "edited_json_unreadable",
+                    path,
+                    shard,
+                    f"edited by hand, but your edit cannot be read ({error}), so the table "
+                    "keeps its previous row: fix the file, then run doit",
+                )
+            else:
+                report.add("edited_json", path, shard, "edited, picked up by the next doit")
         elif kind == CAPTION and not same_stat:  # written since the build: a hand edit
             report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
@@ -331,15 +351,6 @@ def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> 
             report.add("image_without_row", path, shard, "the table has no row for it")
         for path in no_image:
             report.add("row_without_image", path, None, f"{rel} has a row for it, not in data/")
-
-
-def _edited_words(seen: Seen) -> str:
-    words = "edited, picked up by the next doit"
-    if seen.data is not None:
-        _, error = parse_json(seen.data)
-        if error:
-            words += f"; but it is not usable now ({error}): fix it first"
-    return words
 
 
 # --------------------------------------------------------------------------- the rest
