@@ -8,11 +8,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import files, quirks, shards
+from state import files, meta, quirks, shards
 from state.caption_state import EDITED_CAPTIONS, caption_failures
 from state.kinds import FileKind
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.extract.tarstream import printable
+from tasks.freshness import table_key, table_matches, table_shards
 from tasks.settings import Settings, shard_names
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -65,6 +66,7 @@ def summarize(settings: Settings) -> BuildSummary:
             s.samples += samples or 0
             if not present:
                 s.tars_gone.append(tar)
+        s.samples = _table_rows(db, settings, s.samples)
         s.caption_failed = caption_failures(db)
         s.edited_captions_aside = _count_files(settings.incomplete_dir / EDITED_CAPTIONS)
         s.aside_files = files.count(db, FileKind.ASIDE)
@@ -78,6 +80,16 @@ def summarize(settings: Settings) -> BuildSummary:
     finally:
         db.close()
     return s
+
+
+def _table_rows(db: sqlite3.Connection, settings: Settings, shard_samples: int) -> int:
+    """The rows the table holds when it is current (a sample that moved between shards
+    counts once there), else the shards' own sample counts."""
+    if not table_matches(db, settings, table_key(settings, table_shards(db))):
+        return shard_samples
+    rel = os.path.relpath(settings.table_path, settings.root)
+    recorded = meta.get(db, meta.table_rows(rel))
+    return int(recorded) if recorded is not None else shard_samples
 
 
 def _count_files(folder: Path) -> int:

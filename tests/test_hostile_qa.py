@@ -245,11 +245,6 @@ def test_an_edited_json_survives_its_shard_changing(tmp_path: Path, picked_up_fi
     assert in_data == "EDITED b" or any("EDITED b" in t for t in kept), proc.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a sample moves from a shard whose tar is gone into a changed shard, the "
-    "summary says '4 sample(s) in dalle3.parquet' while the table holds 3 rows",
-)
 def test_the_summary_counts_the_rows_the_table_holds_after_a_sample_moves(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "s0", ["a", "b"])
