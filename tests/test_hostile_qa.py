@@ -110,12 +110,6 @@ def test_an_edited_caption_kept_aside_survives_a_shard_named_edited_captions(tmp
 # ------------------------------------------------------------------- audit after a partial switch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the audit calls a root OK whose caption files hold another caption field than the "
-    "table (a caption switch cut short: Ctrl-C, kill -9, or one shard's captions task run "
-    "alone); it should say the switch is unfinished: run doit",
-)
 def test_the_audit_sees_captions_of_an_unfinished_switch(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["a", "b"])

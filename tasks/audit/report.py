@@ -54,6 +54,10 @@ KINDS: dict[str, tuple[str, str]] = {
         DAMAGE,
         "{n} file(s) the build wrote are now a FIFO, device or socket: remove, then `doit repair`",
     ),
+    "captions_unfinished": (
+        DAMAGE,
+        "the caption files of {n} shard(s) do not match the current caption settings: run doit",
+    ),
     "unfinished": (DAMAGE, "{n} file(s) a killed run left unfinished: run doit to finish"),
     "missing_file": (DAMAGE, "{n} other file(s) recorded in the manifest are missing"),
     "corrupt_file": (DAMAGE, "{n} other file(s) differ from what the build wrote"),

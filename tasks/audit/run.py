@@ -19,6 +19,7 @@ The `--deep` reading lives in `tasks/audit/deep.py`.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import time
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from state import files, quirks, shards
+from state import files, meta, quirks, shards
 from state.batching import batched
 from state.caption_state import EDITED_CAPTIONS, WRITING
 from state.hashing import hash_file, read_regular
@@ -91,6 +92,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         _check_strays(conn, settings, judge.present_in_data, report)
         _check_edited_aside(settings, report)
         _check_partitions(conn, settings, report)
+        _check_captions_current(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
         _check_duplicates(conn, report)
@@ -380,6 +382,44 @@ def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
             report.add(
                 "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
             )
+
+
+def _check_captions_current(conn, settings: Settings, report: AuditReport) -> None:
+    """Shards whose caption files were made from another partition, or for other caption
+    settings than the table's (a caption switch cut short, or one shard's task run alone).
+
+    The table's settings are the reference, not the audit's own: a build with a one-off
+    `caption_field=...` is finished as it is."""
+    made_for: dict[str, tuple] = {}
+    for name, part_xxh3, key in shards.rows(conn, "name", "part_xxh3", "captions_key"):
+        if part_xxh3 is None:
+            continue
+        prefix = f"{part_xxh3} "
+        if key is None or not key.startswith(prefix):
+            _captions_unfinished(report, name, "were made from an earlier partition")
+            continue
+        try:
+            fields, strategy, join = json.loads(key[len(prefix) :])
+        except ValueError:
+            _captions_unfinished(report, name, "were made by another version of shardprep")
+            continue
+        made_for[name] = (fields, join, strategy)
+    table = meta.get(conn, meta.table_key(os.path.relpath(settings.table_path, settings.root)))
+    strategies = {v[2] for v in made_for.values()}
+    for name, (fields, join, strategy) in sorted(made_for.items()):
+        if table is not None and [fields, join] != json.loads(table)[1:]:
+            _captions_unfinished(report, name, "hold another caption field than the table")
+        elif len(strategies) > 1 and strategy != settings.caption_strategy:
+            _captions_unfinished(report, name, f"were made for caption_strategy = {strategy}")
+
+
+def _captions_unfinished(report: AuditReport, shard: str, why: str) -> None:
+    report.add(
+        "captions_unfinished",
+        None,
+        shard,
+        f"its caption files {why} (a caption switch or rebuild cut short): run doit to finish it",
+    )
 
 
 def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
