@@ -8,7 +8,7 @@ nor one changed since we wrote it).
 
 A caption file edited by hand (its bytes differ from what the build last wrote) is the
 user's: it stays while the build's text for it stays the same (a plain `doit`, a rebuild
-of its shard, `parquet` and back), and is moved to `incomplete/edited-captions/` and named
+of its shard, `parquet` and back), and is moved to `edited/captions/` and named
 before a different text replaces it (a `caption_field` switch, an edited JSON).
 """
 
@@ -26,7 +26,6 @@ import pyarrow as pa
 from state import files, shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
-    EDITED_CAPTIONS,
     WRITING,
     caption_rows,
     mark_writing,
@@ -34,7 +33,7 @@ from state.caption_state import (
     set_caption_failure,
 )
 from state.hashing import file_matches, hash_bytes
-from state.kinds import FileKind
+from state.kinds import EDITED_CAPTIONS, FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import check_caption_fields
 from tasks.freshness import captions_key
@@ -112,7 +111,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
 
     A caption file edited by hand (its bytes differ from what the build last wrote) is
     the user's: left in place while the build's text for it is unchanged, and moved to
-    `incomplete/edited-captions/` (named in the result) before a new text replaces it.
+    `edited/captions/` (named in the result) before a new text replaces it.
     A file that cannot be written is named in `result.failed`; the rest are written.
     """
     result = CaptionResult(shard)
@@ -246,7 +245,7 @@ class _Writer:
         )
 
     def _move_aside(self, path: str) -> None:
-        """Move a caption file the build is about to replace to incomplete/edited-captions/."""
+        """Move a caption file the build is about to replace to edited/captions/."""
         dest = move_edited_caption(self.settings, path)
         self.result.moved_edited.append((path, dest))
 
@@ -301,10 +300,10 @@ class _Writer:
 
 
 def move_edited_caption(settings: Settings, path: str) -> str:
-    """Move `path` (a caption under data/) to incomplete/edited-captions/, under a new
+    """Move `path` (a caption under data/) to edited/captions/, under a new
     name if an earlier edit is there already; its new path relative to the root."""
     rel = path[len("data/") :] if path.startswith("data/") else path
-    base = settings.incomplete_dir / EDITED_CAPTIONS / rel
+    base = settings.root / EDITED_CAPTIONS / rel
     dest, n = base, 0
     while dest.exists():
         n += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state import files, shards
+from state import edits, files, shards
 from state.digests import json_digest
 from state.hashing import NotRegularFileError, read_regular
 from state.kinds import FileKind
@@ -55,6 +55,7 @@ def scan_edits(settings: Settings) -> ScanResult:
                 result.errors.append(str(exc))
                 continue
             with write_transaction(db) as conn:
+                _remember_originals(conn, changed, shard)
                 files.upsert(conn, _stat_rows(db, changed, shard))
                 files.upsert(conn, [part_row])
                 shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
@@ -69,6 +70,18 @@ def scan_edits(settings: Settings) -> ScanResult:
     finally:
         db.close()
     return result
+
+
+def _remember_originals(conn, changed: list[tuple], shard: str) -> None:
+    """Keep the tar's hash of each JSON of `shard` whose edit is picked up now, so that
+    the next extraction of the shard knows the file is the user's (tar's again: forgotten)."""
+    for path, owner, _size, _mtime_ns, new, content_changed in changed:
+        if owner != shard or not content_changed:
+            continue
+        if new is not None and new == edits.original_of(conn, path):
+            edits.forget(conn, [path])
+        else:
+            edits.remember_original(conn, path, files.get(conn, path)["xxh3"])
 
 
 def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:

@@ -85,12 +85,6 @@ def test_shards_in_a_hive_style_folder_build(tmp_path: Path):
 # ------------------------------------------------------------------- captions edited by hand
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a caption edited by hand, kept under incomplete/edited-captions/ by a switch, is "
-    "silently overwritten when a shard named `edited-captions` keeps a member of that name "
-    "aside (incomplete/<shard>/ and incomplete/edited-captions/ are one folder)",
-)
 def test_an_edited_caption_kept_aside_survives_a_shard_named_edited_captions(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "a0", ["a"])
@@ -98,12 +92,13 @@ def test_an_edited_caption_kept_aside_survives_a_shard_named_edited_captions(tmp
     run_doit(root)
     (root / "data/a.txt").write_text("MINE, typed by hand")
     run_doit(root, "caption_field=long_caption")
-    kept = sorted(p for p in (root / "incomplete").rglob("*") if p.is_file())
+    kept = sorted(p for p in (root / "edited").rglob("*") if p.is_file())
     assert [p.read_text() for p in kept] == ["MINE, typed by hand"]
     _shard(root, "edited-captions", ["b"], extra=[M("a.txt", b"a member of the tar")])
+    _shard(root, "edited", ["c"], extra=[M("captions/a.txt", b"a member of the tar")])
     proc = run_doit(root, check=False)
     _no_traceback(proc)
-    texts = [p.read_text() for p in (root / "incomplete").rglob("*") if p.is_file()]
+    texts = [p.read_text() for p in (root / "edited").rglob("*") if p.is_file()]
     assert "MINE, typed by hand" in texts, texts
 
 
@@ -216,12 +211,6 @@ def _edit_caption_in_json(root: Path, key: str, text: str) -> None:
 
 
 @pytest.mark.parametrize("picked_up_first", [False, True])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a JSON edited by hand whose sample the shard's new tar still holds (upstream "
-    "re-uploaded the shard with one sample more) is silently overwritten by the tar's JSON: "
-    "no warning, nothing kept aside, also after a build had picked the edit up",
-)
 def test_an_edited_json_survives_its_shard_changing(tmp_path: Path, picked_up_first: bool):
     root = tmp_path / "ds"
     _shard(root, "data-000000", ["b"])
@@ -234,7 +223,7 @@ def test_an_edited_json_survives_its_shard_changing(tmp_path: Path, picked_up_fi
     _shard(root, "data-000000", ["b", "e"])  # the same b, one sample more
     proc = run_doit(root, check=False)
     _no_traceback(proc)
-    kept = [p.read_text() for p in (root / "incomplete").rglob("*.json")]
+    kept = [p.read_text() for p in (root / "edited").rglob("*.json")]
     in_data = json.loads((root / "data/b.json").read_text())["short_caption"]
     assert in_data == "EDITED b" or any("EDITED b" in t for t in kept), proc.stdout
 
@@ -410,12 +399,6 @@ def test_a_dataloader_value_that_is_not_json_never_reaches_the_file(tmp_path: Pa
     assert proc.returncode != 0 and "[dataloader]" in proc.stdout + proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an edited JSON whose sample a changed shard drops is said to be 'kept as "
-    "incomplete/s0/edited-by-hand/a.json', but the shard's own member of that name (kept "
-    "aside: JSON without image) is written there too and the user's edit is lost",
-)
 def test_an_edited_json_kept_aside_survives_a_member_named_like_its_place(tmp_path: Path):
     root = tmp_path / "ds"
     odd = M("edited-by-hand/a.json", b'{"theirs": 1}')
@@ -426,7 +409,7 @@ def test_an_edited_json_kept_aside_survives_a_member_named_like_its_place(tmp_pa
     write_tar(root / SHARDS / "s0.tar", [M("b.png", png(2)), M("b.json", sample_json("b")), odd])
     proc = run_doit(root, check=False)
     _no_traceback(proc)
-    texts = [p.read_text() for p in (root / "incomplete").rglob("*.json")]
+    texts = [p.read_text() for p in (root / "edited").rglob("*.json")]
     assert any("MINE" in t for t in texts), (texts, proc.stdout)
 
 

@@ -75,12 +75,17 @@ KINDS: dict[str, tuple[str, str]] = {
     "edited_caption": (
         NOTE,
         "{n} caption file(s) edited by hand: kept (a caption switch that changes their text "
-        "moves them to incomplete/edited-captions/)",
+        "moves them to edited/captions/)",
     ),
     "edited_caption_aside": (
         NOTE,
         "{n} caption file(s) edited by hand were replaced by a new caption text: your "
-        "version is under incomplete/edited-captions/",
+        "version is under edited/captions/",
+    ),
+    "edited_file_aside": (
+        NOTE,
+        "{n} file(s) of data/ edited by hand whose shard's new tar holds another version or "
+        "none: yours are under edited/json/ or edited/images/",
     ),
     "edited_checksum": (NOTE, "{n} edited JSON file(s) give a hash their image does not have"),
     "shard_checksum_mismatch": (

@@ -35,9 +35,9 @@ import xxhash
 
 from state import files, meta, quirks, shards
 from state.batching import batched
-from state.caption_state import EDITED_CAPTIONS, WRITING
+from state.caption_state import WRITING
 from state.hashing import hash_file, read_regular
-from state.kinds import FileKind
+from state.kinds import EDITED_CAPTIONS, EDITED_SHARD_FILES, FileKind
 from state.manifest import manifest_path, open_readonly
 from tasks.audit.dataloader import check_dataloader
 from tasks.audit.deep import Seen, deep_files
@@ -61,7 +61,7 @@ IMAGE, JSON, CAPTION, PENDING = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION,
 
 EDITED_CAPTION_WORDS = (
     "edited by hand: kept (the table keeps the caption field's text); moved to "
-    "incomplete/edited-captions/ if a caption setting changes this caption's text"
+    "edited/captions/ if a caption setting changes this caption's text"
 )
 
 # --------------------------------------------------------------------------- audit
@@ -372,16 +372,21 @@ def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -
 
 
 def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
-    """Caption files edited by hand that the build moved aside before replacing them."""
-    folder = settings.incomplete_dir / EDITED_CAPTIONS
-    if not folder.is_dir():
-        return
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.relpath(os.path.join(dirpath, name), settings.root)
-            report.add(
-                "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
-            )
+    """Files of data/ edited by hand that the build moved to edited/ before replacing
+    (caption files) or dropping (a changed shard's JSON or image) them."""
+    folders = [(EDITED_CAPTIONS, "edited_caption_aside", "a new caption replaced it")]
+    folders += [
+        (folder, "edited_file_aside", "its shard's new tar holds another version or none")
+        for folder in EDITED_SHARD_FILES.values()
+    ]
+    for folder, kind, why in folders:
+        top = settings.root / folder
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, names in os.walk(top):
+            for name in sorted(names):
+                path = os.path.relpath(os.path.join(dirpath, name), settings.root)
+                report.add(kind, path, None, f"your edit, kept when {why}")
 
 
 def _check_captions_current(conn, settings: Settings, report: AuditReport) -> None:

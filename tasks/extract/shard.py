@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import files, meta, shards
+from state import edits, files, meta, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
-from state.hashing import file_matches, hash_bytes, hash_file
-from state.kinds import MEMBER_KINDS, FileKind
+from state.hashing import file_matches, hash_bytes, hash_file, is_regular
+from state.kinds import EDITED_SHARD_FILES, MEMBER_KINDS, FileKind
 from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
 from tasks.audit.pairing import is_trainer_file
 from tasks.captions import caption_path
@@ -182,27 +182,32 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     previous = {r["path"]: r for r in files.of_shard(db, name)}
     job = _Job(db, settings, name, tar_path, rel, st, previous)
     quirks = job.quirks
+    edits_aside = _set_edits_aside(db, settings, name, previous)
     try:
         samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
     except Exception:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         raise
     except BaseException:  # interrupted: the rerun finishes what the claims hold
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
-        kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
+        _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(job, digest, placed, rows, kept)
+        _settle_edits(db, settings, name, placed, edits_aside, quirks)
+        _finish(job, digest, placed, rows)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -637,24 +642,24 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     }
 
 
-def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) -> None:
+def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
     previous, quirks = job.previous, job.quirks
-    edited = _edited_dir(name)
+    legacy = f"incomplete/{name}/edited-by-hand/"  # where earlier versions kept hand edits
     stale = [
         r
         for path, r in previous.items()
         if path not in placed
         and r["kind"] in (IMAGE, JSON, ASIDE, PENDING)
-        and not path.startswith(edited)  # the user's version, kept: never deleted
+        and not (r["kind"] == ASIDE and path.startswith(legacy))  # the user's: never deleted
     ]
-    kept = kept + _drop_stale(settings, name, stale, quirks)
+    _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         files.delete(conn, [r["path"] for r in stale])
         quirk_rows.replace(conn, name, quirks)
-        files.upsert(conn, [part_row, *kept])
+        files.upsert(conn, [part_row])
         current = json_digest(conn, name)
         expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == JSON)
         shards.mark_done(
@@ -673,11 +678,10 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
 
 def _clear_stale_data(
     db, settings: Settings, name: str, previous: dict, placements: list[Placement], quirks: list
-) -> list[dict]:
+) -> None:
     """Before placing: drop this shard's files in `data/` that the new tar no longer
     holds, and their images' unedited captions, so that they never stand in the way of
-    its new paths; return the rows of edited ones kept aside. Their rows go when the
-    shard is committed."""
+    its new paths; edited ones go to `edited/`. Their rows go when the shard is committed."""
     planned = {p.dest for p in placements}
     stale = [
         r
@@ -695,21 +699,24 @@ def _clear_stale_data(
             dropped.append(caption["path"])
     with write_transaction(db) as conn:
         files.delete(conn, dropped)
-    return _drop_stale(settings, name, stale, quirks)
+    _drop_stale(settings, name, stale, quirks)
 
 
-def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> list[dict]:
-    """Delete stale files of this shard that are as the build left them; keep aside (and
-    return the rows of) files in `data/` that were edited by hand."""
-    kept: list[dict] = []
+def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> None:
+    """Delete stale files of this shard that are as the build left them; move files in
+    `data/` that were changed by hand to `edited/` (named in a quirk)."""
     for r in stale:
         target = settings.root / r["path"]
         if _left_as_built(target, r):
             target.unlink(missing_ok=True)
-        elif r["path"].startswith("data/") and r["kind"] != PENDING and target.is_file():
-            kept.append(_keep_edited(settings, name, r, quirks))
+        elif r["path"].startswith("data/") and r["kind"] in MEMBER_KINDS and is_regular(target):
+            dest = _keep_edited(settings, name, r)
+            detail = (
+                f"{r['path']} was changed by hand, but the shard's new tar no longer holds "
+                f"its sample: your version is kept as {dest}"
+            )
+            quirks.append(_quirk(name, "edited_kept_aside", r["member"], dest, detail))
     remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
-    return kept
 
 
 def _left_as_built(target: Path, r: dict) -> bool:
@@ -721,36 +728,94 @@ def _left_as_built(target: Path, r: dict) -> bool:
         return False
 
 
-def _edited_dir(shard: str) -> str:
-    return f"incomplete/{shard}/edited-by-hand/"
+def _keep_edited(settings: Settings, name: str, r: dict) -> str:
+    """Move a file of this shard in `data/` changed by hand to
+    `edited/{json,images}/<shard>/<its path under data/>` (a new name if an earlier edit is
+    there); its new path relative to the root. Not a manifest row: the user's file."""
+    rel = r["path"].removeprefix("data/")
+    base = settings.root / EDITED_SHARD_FILES[FileKind(r["kind"])] / name / rel
+    dest, n = base, 0
+    while os.path.lexists(dest):
+        n += 1
+        dest = base.with_name(f"{base.name}.{n}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    move_file(settings.root / r["path"], dest)
+    remove_empty_folders(settings.data_dir, [r["path"]])
+    return os.path.relpath(dest, settings.root)
 
 
-def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> dict:
-    """Move a file of this shard that was changed on disk, and that the shard's new
-    bytes no longer hold, to `incomplete/<shard>/edited/`; return its `files` row."""
-    dest = f"{_edited_dir(name)}{r['path'].removeprefix('data/')}"
-    target = settings.root / dest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    move_file(settings.root / r["path"], target)
-    st = target.stat()
-    quirks.append(
-        _quirk(
-            name,
-            "edited_kept_aside",
-            r["member"],
-            dest,
-            f"{r['path']} was changed by hand, but the shard's new tar no longer holds its "
-            f"sample: your version is kept as {dest}",
+@dataclass
+class _EditAside:
+    """A JSON edited by hand, moved to `edited/` while its shard's changed tar is read."""
+
+    path: str  # under data/, relative to the root
+    kept: str  # where the user's version is now, relative to the root
+    original: str  # XXH3 of the JSON as the earlier tar held it
+
+
+def _set_edits_aside(db, settings: Settings, name: str, previous: dict) -> list[_EditAside]:
+    """Before a changed tar is read: move each JSON of this shard in `data/` that differs
+    from what the earlier tar held (an edit, picked up or not) to `edited/`, so that
+    the new tar's copy never overwrites it (`_settle_edits` decides where it ends up)."""
+    originals = edits.originals(db)
+    out = []
+    for path, r in previous.items():
+        if r["kind"] != JSON or not path.startswith("data/"):
+            continue
+        target = settings.root / path
+        original = originals.get(path, r["xxh3"])
+        if not is_regular(target) or (_left_as_built(target, r) and r["xxh3"] == original):
+            continue  # gone, not a file, or as the tar held it
+        if hash_file(target) == original:
+            continue  # touched, or edited back to the tar's bytes
+        out.append(_EditAside(path, _keep_edited(settings, name, r), original))
+    return out
+
+
+def _settle_edits(
+    db, settings: Settings, name: str, placed: dict, aside: list[_EditAside], quirks: list
+) -> None:
+    """After the new tar is placed: an edited JSON whose sample the new tar holds
+    unchanged goes back to `data/` (picked up by the scan); any other stays in `edited/`,
+    named: the new tar's JSON is in `data/`."""
+    back, gone = [], []
+    for e in aside:
+        p = placed.get(e.path)
+        if p is not None and p.kind == JSON and p.member.xxh3 == e.original:
+            move_file(settings.root / e.kept, settings.root / e.path)
+            st = os.stat(settings.root / e.path)
+            back.append((e, st.st_size, st.st_mtime_ns, hash_file(settings.root / e.path)))
+            detail = (
+                f"{e.path} was edited by hand; the shard's new tar holds the same JSON for "
+                "it, so your version stays in data/ and is used"
+            )
+            quirks.append(_quirk(name, "edited_json_kept", p.member.member, e.path, detail))
+            continue
+        gone.append(e.path)
+        held = "another version of" if p is not None else "no longer"
+        detail = (
+            f"{e.path} was edited by hand, but the shard's new tar holds {held} its sample: "
+            f"the tar's version is used; yours is kept as {e.kept} (copy your changes over "
+            "to keep them)"
         )
-    )
-    return {
-        **r,
-        "path": dest,
-        "kind": ASIDE,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "xxh3": hash_file(target),
-    }
+        member = p.member.member if p is not None else None
+        quirks.append(_quirk(name, "edited_kept_aside", member, e.kept, detail))
+    with write_transaction(db) as conn:
+        for e, size, mtime_ns, xxh3 in back:
+            files.set_content(conn, e.path, size, mtime_ns, xxh3)
+            edits.remember_original(conn, e.path, e.original)
+        edits.forget(conn, gone)
+
+
+def _put_edits_back(db, settings: Settings, previous: dict, aside: list[_EditAside]) -> None:
+    """A failed extraction: edited JSON files set aside go back to `data/` as they were."""
+    rows = []
+    for e in aside:
+        move_file(settings.root / e.kept, settings.root / e.path)
+        if e.path in previous:
+            rows.append(previous[e.path])
+    with write_transaction(db) as conn:
+        files.upsert(conn, rows)
 
 
 def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
