@@ -110,8 +110,8 @@ def _row_from_json(
     obj, error = parse_json(raw)
     if obj is None:
         raise EditedJsonError(
-            f"{file}: your edit could not be read ({error}), so it is not picked up: fix "
-            "the file, then run `doit` (until then the table keeps its previous rows)"
+            f"{file}: {error}: your edit cannot be read, so it is not picked up; fix the "
+            "file, then run `doit` (until then the table keeps its previous rows)"
         )
     return partition_row(image_path, json_path, obj, raw.decode("utf-8"), header)
 
