@@ -87,6 +87,16 @@ KINDS: dict[str, tuple[str, str]] = {
         "{n} file(s) of data/ edited by hand whose shard's new tar holds another version or "
         "none: yours are under edited/json/ or edited/images/",
     ),
+    "edited_json_kept": (
+        NOTE,
+        "{n} JSON file(s) edited by hand stayed in data/ when their shard's tar changed "
+        "(it holds the same JSON for them)",
+    ),
+    "edited_kept_aside": (
+        NOTE,
+        "{n} file(s) edited by hand whose shard's new tar holds another version or none: "
+        "moved to edited/",
+    ),
     "edited_checksum": (NOTE, "{n} edited JSON file(s) give a hash their image does not have"),
     "shard_checksum_mismatch": (
         NOTE,

@@ -11,6 +11,7 @@ the shard and nothing half-done counts as done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -19,16 +20,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import edits, files, meta, shards
+from state import clashes, edits, files, meta, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file, is_regular
-from state.kinds import EDITED_SHARD_FILES, MEMBER_KINDS, FileKind
+from state.kinds import EDITED_DIR, EDITED_SHARD_FILES, MEMBER_KINDS, FileKind
 from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
 from tasks.audit.pairing import is_trainer_file
-from tasks.captions import caption_path
+from tasks.captions import caption_path, move_edited_caption
 from tasks.extract.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.extract.tarstream import (
     HashingReader,
@@ -470,7 +471,7 @@ def _commit(
     placed: dict[str, Placement] = {}
     made_dirs: set[str] = set()
     written = 0
-    blocked = _blocked(settings, name, placements, quirks)
+    blocked = _blocked(db, settings, name, placements, quirks)
     for batch in batched(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
             lost = _settle(conn, settings, name, batch, quirks) | blocked
@@ -509,11 +510,12 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
     return Placement(p.member, dest, ASIDE, p.sample)
 
 
-def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
+def _blocked(db, settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
     """Samples whose path in `data/` a file or folder of another shard stands in the way of.
 
     Only members not yet at their place are looked at: a member written straight into
-    `data/` found its path free.
+    `data/` found its path free. What shards sorting later put in the way is moved aside
+    (`_take_over`), so the outcome does not depend on which shard was built first.
     """
     blocked: set[str] = set()
     root = str(settings.root)
@@ -521,6 +523,8 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
         if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
         why = path_blocked(root, p.dest)
+        if why is not None and _take_over(db, settings, name, p.dest, quirks):
+            why = path_blocked(root, p.dest)
         if why is not None:
             blocked.add(p.sample)
             quirks.append(
@@ -533,6 +537,41 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
                 )
             )
     return blocked
+
+
+def _take_over(db, settings: Settings, name: str, dest: str, quirks: list[dict]) -> bool:
+    """Move aside the samples of shards sorting later whose files block `dest` (a file
+    where its folder goes, files under a folder where it goes); False (nothing moved)
+    when anything else blocks it: this shard's own files, a shard sorting first, or a
+    file the manifest does not know."""
+    rows = clashes.blocking_rows(db, dest)
+    if not rows or any(
+        r["shard"] is None or r["shard"] <= name or r["kind"] not in (IMAGE, JSON, CAPTION)
+        for r in rows
+    ):
+        return False
+    with write_transaction(db) as conn:
+        for other, sample in sorted({(r["shard"], r["sample"]) for r in rows}):
+            for r in clashes.sample_rows_in_data(conn, other, sample):
+                if r["kind"] == CAPTION:
+                    _drop_caption(conn, settings, r)
+                elif r["kind"] in MEMBER_KINDS:
+                    _displace(conn, settings, other, r["path"])
+            detail = f"{dest} of shard {name} (it sorts first) needs this path: kept aside"
+            quirks.append(_quirk(other, "path_conflict", None, dest, detail))
+        shards.invalidate(conn, {r["shard"] for r in rows}, partition=True, captions=True)
+    return True
+
+
+def _drop_caption(conn, settings: Settings, r: dict) -> None:
+    """Remove the caption file of a sample moved aside; a hand edit goes to edited/."""
+    target = settings.root / r["path"]
+    if _left_as_built(target, r):
+        target.unlink()
+    elif is_regular(target):
+        move_edited_caption(settings, r["path"])
+    files.delete(conn, [r["path"]])
+    remove_empty_folders(settings.data_dir, [r["path"]])
 
 
 def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
@@ -800,6 +839,10 @@ def _settle_edits(
         )
         member = p.member.member if p is not None else None
         quirks.append(_quirk(name, "edited_kept_aside", member, e.kept, detail))
+    edited_top = settings.root / EDITED_DIR
+    remove_empty_folders(edited_top, [e.kept for e, *_ in back])
+    with contextlib.suppress(OSError):
+        edited_top.rmdir()  # when empty: nothing of the user's is kept aside
     with write_transaction(db) as conn:
         for e, size, mtime_ns, xxh3 in back:
             files.set_content(conn, e.path, size, mtime_ns, xxh3)
