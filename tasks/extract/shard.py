@@ -843,11 +843,13 @@ def _settle_edits(
     remove_empty_folders(edited_top, [e.kept for e, *_ in back])
     with contextlib.suppress(OSError):
         edited_top.rmdir()  # when empty: nothing of the user's is kept aside
+    kept_back = {e.path for e, *_ in back}
+    tars_own = [p for p in edits.originals(db) if p in placed and p not in kept_back]
     with write_transaction(db) as conn:
         for e, size, mtime_ns, xxh3 in back:
             files.set_content(conn, e.path, size, mtime_ns, xxh3)
             edits.remember_original(conn, e.path, e.original)
-        edits.forget(conn, gone)
+        edits.forget(conn, gone + tars_own)  # data/ holds the tar's JSON there now
 
 
 def _put_edits_back(db, settings: Settings, previous: dict, aside: list[_EditAside]) -> None:
