@@ -19,7 +19,7 @@ import os
 import posixpath
 import shutil
 from dataclasses import dataclass, field
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 
 import pyarrow as pa
 
@@ -185,7 +185,12 @@ class _Writer:
     def _one(self, path: str, sample: str, data: bytes, digest: str, old) -> None:
         target = self.root + path
         result = self.result
-        if old is None:
+        if _special(target):  # never opened: a FIFO would block the build
+            result.failed.append(
+                f"{path} is a FIFO, device or socket where the caption file goes: remove it "
+                "(or run `doit repair`), then run doit again"
+            )
+        elif old is None:
             self._create(path, sample, target, data, digest)
         elif old[1] == WRITING:  # a rewrite a killed run may have cut short
             self.rewrites.append((target, data, digest, path))
@@ -318,6 +323,15 @@ def move_edited_caption(settings: Settings, path: str) -> str:
         shutil.copy2(src, dest)  # data/ on another file system
         os.unlink(src)
     return os.path.relpath(dest, settings.root)
+
+
+def _special(path: str) -> bool:
+    """Whether `path` is neither a regular file, nor a folder, nor absent."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return not S_ISREG(mode) and not S_ISDIR(mode)
 
 
 def _is_file(path: str) -> bool:

@@ -192,6 +192,23 @@ def test_repair_moves_a_fifo_aside_and_restores_the_json(tmp_path: Path):
     assert _audit(root)[0] == 0
 
 
+def test_a_caption_replaced_by_a_fifo_fails_its_shard_in_one_line_and_repair_mends_it(
+    tmp_path: Path,
+):
+    root = tmp_path / "ds"
+    _shard(root, "s0", _sample("a", 1))
+    write_config(root)
+    run_doit(root)
+    (root / "data/a.txt").unlink()
+    os.mkfifo(root / "data/a.txt")
+    proc = run_doit(root, "caption_field=long_caption", check=False, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "data/a.txt is a FIFO" in proc.stdout, proc.stdout
+    run_doit(root, "repair", "caption_field=long_caption", timeout=60)
+    assert (root / "data/a.txt").read_text() == "long a"
+    run_doit(root, "caption_field=long_caption")
+
+
 def test_an_image_replaced_by_a_symlink_to_a_device_is_never_read(tmp_path: Path):
     root = tmp_path / "ds"
     _shard(root, "s0", _sample("a", 1))

@@ -56,7 +56,8 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
     "captions_unfinished": (
         DAMAGE,
-        "the caption files of {n} shard(s) do not match the current caption settings: run doit",
+        "the caption files of {n} shard(s) are not those of the table (a switch cut short): "
+        "run doit",
     ),
     "unfinished": (DAMAGE, "{n} file(s) a killed run left unfinished: run doit to finish"),
     "missing_file": (DAMAGE, "{n} other file(s) recorded in the manifest are missing"),
