@@ -27,4 +27,4 @@ EDITED_SHARD_FILES = {  # then <shard>/<path under data/>
     FileKind.JSON: f"{EDITED_DIR}/json",
     FileKind.IMAGE: f"{EDITED_DIR}/images",
 }
-ROOT_FOLDERS = ("data", "incomplete", EDITED_DIR, "strays", "state", "cache")  # never shards
+STRAYS_DIR = "strays"  # files found in data/ that the build did not write (never deleted)

@@ -238,3 +238,19 @@ def test_an_invalid_edit_is_named_with_what_to_do_until_it_is_fixed(tmp_path: Pa
     proc = run_doit(root)
     assert "1 edited JSON file(s) picked up" in proc.stdout
     assert (root / "data/a.txt").read_text() == "fixed a"
+
+
+@pytest.mark.parametrize("ext", ["json", "png", "txt"])
+def test_a_fifo_in_data_hangs_no_rebuild_of_its_changed_shard(tmp_path: Path, ext: str):
+    root = tmp_path / "ds"
+    _shard(root, "s0", _sample("a", 1))
+    write_config(root)
+    run_doit(root)
+    (root / f"data/a.{ext}").unlink()
+    os.mkfifo(root / f"data/a.{ext}")
+    _shard(root, "s0", _sample("a", 1) + _sample("b", 2))
+    proc = run_doit(root, timeout=60)
+    assert f"data/a.{ext} was a FIFO" in proc.stdout, proc.stdout
+    assert (root / f"strays/a.{ext}").is_fifo()
+    _trainer_safe(root)
+    assert _audit(root)[0] == 0

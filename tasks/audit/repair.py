@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from state import files, meta, shards
 from state.atomic import atomic_write, move_file
 from state.hashing import hash_bytes, hash_file, read_regular
-from state.kinds import FileKind
+from state.kinds import STRAYS_DIR, FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.audit.deep import checksums_match, wanted_checksums
 from tasks.audit.report import AuditReport, Finding, load_report
@@ -62,7 +63,7 @@ TABLE_KINDS = (
     "row_without_image",
 )
 DEEP_ONLY = ("corrupt_image", "corrupt_aside", "corrupt_caption", "checksum_mismatch")
-STRAYS = "strays"
+STRAYS = STRAYS_DIR
 
 
 @dataclass
@@ -207,6 +208,10 @@ def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult
         try:
             move_file(src, dest)
         except FileNotFoundError:
+            continue
+        except shutil.SpecialFileError:  # a FIFO across file systems: it holds no bytes
+            src.unlink()
+            result.strays.append((f.path, "removed (a FIFO)"))
             continue
         result.strays.append((f.path, os.path.relpath(dest, settings.root)))
 

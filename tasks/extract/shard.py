@@ -12,6 +12,7 @@ the shard and nothing half-done counts as done.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -19,6 +20,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
 from state import clashes, edits, files, meta, shards
 from state import quirks as quirk_rows
@@ -26,7 +28,7 @@ from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file, is_regular
-from state.kinds import EDITED_DIR, EDITED_SHARD_FILES, MEMBER_KINDS, FileKind
+from state.kinds import EDITED_DIR, EDITED_SHARD_FILES, MEMBER_KINDS, STRAYS_DIR, FileKind
 from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
 from tasks.audit.pairing import is_trainer_file
 from tasks.captions import caption_path, move_edited_caption
@@ -183,6 +185,7 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     previous = {r["path"]: r for r in files.of_shard(db, name)}
     job = _Job(db, settings, name, tar_path, rel, st, previous)
     quirks = job.quirks
+    _move_special_files(settings, name, previous, quirks)
     edits_aside = _set_edits_aside(db, settings, name, previous)
     try:
         samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
@@ -781,6 +784,39 @@ def _keep_edited(settings: Settings, name: str, r: dict) -> str:
     move_file(settings.root / r["path"], dest)
     remove_empty_folders(settings.data_dir, [r["path"]])
     return os.path.relpath(dest, settings.root)
+
+
+def _move_special_files(settings: Settings, name: str, previous: dict, quirks: list) -> None:
+    """Move a FIFO, device or socket standing where this shard's file in `data/` was to
+    `strays/` (never opened: a FIFO would block the build), named; the tar's file is
+    written in its place."""
+    for path, r in previous.items():
+        if not path.startswith("data/") or r["kind"] not in (*MEMBER_KINDS, CAPTION):
+            continue
+        target = settings.root / path
+        try:
+            mode = os.stat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if S_ISREG(mode) or S_ISDIR(mode):
+            continue
+        base = settings.root / STRAYS_DIR / path.removeprefix("data/")
+        dest, n = base, 0
+        while os.path.lexists(dest):
+            n += 1
+            dest = base.with_name(f"{base.name}.{n}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(target, dest)
+            rel = os.path.relpath(dest, settings.root)
+        except OSError as exc:  # strays/ on another file system: it holds no bytes to keep
+            if exc.errno != errno.EXDEV:
+                raise
+            target.unlink()
+            rel = None
+        where = f"moved to {rel}" if rel else "removed"
+        detail = f"{path} was a FIFO, device or socket (never read): {where}"
+        quirks.append(_quirk(name, "special_file_moved", r["member"], rel or path, detail))
 
 
 @dataclass
