@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,22 @@ def test_a_fifo_in_data_hangs_no_rebuild_of_its_changed_shard(tmp_path: Path, ex
     assert (root / f"strays/a.{ext}").is_fifo()
     _trainer_safe(root)
     assert _audit(root)[0] == 0
+
+
+def test_an_edited_json_stays_in_data_when_its_changed_shard_cannot_be_read(tmp_path: Path):
+    root = tmp_path / "ds"
+    _shard(root, "s0", _sample("a", 1) + _sample("b", 2))
+    write_config(root)
+    run_doit(root)
+    _set_caption(root, "b", "EDITED b")
+    tar = _shard(root, "s0", _sample("a", 1) + _sample("b", 2) + _sample("c", 3))
+    with tarfile.open(tar) as t:
+        cut = t.getmembers()[-1].offset_data + 10  # inside the last member
+    tar.write_bytes(tar.read_bytes()[:cut])
+    proc = run_doit(root, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert json.loads((root / "data/b.json").read_text())["short_caption"] == "EDITED b"
+    assert not list((root / "edited").rglob("*.json"))
+    _shard(root, "s0", _sample("a", 1) + _sample("b", 2) + _sample("c", 3))
+    run_doit(root)
+    assert (root / "data/b.txt").read_text() == "EDITED b"

@@ -892,6 +892,7 @@ def _put_edits_back(db, settings: Settings, previous: dict, aside: list[_EditAsi
     """A failed extraction: edited JSON files set aside go back to `data/` as they were."""
     rows = []
     for e in aside:
+        (settings.root / e.path).parent.mkdir(parents=True, exist_ok=True)
         move_file(settings.root / e.kept, settings.root / e.path)
         if e.path in previous:
             rows.append(previous[e.path])
