@@ -270,7 +270,7 @@ def test_an_edited_json_stays_in_data_when_its_changed_shard_cannot_be_read(tmp_
     proc = run_doit(root, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
     assert json.loads((root / "data/b.json").read_text())["short_caption"] == "EDITED b"
-    assert not list((root / "edited").rglob("*.json"))
+    assert not (root / "edited").exists()
     _shard(root, "s0", _sample("a", 1) + _sample("b", 2) + _sample("c", 3))
     run_doit(root)
     assert (root / "data/b.txt").read_text() == "EDITED b"

@@ -875,10 +875,7 @@ def _settle_edits(
         )
         member = p.member.member if p is not None else None
         quirks.append(_quirk(name, "edited_kept_aside", member, e.kept, detail))
-    edited_top = settings.root / EDITED_DIR
-    remove_empty_folders(edited_top, [e.kept for e, *_ in back])
-    with contextlib.suppress(OSError):
-        edited_top.rmdir()  # when empty: nothing of the user's is kept aside
+    _tidy_edited(settings, [e.kept for e, *_ in back])
     kept_back = {e.path for e, *_ in back}
     tars_own = [p for p in edits.originals(db) if p in placed and p not in kept_back]
     with write_transaction(db) as conn:
@@ -896,8 +893,17 @@ def _put_edits_back(db, settings: Settings, previous: dict, aside: list[_EditAsi
         move_file(settings.root / e.kept, settings.root / e.path)
         if e.path in previous:
             rows.append(previous[e.path])
+    _tidy_edited(settings, [e.kept for e in aside])
     with write_transaction(db) as conn:
         files.upsert(conn, rows)
+
+
+def _tidy_edited(settings: Settings, moved_out: list[str]) -> None:
+    """Remove the folders of `edited/` that files moved back out of left empty."""
+    top = settings.root / EDITED_DIR
+    remove_empty_folders(top, moved_out)
+    with contextlib.suppress(OSError):
+        top.rmdir()  # when empty: nothing of the user's is kept aside
 
 
 def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
