@@ -867,11 +867,10 @@ def _settle_edits(
             quirks.append(_quirk(name, "edited_json_kept", p.member.member, e.path, detail))
             continue
         gone.append(e.path)
-        held = "another version of" if p is not None else "no longer"
+        held = "holds another version of it" if p is not None else "no longer holds its sample"
         detail = (
-            f"{e.path} was edited by hand, but the shard's new tar holds {held} its sample: "
-            f"the tar's version is used; yours is kept as {e.kept} (copy your changes over "
-            "to keep them)"
+            f"{e.path} was edited by hand, but the shard's new tar {held}: the tar's version "
+            f"is used; yours is kept as {e.kept} (copy your changes over to keep them)"
         )
         member = p.member.member if p is not None else None
         quirks.append(_quirk(name, "edited_kept_aside", member, e.kept, detail))
