@@ -186,6 +186,8 @@ def test_repair_moves_a_fifo_aside_and_restores_the_json(tmp_path: Path):
     os.mkfifo(root / "data/a.json")
     code, report = _audit(root)
     assert code == 1 and "not_regular_file" in _kinds(report, "data/a.json")
+    deep = run_doit(root, "audit", "--deep", check=False, timeout=60)
+    assert deep.returncode == 1 and "data/a.json" in deep.stdout, deep.stdout
     proc = run_doit(root, "repair", check=False, timeout=60)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert (root / "data/a.json").read_bytes() == want
