@@ -14,7 +14,6 @@ import sqlite3
 from collections.abc import Sequence
 
 WRITING = -1
-EDITED_CAPTIONS = "edited-captions"  # under incomplete/: hand edits a new text replaced
 FAILED_PREFIX = "caption_failed:"
 FIELDS_KEY = "caption_fields"
 

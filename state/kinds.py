@@ -18,3 +18,13 @@ class FileKind(StrEnum):
 
 
 MEMBER_KINDS = (FileKind.IMAGE, FileKind.JSON)  # a sample's files, as the tar held them
+
+# Hand edits the build keeps aside, in `<root>/edited/`: a folder of the root itself, so no
+# shard name (incomplete/<shard>/) and no member path can reach it.
+EDITED_DIR = "edited"
+EDITED_CAPTIONS = f"{EDITED_DIR}/captions"  # then the caption's path under data/
+EDITED_SHARD_FILES = {  # then <shard>/<path under data/>
+    FileKind.JSON: f"{EDITED_DIR}/json",
+    FileKind.IMAGE: f"{EDITED_DIR}/images",
+}
+STRAYS_DIR = "strays"  # files found in data/ that the build did not write (never deleted)

@@ -8,7 +8,7 @@ nor one changed since we wrote it).
 
 A caption file edited by hand (its bytes differ from what the build last wrote) is the
 user's: it stays while the build's text for it stays the same (a plain `doit`, a rebuild
-of its shard, `parquet` and back), and is moved to `incomplete/edited-captions/` and named
+of its shard, `parquet` and back), and is moved to `edited/captions/` and named
 before a different text replaces it (a `caption_field` switch, an edited JSON).
 """
 
@@ -19,14 +19,13 @@ import os
 import posixpath
 import shutil
 from dataclasses import dataclass, field
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 
 import pyarrow as pa
 
 from state import files, shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
-    EDITED_CAPTIONS,
     WRITING,
     caption_rows,
     mark_writing,
@@ -34,7 +33,7 @@ from state.caption_state import (
     set_caption_failure,
 )
 from state.hashing import file_matches, hash_bytes
-from state.kinds import FileKind
+from state.kinds import EDITED_CAPTIONS, FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import check_caption_fields
 from tasks.freshness import captions_key
@@ -112,7 +111,7 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
 
     A caption file edited by hand (its bytes differ from what the build last wrote) is
     the user's: left in place while the build's text for it is unchanged, and moved to
-    `incomplete/edited-captions/` (named in the result) before a new text replaces it.
+    `edited/captions/` (named in the result) before a new text replaces it.
     A file that cannot be written is named in `result.failed`; the rest are written.
     """
     result = CaptionResult(shard)
@@ -186,7 +185,12 @@ class _Writer:
     def _one(self, path: str, sample: str, data: bytes, digest: str, old) -> None:
         target = self.root + path
         result = self.result
-        if old is None:
+        if _special(target):  # never opened: a FIFO would block the build
+            result.failed.append(
+                f"{path} is a FIFO, device or socket where the caption file goes: remove it "
+                "(or run `doit repair`), then run doit again"
+            )
+        elif old is None:
             self._create(path, sample, target, data, digest)
         elif old[1] == WRITING:  # a rewrite a killed run may have cut short
             self.rewrites.append((target, data, digest, path))
@@ -246,7 +250,7 @@ class _Writer:
         )
 
     def _move_aside(self, path: str) -> None:
-        """Move a caption file the build is about to replace to incomplete/edited-captions/."""
+        """Move a caption file the build is about to replace to edited/captions/."""
         dest = move_edited_caption(self.settings, path)
         self.result.moved_edited.append((path, dest))
 
@@ -301,10 +305,10 @@ class _Writer:
 
 
 def move_edited_caption(settings: Settings, path: str) -> str:
-    """Move `path` (a caption under data/) to incomplete/edited-captions/, under a new
+    """Move `path` (a caption under data/) to edited/captions/, under a new
     name if an earlier edit is there already; its new path relative to the root."""
     rel = path[len("data/") :] if path.startswith("data/") else path
-    base = settings.incomplete_dir / EDITED_CAPTIONS / rel
+    base = settings.root / EDITED_CAPTIONS / rel
     dest, n = base, 0
     while dest.exists():
         n += 1
@@ -319,6 +323,15 @@ def move_edited_caption(settings: Settings, path: str) -> str:
         shutil.copy2(src, dest)  # data/ on another file system
         os.unlink(src)
     return os.path.relpath(dest, settings.root)
+
+
+def _special(path: str) -> bool:
+    """Whether `path` is neither a regular file, nor a folder, nor absent."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return not S_ISREG(mode) and not S_ISDIR(mode)
 
 
 def _is_file(path: str) -> bool:

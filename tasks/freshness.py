@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import wraps
 
 from state import files, meta, shards
-from state.hashing import file_matches, hash_file
+from state.hashing import NotRegularFileError, file_matches, hash_file
 from state.manifest import connect_if_present
 from tasks.settings import Settings, partition_path
 
@@ -88,7 +88,7 @@ def _partition_intact(db, settings: Settings, shard: str) -> bool:
 
 def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
     """JSON rows whose file changed on disk: ([(path, shard, size, mtime_ns, xxh3,
-    content_changed)], missing paths)."""
+    content_changed)], missing paths); xxh3 is None for what is not a regular file."""
     changed, missing = [], []
     root = str(settings.root)
     stat = os.stat
@@ -102,7 +102,10 @@ def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
         if st.st_mtime_ns == mtime_ns and st.st_size == size:
             continue
         shard, xxh3 = files.shard_and_hash(db, path)
-        new = hash_file(f"{root}/{path}")
+        try:
+            new = hash_file(f"{root}/{path}")
+        except NotRegularFileError:  # a FIFO or device: never read; the scan names it
+            new = None
         changed.append((path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
     return changed, missing
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state import files, shards
+from state import edits, files, shards
 from state.digests import json_digest
+from state.hashing import NotRegularFileError, read_regular
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.freshness import changed_json_rows, partitions_needing_rebuild
@@ -45,7 +46,6 @@ def scan_edits(settings: Settings) -> ScanResult:
         for path, shard, _size, _mtime, _xxh3, content_changed in changed:
             if content_changed:
                 edited_by_shard.setdefault(shard, set()).add(path)
-                result.edited.append(path)
         full = set(partitions_needing_rebuild(db, settings))
         for shard in sorted(full | set(edited_by_shard)):
             only = None if shard in full else edited_by_shard[shard]
@@ -55,10 +55,12 @@ def scan_edits(settings: Settings) -> ScanResult:
                 result.errors.append(str(exc))
                 continue
             with write_transaction(db) as conn:
+                _remember_originals(conn, changed, shard)
                 files.upsert(conn, _stat_rows(db, changed, shard))
                 files.upsert(conn, [part_row])
                 shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
             result.rebuilt.append(shard)
+            result.edited.extend(sorted(edited_by_shard.get(shard, ())))
         untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
         if untouched:  # touched without a content change: remember the new stat
             with write_transaction(db) as conn:
@@ -68,6 +70,18 @@ def scan_edits(settings: Settings) -> ScanResult:
     finally:
         db.close()
     return result
+
+
+def _remember_originals(conn, changed: list[tuple], shard: str) -> None:
+    """Keep the tar's hash of each JSON of `shard` whose edit is picked up now, so that
+    the next extraction of the shard knows the file is the user's (tar's again: forgotten)."""
+    for path, owner, _size, _mtime_ns, new, content_changed in changed:
+        if owner != shard or not content_changed:
+            continue
+        if new is not None and new == edits.original_of(conn, path):
+            edits.forget(conn, [path])
+        else:
+            edits.remember_original(conn, path, files.get(conn, path)["xxh3"])
 
 
 def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
@@ -85,13 +99,19 @@ def _row_from_json(
 ) -> dict:
     file = settings.root / "data" / json_path
     try:
-        raw = file.read_bytes()
+        raw = read_regular(file)
     except FileNotFoundError as exc:
         raise EditedJsonError(f"{file}: missing; run `doit repair` to restore it") from exc
+    except NotRegularFileError as exc:
+        raise EditedJsonError(
+            f"{file}: not a regular file (a FIFO, device or socket), never read: remove it, "
+            "then run `doit repair` to restore the JSON"
+        ) from exc
     obj, error = parse_json(raw)
     if obj is None:
         raise EditedJsonError(
-            f"{file}: {error}; fix the file (the table keeps its previous row until then)"
+            f"{file}: {error}: your edit cannot be read, so it is not picked up; fix the "
+            "file, then run `doit` (until then the table keeps its previous rows)"
         )
     return partition_row(image_path, json_path, obj, raw.decode("utf-8"), header)
 

@@ -8,11 +8,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import files, quirks, shards
-from state.caption_state import EDITED_CAPTIONS, caption_failures
-from state.kinds import FileKind
+from state import files, meta, quirks, shards
+from state.caption_state import caption_failures
+from state.kinds import EDITED_CAPTIONS, EDITED_DIR, EDITED_SHARD_FILES, FileKind
 from state.manifest import connect_if_present, manifest_path, unreadable_manifest
 from tasks.extract.tarstream import printable
+from tasks.freshness import table_key, table_matches, table_shards
 from tasks.settings import Settings, shard_names
 
 EXAMPLES = 5  # quirks named per kind in the summary; the audit lists them all
@@ -26,7 +27,8 @@ class BuildSummary:
     samples: int = 0
     aside_files: int = 0
     caption_failed: dict[str, str] = field(default_factory=dict)  # shard -> one line
-    edited_captions_aside: int = 0  # under incomplete/edited-captions/
+    edited_captions_aside: int = 0  # under edited/captions/
+    edited_files_aside: int = 0  # under edited/json/ and edited/images/
     failed: dict[str, str] = field(default_factory=dict)
     tars_gone: list[str] = field(default_factory=list)
     quirks: Counter = field(default_factory=Counter)
@@ -65,8 +67,12 @@ def summarize(settings: Settings) -> BuildSummary:
             s.samples += samples or 0
             if not present:
                 s.tars_gone.append(tar)
+        s.samples = _table_rows(db, settings, s.samples)
         s.caption_failed = caption_failures(db)
-        s.edited_captions_aside = _count_files(settings.incomplete_dir / EDITED_CAPTIONS)
+        s.edited_captions_aside = _count_files(settings.root / EDITED_CAPTIONS)
+        s.edited_files_aside = sum(
+            _count_files(settings.root / folder) for folder in EDITED_SHARD_FILES.values()
+        )
         s.aside_files = files.count(db, FileKind.ASIDE)
         for shard, kind, member, path, detail in quirks.rows(db):
             s.quirks[kind] += 1
@@ -78,6 +84,16 @@ def summarize(settings: Settings) -> BuildSummary:
     finally:
         db.close()
     return s
+
+
+def _table_rows(db: sqlite3.Connection, settings: Settings, shard_samples: int) -> int:
+    """The rows the table holds when it is current (a sample that moved between shards
+    counts once there), else the shards' own sample counts."""
+    if not table_matches(db, settings, table_key(settings, table_shards(db))):
+        return shard_samples
+    rel = os.path.relpath(settings.table_path, settings.root)
+    recorded = meta.get(db, meta.table_rows(rel))
+    return int(recorded) if recorded is not None else shard_samples
 
 
 def _count_files(folder: Path) -> int:
@@ -102,7 +118,13 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         lines.append(
             f"  note: {s.edited_captions_aside} caption file(s) you edited by hand were "
             f"replaced by a new caption text; yours are under "
-            f"{settings.incomplete_dir / EDITED_CAPTIONS}/"
+            f"{settings.root / EDITED_CAPTIONS}/"
+        )
+    if s.edited_files_aside:
+        lines.append(
+            f"  note: {s.edited_files_aside} file(s) of data/ you edited by hand are kept "
+            f"under {settings.root / EDITED_DIR}/: their shard's new tar holds another version "
+            "or none (`doit audit` names them)"
         )
     for error in s.caption_failed.values():
         lines.append(f"  ERROR: {error}")

@@ -99,9 +99,9 @@ def test_a_caption_edited_by_hand_is_kept_named_and_never_lost_across_a_switch(t
     assert _findings(report, "edited_caption") == ["data/a.txt"]
 
     out = run_doit(root, "caption_field=long_caption").stdout
-    aside = root / "incomplete" / "edited-captions" / "a.txt"
+    aside = root / "edited" / "captions" / "a.txt"
     assert aside.read_text() == "my own caption"
-    assert "data/a.txt -> incomplete/edited-captions/a.txt" in out
+    assert "data/a.txt -> edited/captions/a.txt" in out
     assert txt.read_text() == "long a"
     out = run_doit(root).stdout  # and back: the build's text, the edit still aside
     assert txt.read_text() == "short a"
@@ -109,7 +109,7 @@ def test_a_caption_edited_by_hand_is_kept_named_and_never_lost_across_a_switch(t
     assert aside.read_text() == "my own caption"
     report = _audit(root)
     assert report["ok"]
-    assert _findings(report, "edited_caption_aside") == ["incomplete/edited-captions/a.txt"]
+    assert _findings(report, "edited_caption_aside") == ["edited/captions/a.txt"]
 
 
 def test_an_edit_whose_text_the_build_keeps_survives_a_rebuild_of_its_shard(tmp_path: Path):
@@ -150,8 +150,8 @@ def test_parquet_and_back_keeps_an_edited_caption_and_a_new_text_moves_it_aside(
     out = run_doit(root, "caption_strategy=parquet", "caption_field=long_caption").stdout
     out += run_doit(root, "caption_field=long_caption").stdout
     assert (root / "data" / "c.txt").read_text() == "long c"
-    assert (root / "incomplete" / "edited-captions" / "c.txt").read_text() == "mine"
-    assert "incomplete/edited-captions/c.txt" in out
+    assert (root / "edited" / "captions" / "c.txt").read_text() == "mine"
+    assert "edited/captions/c.txt" in out
 
 
 # --------------------------------------------------------------------------- unwritable

@@ -266,7 +266,7 @@ def test_an_edited_json_the_changed_shard_no_longer_holds_is_kept_and_named(tmp_
     edited.write_text(json.dumps({"image_name": "b.png", "short_caption": "mine"}))
     write_tar(root / SHARDS / "data-000000.tar", _good("a", 1) + _good("c", 3))
     out = _build_and_audit(root)
-    kept = list((root / "incomplete").rglob("b.json"))
+    kept = list((root / "edited").rglob("b.json"))
     assert len(kept) == 1 and "mine" in kept[0].read_text()
     assert "edited" in out and "b.json" in out
     assert not edited.exists()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from typing import NamedTuple
 
 import xxhash
@@ -75,6 +75,11 @@ class Seen:
     mtime_ns: int | None = None
     xxh3: str | None = None  # None: not read (its stat matched)
     data: bytes | None = None  # JSON bytes, kept when read (deep, or an edited JSON)
+    not_regular: bool = False  # a FIFO, device or socket stands where the file was: never read
+
+
+NOT_REGULAR = "not a regular file"  # what a read returns for a FIFO, device or socket
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK  # a FIFO never blocks the open
 
 
 def _deep_work(conn) -> Iterator[list[tuple]]:
@@ -120,8 +125,8 @@ def deep_files(conn, root: str, report: AuditReport, judge) -> None:
                 last_json = None
                 for row, got in zip(batch, results, strict=True):
                     judge.tally(row[PATH], row[KIND], row[SAMPLE])
-                    if got is None:
-                        judge(row, Seen(False))
+                    if got is None or got is NOT_REGULAR:
+                        judge(row, Seen(got is NOT_REGULAR, not_regular=got is NOT_REGULAR))
                         continue
                     digest = got.xxh3
                     report.bytes_read += got.size
@@ -182,8 +187,8 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
         if path.startswith("data/"):
             if kind == JSON:
                 got = _read_hash(root + path, {})
-                if got is None:
-                    append(None)
+                if got is None or got is NOT_REGULAR:
+                    append(got)
                     continue
                 data = got[3]
                 want, want_of = wanted_from_bytes(data), (row[SHARD], row[SAMPLE])
@@ -191,17 +196,20 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
                 continue
             if kind == IMAGE and want and want_of == (row[SHARD], row[SAMPLE]):
                 got = _read_hash(root + path, want, True)
-                append(None if got is None else Read(got[0], got[1], got[2], None, got[4], got[5]))
+                if got is None or got is NOT_REGULAR:
+                    append(got)
+                    continue
+                append(Read(got[0], got[1], got[2], None, got[4], got[5]))
                 continue
         try:
-            fd = os.open(root + path, os.O_RDONLY)
+            fd = os.open(root + path, READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             append(None)
             continue
         try:  # the common case inline: a small file, one read
             st = os.fstat(fd)
-            if S_ISDIR(st.st_mode):
-                append(None)
+            if not S_ISREG(st.st_mode):
+                append(None if S_ISDIR(st.st_mode) else NOT_REGULAR)
                 continue
             if st.st_size < BIG_FILE:
                 data = os.read(fd, st.st_size + 1)
@@ -212,7 +220,10 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
         finally:
             os.close(fd)
         got = _read_hash(root + path, {}, kind == IMAGE)
-        append(None if got is None else Read(got[0], got[1], got[2], None, None, got[5]))
+        if got is None or got is NOT_REGULAR:
+            append(got)
+        else:
+            append(Read(got[0], got[1], got[2], None, None, got[5]))
     return out
 
 
@@ -253,21 +264,24 @@ def wanted_checksums(obj: dict | None) -> dict[str, str]:
     return want
 
 
-def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | None:
+def _read_hash(
+    path: str, want: dict[str, str], image: bool = False
+) -> tuple | str | None:
     """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None, problem).
 
     A small file is read in one call (its bytes are returned); a big one in chunks.
     `want` names md5/sha512 digests to compute as well; `image`: check the bytes are a
-    whole image (`problem` says why not, else None). None: the file is not there.
+    whole image (`problem` says why not, else None). None: the file is not there;
+    NOT_REGULAR: a FIFO, device or socket is (never read).
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, READ_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         st = os.fstat(fd)
-        if S_ISDIR(st.st_mode):
-            return None
+        if not S_ISREG(st.st_mode):
+            return None if S_ISDIR(st.st_mode) else NOT_REGULAR
         ask = min(st.st_size + 1, BIG_FILE)
         data = os.read(fd, ask)
         if len(data) < ask:  # the whole file (a short read of a regular file is its end)

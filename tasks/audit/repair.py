@@ -14,8 +14,9 @@ and re-checked before anything is done about it (so an outdated report is harmle
   caption edited by hand is not damage and is left as it is.
 - the table: rebuilt from the partitions.
 - `multidatabackend.json`: a missing, stale or mangled entry is written as `doit` would.
-- stray files in `data/`: moved to `<root>/strays/<path>` (never deleted; not under
-  `incomplete/`, where a shard named `strays` keeps its own files aside).
+- stray files in `data/`, and a FIFO, device or socket standing where a file the build
+  wrote was (then restored like a missing file): moved to `<root>/strays/<path>` (never
+  deleted; not under `incomplete/`, where a shard named `strays` keeps its own files aside).
 - touched files (new mtime, same content): their rows get the new stat.
 
 What cannot be restored (the tar is gone, or no longer holds the member's bytes) is
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from state import files, meta, shards
 from state.atomic import atomic_write, move_file
-from state.hashing import hash_bytes, hash_file
-from state.kinds import FileKind
+from state.hashing import hash_bytes, hash_file, read_regular
+from state.kinds import STRAYS_DIR, FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.audit.dataloader import REPAIR_KINDS as DATALOADER_KINDS
 from tasks.audit.dataloader import rewrite_entry
@@ -64,7 +66,7 @@ TABLE_KINDS = (
     "row_without_image",
 )
 DEEP_ONLY = ("corrupt_image", "corrupt_aside", "corrupt_caption", "checksum_mismatch")
-STRAYS = "strays"
+STRAYS = STRAYS_DIR
 
 
 @dataclass
@@ -106,7 +108,9 @@ def repair(settings: Settings) -> RepairResult:
 
     db = open_manifest(settings.root)
     try:
-        _move_strays(settings, of("stray"), result)
+        _move_strays(settings, of("stray", "not_regular_file"), result)
+        for f in _as_missing(db, of("not_regular_file")):
+            kinds.setdefault(f.kind, []).append(f)
         _restore_files(db, settings, of(*RESTORE_KINDS), result)
         _refresh_touched(db, settings, of("touched"), result)
     finally:
@@ -128,6 +132,17 @@ def repair(settings: Settings) -> RepairResult:
         if f.severity == "damage" and not any((f.path or f.detail) in x for x in result.failed):
             result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
     return result
+
+
+def _as_missing(db, odd: list[Finding]) -> list[Finding]:
+    """A FIFO, device or socket moved to strays/ leaves its file missing: restore it so."""
+    out = []
+    for f in odd:
+        row = files.get(db, f.path) if f.path else None
+        if row is not None:
+            kind = f"missing_{row['kind']}"
+            out.append(Finding(kind, "damage", f.path, row["shard"], "moved to strays/"))
+    return out
 
 
 # --------------------------------------------------------------------------- deep findings
@@ -171,7 +186,7 @@ def _json_checksums(db, settings: Settings, row: dict) -> dict[str, str]:
     if json_row is None:
         return {}
     try:
-        obj, _ = parse_json((settings.root / json_row["path"]).read_bytes())
+        obj, _ = parse_json(read_regular(settings.root / json_row["path"]))
     except OSError:
         return {}
     return wanted_checksums(obj)
@@ -199,6 +214,10 @@ def _move_strays(settings: Settings, strays: list[Finding], result: RepairResult
         try:
             move_file(src, dest)
         except FileNotFoundError:
+            continue
+        except shutil.SpecialFileError:  # a FIFO across file systems: it holds no bytes
+            src.unlink()
+            result.strays.append((f.path, "removed (a FIFO)"))
             continue
         result.strays.append((f.path, os.path.relpath(dest, settings.root)))
 

@@ -50,6 +50,15 @@ KINDS: dict[str, tuple[str, str]] = {
     "corrupt_aside": (DAMAGE, "{n} kept-aside file(s) differ from what the build wrote"),
     "corrupt_partition": (DAMAGE, "{n} partition(s) differ from what the build wrote"),
     "corrupt_table": (DAMAGE, "the table differs from what the build wrote"),
+    "not_regular_file": (
+        DAMAGE,
+        "{n} file(s) the build wrote are now a FIFO, device or socket: remove, then `doit repair`",
+    ),
+    "captions_unfinished": (
+        DAMAGE,
+        "the caption files of {n} shard(s) are not those of the table (a switch cut short): "
+        "run doit",
+    ),
     "unfinished": (DAMAGE, "{n} file(s) a killed run left unfinished: run doit to finish"),
     "missing_file": (DAMAGE, "{n} other file(s) recorded in the manifest are missing"),
     "corrupt_file": (DAMAGE, "{n} other file(s) differ from what the build wrote"),
@@ -60,15 +69,34 @@ KINDS: dict[str, tuple[str, str]] = {
     "unreadable_table": (DAMAGE, "the table cannot be read"),
     "checksum_mismatch": (DAMAGE, "{n} image(s) fail their JSON's md5_file_hash/sha512_hash"),
     "edited_json": (NOTE, "{n} JSON file(s) edited since the build: picked up by the next doit"),
+    "edited_json_unreadable": (
+        NOTE,
+        "{n} JSON file(s) edited into something that cannot be read: not picked up; fix them",
+    ),
     "edited_caption": (
         NOTE,
         "{n} caption file(s) edited by hand: kept (a caption switch that changes their text "
-        "moves them to incomplete/edited-captions/)",
+        "moves them to edited/captions/)",
     ),
     "edited_caption_aside": (
         NOTE,
         "{n} caption file(s) edited by hand were replaced by a new caption text: your "
-        "version is under incomplete/edited-captions/",
+        "version is under edited/captions/",
+    ),
+    "edited_file_aside": (
+        NOTE,
+        "{n} file(s) of data/ edited by hand whose shard's new tar holds another version or "
+        "none: yours are under edited/json/ or edited/images/",
+    ),
+    "edited_json_kept": (
+        NOTE,
+        "{n} JSON file(s) edited by hand stayed in data/ when their shard's tar changed "
+        "(it holds the same JSON for them)",
+    ),
+    "edited_kept_aside": (
+        NOTE,
+        "{n} file(s) edited by hand whose shard's new tar holds another version or none: "
+        "moved to edited/",
     ),
     "edited_checksum": (NOTE, "{n} edited JSON file(s) give a hash their image does not have"),
     "shard_checksum_mismatch": (

@@ -19,24 +19,25 @@ The `--deep` reading lives in `tasks/audit/deep.py`.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from state import files, quirks, shards
+from state import files, meta, quirks, shards
 from state.batching import batched
-from state.caption_state import EDITED_CAPTIONS, WRITING
-from state.hashing import hash_file
-from state.kinds import FileKind
+from state.caption_state import WRITING
+from state.hashing import hash_file, read_regular
+from state.kinds import EDITED_CAPTIONS, EDITED_SHARD_FILES, FileKind
 from state.manifest import manifest_path, open_readonly
 from tasks.audit.dataloader import check_dataloader
 from tasks.audit.deep import Seen, deep_files
@@ -60,7 +61,7 @@ IMAGE, JSON, CAPTION, PENDING = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION,
 
 EDITED_CAPTION_WORDS = (
     "edited by hand: kept (the table keeps the caption field's text); moved to "
-    "incomplete/edited-captions/ if a caption setting changes this caption's text"
+    "edited/captions/ if a caption setting changes this caption's text"
 )
 
 # --------------------------------------------------------------------------- audit
@@ -91,6 +92,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         _check_strays(conn, settings, judge.present_in_data, report)
         _check_edited_aside(settings, report)
         _check_partitions(conn, settings, report)
+        _check_captions_current(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
         _check_duplicates(conn, report)
@@ -239,6 +241,8 @@ def _look(root: str, row: tuple) -> Seen:
         return Seen(False)
     if S_ISDIR(st.st_mode):
         return Seen(False)
+    if not S_ISREG(st.st_mode):
+        return Seen(True, not_regular=True)
     seen = Seen(True, st.st_size, st.st_mtime_ns)
     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
         seen.xxh3 = xxh3
@@ -252,8 +256,7 @@ def _look(root: str, row: tuple) -> Seen:
 
 def _read(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except OSError:
         return None
 
@@ -285,6 +288,15 @@ class _Judge:
                 f"recorded in the manifest ({kind}, {size} bytes), not on disk",
             )
             return
+        if seen.not_regular:
+            report.add(
+                "not_regular_file",
+                path,
+                shard,
+                f"a FIFO, device or socket stands where the build wrote this {kind}: "
+                "remove it, then run `doit repair`",
+            )
+            return
         if counted_in_data(path):
             self.present_in_data += 1
         same_stat = (seen.size, seen.mtime_ns) == (size, mtime_ns)
@@ -292,7 +304,17 @@ class _Judge:
             if not same_stat:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
         elif kind == JSON:
-            report.add("edited_json", path, shard, _edited_words(seen))
+            error = parse_json(seen.data)[1] if seen.data is not None else None
+            if error:
+                report.add(
+                    "edited_json_unreadable",
+                    path,
+                    shard,
+                    f"edited by hand, but your edit cannot be read ({error}), so the table "
+                    "keeps its previous row: fix the file, then run doit",
+                )
+            else:
+                report.add("edited_json", path, shard, "edited, picked up by the next doit")
         elif kind == CAPTION and not same_stat:  # written since the build: a hand edit
             report.add("edited_caption", path, shard, EDITED_CAPTION_WORDS)
         else:
@@ -333,15 +355,6 @@ def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> 
             report.add("row_without_image", path, None, f"{rel} has a row for it, not in data/")
 
 
-def _edited_words(seen: Seen) -> str:
-    words = "edited, picked up by the next doit"
-    if seen.data is not None:
-        _, error = parse_json(seen.data)
-        if error:
-            words += f"; but it is not usable now ({error}): fix it first"
-    return words
-
-
 # --------------------------------------------------------------------------- the rest
 
 
@@ -359,16 +372,59 @@ def _check_strays(conn, settings: Settings, present: int, report: AuditReport) -
 
 
 def _check_edited_aside(settings: Settings, report: AuditReport) -> None:
-    """Caption files edited by hand that the build moved aside before replacing them."""
-    folder = settings.incomplete_dir / EDITED_CAPTIONS
-    if not folder.is_dir():
-        return
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.relpath(os.path.join(dirpath, name), settings.root)
-            report.add(
-                "edited_caption_aside", path, None, "your edit, kept when a new caption replaced it"
-            )
+    """Files of data/ edited by hand that the build moved to edited/ before replacing
+    (caption files) or dropping (a changed shard's JSON or image) them."""
+    folders = [(EDITED_CAPTIONS, "edited_caption_aside", "a new caption replaced it")]
+    folders += [
+        (folder, "edited_file_aside", "its shard's new tar holds another version or none")
+        for folder in EDITED_SHARD_FILES.values()
+    ]
+    for folder, kind, why in folders:
+        top = settings.root / folder
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, names in os.walk(top):
+            for name in sorted(names):
+                path = os.path.relpath(os.path.join(dirpath, name), settings.root)
+                report.add(kind, path, None, f"your edit, kept when {why}")
+
+
+def _check_captions_current(conn, settings: Settings, report: AuditReport) -> None:
+    """Shards whose caption files were made from another partition, or for other caption
+    settings than the table's (a caption switch cut short, or one shard's task run alone).
+
+    The table's settings are the reference, not the audit's own: a build with a one-off
+    `caption_field=...` is finished as it is."""
+    made_for: dict[str, tuple] = {}
+    for name, part_xxh3, key in shards.rows(conn, "name", "part_xxh3", "captions_key"):
+        if part_xxh3 is None:
+            continue
+        prefix = f"{part_xxh3} "
+        if key is None or not key.startswith(prefix):
+            _captions_unfinished(report, name, "were made from an earlier partition")
+            continue
+        try:
+            fields, strategy, join = json.loads(key[len(prefix) :])
+        except ValueError:
+            _captions_unfinished(report, name, "were made by another version of shardprep")
+            continue
+        made_for[name] = (fields, join, strategy)
+    table = meta.get(conn, meta.table_key(os.path.relpath(settings.table_path, settings.root)))
+    strategies = {v[2] for v in made_for.values()}
+    for name, (fields, join, strategy) in sorted(made_for.items()):
+        if table is not None and [fields, join] != json.loads(table)[1:]:
+            _captions_unfinished(report, name, "hold another caption field than the table")
+        elif len(strategies) > 1 and strategy != settings.caption_strategy:
+            _captions_unfinished(report, name, f"were made for caption_strategy = {strategy}")
+
+
+def _captions_unfinished(report: AuditReport, shard: str, why: str) -> None:
+    report.add(
+        "captions_unfinished",
+        None,
+        shard,
+        f"its caption files {why} (a caption switch or rebuild cut short): run doit to finish it",
+    )
 
 
 def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:

@@ -11,6 +11,8 @@ the shard and nothing half-done counts as done.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -18,17 +20,18 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
-from state import files, meta, shards
+from state import clashes, edits, files, meta, shards
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
-from state.hashing import file_matches, hash_bytes, hash_file
-from state.kinds import MEMBER_KINDS, FileKind
+from state.hashing import file_matches, hash_bytes, hash_file, is_regular
+from state.kinds import EDITED_DIR, EDITED_SHARD_FILES, MEMBER_KINDS, STRAYS_DIR, FileKind
 from state.manifest import ADOPT_KEY, ManifestError, open_manifest, write_transaction
 from tasks.audit.pairing import is_trainer_file
-from tasks.captions import caption_path
+from tasks.captions import caption_path, move_edited_caption
 from tasks.extract.claims import PATH_ERRNOS, Member, MemberWriter, owners_of, path_blocked
 from tasks.extract.tarstream import (
     HashingReader,
@@ -182,27 +185,33 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     previous = {r["path"]: r for r in files.of_shard(db, name)}
     job = _Job(db, settings, name, tar_path, rel, st, previous)
     quirks = job.quirks
+    _move_special_files(settings, name, previous, quirks)
+    edits_aside = _set_edits_aside(db, settings, name, previous)
     try:
         samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
     except Exception:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         raise
     except BaseException:  # interrupted: the rerun finishes what the claims hold
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
-        kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
+        _clear_stale_data(db, settings, name, previous, placements, quirks)
         placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
-        _finish(job, digest, placed, rows, kept)
+        _settle_edits(db, settings, name, placed, edits_aside, quirks)
+        _finish(job, digest, placed, rows)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
+        _put_edits_back(db, settings, previous, edits_aside)
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -465,7 +474,7 @@ def _commit(
     placed: dict[str, Placement] = {}
     made_dirs: set[str] = set()
     written = 0
-    blocked = _blocked(settings, name, placements, quirks)
+    blocked = _blocked(db, settings, name, placements, quirks)
     for batch in batched(placements, COMMIT_BATCH):
         with write_transaction(db) as conn:
             lost = _settle(conn, settings, name, batch, quirks) | blocked
@@ -504,11 +513,12 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
     return Placement(p.member, dest, ASIDE, p.sample)
 
 
-def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
+def _blocked(db, settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
     """Samples whose path in `data/` a file or folder of another shard stands in the way of.
 
     Only members not yet at their place are looked at: a member written straight into
-    `data/` found its path free.
+    `data/` found its path free. What shards sorting later put in the way is moved aside
+    (`_take_over`), so the outcome does not depend on which shard was built first.
     """
     blocked: set[str] = set()
     root = str(settings.root)
@@ -516,6 +526,8 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
         if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
         why = path_blocked(root, p.dest)
+        if why is not None and _take_over(db, settings, name, p.dest, quirks):
+            why = path_blocked(root, p.dest)
         if why is not None:
             blocked.add(p.sample)
             quirks.append(
@@ -528,6 +540,41 @@ def _blocked(settings: Settings, name: str, placements: list[Placement], quirks:
                 )
             )
     return blocked
+
+
+def _take_over(db, settings: Settings, name: str, dest: str, quirks: list[dict]) -> bool:
+    """Move aside the samples of shards sorting later whose files block `dest` (a file
+    where its folder goes, files under a folder where it goes); False (nothing moved)
+    when anything else blocks it: this shard's own files, a shard sorting first, or a
+    file the manifest does not know."""
+    rows = clashes.blocking_rows(db, dest)
+    if not rows or any(
+        r["shard"] is None or r["shard"] <= name or r["kind"] not in (IMAGE, JSON, CAPTION)
+        for r in rows
+    ):
+        return False
+    with write_transaction(db) as conn:
+        for other, sample in sorted({(r["shard"], r["sample"]) for r in rows}):
+            for r in clashes.sample_rows_in_data(conn, other, sample):
+                if r["kind"] == CAPTION:
+                    _drop_caption(conn, settings, r)
+                elif r["kind"] in MEMBER_KINDS:
+                    _displace(conn, settings, other, r["path"])
+            detail = f"{dest} of shard {name} (it sorts first) needs this path: kept aside"
+            quirks.append(_quirk(other, "path_conflict", None, dest, detail))
+        shards.invalidate(conn, {r["shard"] for r in rows}, partition=True, captions=True)
+    return True
+
+
+def _drop_caption(conn, settings: Settings, r: dict) -> None:
+    """Remove the caption file of a sample moved aside; a hand edit goes to edited/."""
+    target = settings.root / r["path"]
+    if _left_as_built(target, r):
+        target.unlink()
+    elif is_regular(target):
+        move_edited_caption(settings, r["path"])
+    files.delete(conn, [r["path"]])
+    remove_empty_folders(settings.data_dir, [r["path"]])
 
 
 def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks: list[dict]):
@@ -637,24 +684,24 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     }
 
 
-def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) -> None:
+def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
     previous, quirks = job.previous, job.quirks
-    edited = _edited_dir(name)
+    legacy = f"incomplete/{name}/edited-by-hand/"  # where earlier versions kept hand edits
     stale = [
         r
         for path, r in previous.items()
         if path not in placed
         and r["kind"] in (IMAGE, JSON, ASIDE, PENDING)
-        and not path.startswith(edited)  # the user's version, kept: never deleted
+        and not (r["kind"] == ASIDE and path.startswith(legacy))  # the user's: never deleted
     ]
-    kept = kept + _drop_stale(settings, name, stale, quirks)
+    _drop_stale(settings, name, stale, quirks)
     part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         files.delete(conn, [r["path"] for r in stale])
         quirk_rows.replace(conn, name, quirks)
-        files.upsert(conn, [part_row, *kept])
+        files.upsert(conn, [part_row])
         current = json_digest(conn, name)
         expected = digest_pairs((d, p.member.xxh3) for d, p in placed.items() if p.kind == JSON)
         shards.mark_done(
@@ -673,11 +720,10 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
 
 def _clear_stale_data(
     db, settings: Settings, name: str, previous: dict, placements: list[Placement], quirks: list
-) -> list[dict]:
+) -> None:
     """Before placing: drop this shard's files in `data/` that the new tar no longer
     holds, and their images' unedited captions, so that they never stand in the way of
-    its new paths; return the rows of edited ones kept aside. Their rows go when the
-    shard is committed."""
+    its new paths; edited ones go to `edited/`. Their rows go when the shard is committed."""
     planned = {p.dest for p in placements}
     stale = [
         r
@@ -695,21 +741,24 @@ def _clear_stale_data(
             dropped.append(caption["path"])
     with write_transaction(db) as conn:
         files.delete(conn, dropped)
-    return _drop_stale(settings, name, stale, quirks)
+    _drop_stale(settings, name, stale, quirks)
 
 
-def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> list[dict]:
-    """Delete stale files of this shard that are as the build left them; keep aside (and
-    return the rows of) files in `data/` that were edited by hand."""
-    kept: list[dict] = []
+def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) -> None:
+    """Delete stale files of this shard that are as the build left them; move files in
+    `data/` that were changed by hand to `edited/` (named in a quirk)."""
     for r in stale:
         target = settings.root / r["path"]
         if _left_as_built(target, r):
             target.unlink(missing_ok=True)
-        elif r["path"].startswith("data/") and r["kind"] != PENDING and target.is_file():
-            kept.append(_keep_edited(settings, name, r, quirks))
+        elif r["path"].startswith("data/") and r["kind"] in MEMBER_KINDS and is_regular(target):
+            dest = _keep_edited(settings, name, r)
+            detail = (
+                f"{r['path']} was changed by hand, but the shard's new tar no longer holds "
+                f"its sample: your version is kept as {dest}"
+            )
+            quirks.append(_quirk(name, "edited_kept_aside", r["member"], dest, detail))
     remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
-    return kept
 
 
 def _left_as_built(target: Path, r: dict) -> bool:
@@ -721,36 +770,139 @@ def _left_as_built(target: Path, r: dict) -> bool:
         return False
 
 
-def _edited_dir(shard: str) -> str:
-    return f"incomplete/{shard}/edited-by-hand/"
+def _keep_edited(settings: Settings, name: str, r: dict) -> str:
+    """Move a file of this shard in `data/` changed by hand to
+    `edited/{json,images}/<shard>/<its path under data/>` (a new name if an earlier edit is
+    there); its new path relative to the root. Not a manifest row: the user's file."""
+    rel = r["path"].removeprefix("data/")
+    base = settings.root / EDITED_SHARD_FILES[FileKind(r["kind"])] / name / rel
+    dest, n = base, 0
+    while os.path.lexists(dest):
+        n += 1
+        dest = base.with_name(f"{base.name}.{n}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    move_file(settings.root / r["path"], dest)
+    remove_empty_folders(settings.data_dir, [r["path"]])
+    return os.path.relpath(dest, settings.root)
 
 
-def _keep_edited(settings: Settings, name: str, r: dict, quirks: list[dict]) -> dict:
-    """Move a file of this shard that was changed on disk, and that the shard's new
-    bytes no longer hold, to `incomplete/<shard>/edited/`; return its `files` row."""
-    dest = f"{_edited_dir(name)}{r['path'].removeprefix('data/')}"
-    target = settings.root / dest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    move_file(settings.root / r["path"], target)
-    st = target.stat()
-    quirks.append(
-        _quirk(
-            name,
-            "edited_kept_aside",
-            r["member"],
-            dest,
-            f"{r['path']} was changed by hand, but the shard's new tar no longer holds its "
-            f"sample: your version is kept as {dest}",
+def _move_special_files(settings: Settings, name: str, previous: dict, quirks: list) -> None:
+    """Move a FIFO, device or socket standing where this shard's file in `data/` was to
+    `strays/` (never opened: a FIFO would block the build), named; the tar's file is
+    written in its place."""
+    for path, r in previous.items():
+        if not path.startswith("data/") or r["kind"] not in (*MEMBER_KINDS, CAPTION):
+            continue
+        target = settings.root / path
+        try:
+            mode = os.stat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if S_ISREG(mode) or S_ISDIR(mode):
+            continue
+        base = settings.root / STRAYS_DIR / path.removeprefix("data/")
+        dest, n = base, 0
+        while os.path.lexists(dest):
+            n += 1
+            dest = base.with_name(f"{base.name}.{n}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(target, dest)
+            rel = os.path.relpath(dest, settings.root)
+        except OSError as exc:  # strays/ on another file system: it holds no bytes to keep
+            if exc.errno != errno.EXDEV:
+                raise
+            target.unlink()
+            rel = None
+        where = f"moved to {rel}" if rel else "removed"
+        detail = f"{path} was a FIFO, device or socket (never read): {where}"
+        quirks.append(_quirk(name, "special_file_moved", r["member"], rel or path, detail))
+
+
+@dataclass
+class _EditAside:
+    """A JSON edited by hand, moved to `edited/` while its shard's changed tar is read."""
+
+    path: str  # under data/, relative to the root
+    kept: str  # where the user's version is now, relative to the root
+    original: str  # XXH3 of the JSON as the earlier tar held it
+
+
+def _set_edits_aside(db, settings: Settings, name: str, previous: dict) -> list[_EditAside]:
+    """Before a changed tar is read: move each JSON of this shard in `data/` that differs
+    from what the earlier tar held (an edit, picked up or not) to `edited/`, so that
+    the new tar's copy never overwrites it (`_settle_edits` decides where it ends up)."""
+    originals = edits.originals(db)
+    out = []
+    for path, r in previous.items():
+        if r["kind"] != JSON or not path.startswith("data/"):
+            continue
+        target = settings.root / path
+        original = originals.get(path, r["xxh3"])
+        if not is_regular(target) or (_left_as_built(target, r) and r["xxh3"] == original):
+            continue  # gone, not a file, or as the tar held it
+        if hash_file(target) == original:
+            continue  # touched, or edited back to the tar's bytes
+        out.append(_EditAside(path, _keep_edited(settings, name, r), original))
+    return out
+
+
+def _settle_edits(
+    db, settings: Settings, name: str, placed: dict, aside: list[_EditAside], quirks: list
+) -> None:
+    """After the new tar is placed: an edited JSON whose sample the new tar holds
+    unchanged goes back to `data/` (picked up by the scan); any other stays in `edited/`,
+    named: the new tar's JSON is in `data/`."""
+    back, gone = [], []
+    for e in aside:
+        p = placed.get(e.path)
+        if p is not None and p.kind == JSON and p.member.xxh3 == e.original:
+            move_file(settings.root / e.kept, settings.root / e.path)
+            st = os.stat(settings.root / e.path)
+            back.append((e, st.st_size, st.st_mtime_ns, hash_file(settings.root / e.path)))
+            detail = (
+                f"{e.path} was edited by hand; the shard's new tar holds the same JSON for "
+                "it, so your version stays in data/ and is used"
+            )
+            quirks.append(_quirk(name, "edited_json_kept", p.member.member, e.path, detail))
+            continue
+        gone.append(e.path)
+        held = "holds another version of it" if p is not None else "no longer holds its sample"
+        detail = (
+            f"{e.path} was edited by hand, but the shard's new tar {held}: the tar's version "
+            f"is used; yours is kept as {e.kept} (copy your changes over to keep them)"
         )
-    )
-    return {
-        **r,
-        "path": dest,
-        "kind": ASIDE,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "xxh3": hash_file(target),
-    }
+        member = p.member.member if p is not None else None
+        quirks.append(_quirk(name, "edited_kept_aside", member, e.kept, detail))
+    _tidy_edited(settings, [e.kept for e, *_ in back])
+    kept_back = {e.path for e, *_ in back}
+    tars_own = [p for p in edits.originals(db) if p in placed and p not in kept_back]
+    with write_transaction(db) as conn:
+        for e, size, mtime_ns, xxh3 in back:
+            files.set_content(conn, e.path, size, mtime_ns, xxh3)
+            edits.remember_original(conn, e.path, e.original)
+        edits.forget(conn, gone + tars_own)  # data/ holds the tar's JSON there now
+
+
+def _put_edits_back(db, settings: Settings, previous: dict, aside: list[_EditAside]) -> None:
+    """A failed extraction: edited JSON files set aside go back to `data/` as they were."""
+    rows = []
+    for e in aside:
+        (settings.root / e.path).parent.mkdir(parents=True, exist_ok=True)
+        move_file(settings.root / e.kept, settings.root / e.path)
+        if e.path in previous:
+            rows.append(previous[e.path])
+    _tidy_edited(settings, [e.kept for e in aside])
+    with write_transaction(db) as conn:
+        files.upsert(conn, rows)
+
+
+def _tidy_edited(settings: Settings, moved_out: list[str]) -> None:
+    """Remove the folders of `edited/` that files moved back out of left empty."""
+    top = settings.root / EDITED_DIR
+    remove_empty_folders(top, moved_out)
+    with contextlib.suppress(OSError):
+        top.rmdir()  # when empty: nothing of the user's is kept aside
 
 
 def remove_empty_folders(top: Path, paths: Iterable[str]) -> None:
