@@ -18,8 +18,7 @@ from state.counts import shards_in_build
 from state.hashing import hash_file
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
-from tasks.caption_fields import check_caption_fields
-from tasks.captions import caption_texts, partition_columns
+from tasks.caption_fields import caption_columns, caption_texts, check_caption_fields
 from tasks.freshness import table_key, table_matches, table_shards
 from tasks.partition import read_partition
 from tasks.settings import Settings, partition_path
@@ -79,7 +78,7 @@ def build_table(settings: Settings) -> TableResult:
 def _write(settings: Settings, shards: list[str]) -> int:
     tmp = settings.table_path.with_name(f".{settings.table_path.name}{TMP_SUFFIX}")
     rows = 0
-    columns = partition_columns(settings) + ["width", "height"]
+    columns = caption_columns(settings) + ["width", "height"]
     with pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer:
         for shard in shards:
             if not partition_path(settings, shard).exists():
