@@ -149,8 +149,8 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
 
 
 def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> None:
-    old_part = settings.parts_dir / f"shard={old}"
-    new_part = settings.parts_dir / f"shard={new}"
+    old_part = partition_path(settings, old).parent
+    new_part = partition_path(settings, new).parent
     with write_transaction(db) as conn:
         shards.rename(conn, old, new, rel, st.st_mtime_ns)
         if old_part.exists():
