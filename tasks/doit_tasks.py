@@ -26,9 +26,9 @@ from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
 from tasks import doit_actions as act
 from tasks.cli import READ_ONLY_COMMANDS, CommandLine, parse_command_line
-from tasks.dataloader import dataloader_is_current
 from tasks.freshness import (
     captions_are_current,
+    dataloader_is_current,
     scan_is_up_to_date,
     shard_is_done,
     table_is_current,

@@ -1,6 +1,7 @@
 """What changed since the build: read-only questions to the manifest and the disk.
 
-doit's `uptodate` checks live here. A no-op `doit` runs only these, so this module (like
+Every doit `uptodate` check lives here, and the keys that say what an output was made
+from. A no-op `doit` runs only these, so this module (like
 dodo.py) imports neither pyarrow nor sqlite-utils: the modules that do the work are
 imported when a task runs. A manifest that is missing or unreadable is never "up to
 date"; the task then runs and names the problem.
@@ -17,6 +18,7 @@ from functools import wraps
 from state import files, meta, shards
 from state.hashing import file_matches, hash_file
 from state.manifest import connect_if_present
+from tasks.dataloader import DataloaderFileError, plan_dataloader, read_record
 from tasks.settings import Settings, partition_path
 
 
@@ -143,3 +145,12 @@ def captions_are_current(db, settings: Settings, shard: str) -> bool:
 def table_is_current(db, settings: Settings) -> bool:
     """`table`: the table on disk was made from the current partitions and settings."""
     return table_matches(db, settings, table_key(settings, table_shards(db)))
+
+
+def dataloader_is_current(settings: Settings) -> bool:
+    """`dataloader`: the file holds what the build would write, and the record matches."""
+    try:
+        plan = plan_dataloader(settings)
+    except (DataloaderFileError, OSError):
+        return False  # the task runs and says what is wrong
+    return not plan.changed and read_record(settings) == plan.record
