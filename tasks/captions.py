@@ -119,7 +119,7 @@ class _Writer:
     def __init__(self, db, settings: Settings, shard: str, result: CaptionResult):
         self.db, self.settings, self.shard, self.result = db, settings, shard, result
         self.root = str(settings.root) + os.sep
-        self.new: list[dict] = []
+        self.new: list[files.FileRow] = []
         self.rewrites: list[tuple[str, bytes, str, str]] = []  # (target, data, xxh3, path)
 
     def write(self, wanted: dict[str, tuple[str, str]], existing: dict) -> None:
@@ -180,15 +180,15 @@ class _Writer:
         else:
             result.written += 1
         self.new.append(
-            {
-                "path": path,
-                "shard": self.shard,
-                "kind": CAPTION,
-                "sample": sample,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "xxh3": digest,
-            }
+            files.file_row(
+                path,
+                CAPTION,
+                shard=self.shard,
+                sample=sample,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                xxh3=digest,
+            )
         )
 
     def _vouched_by_another_shard(self, path: str, target: str) -> bool:

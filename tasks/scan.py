@@ -70,7 +70,7 @@ def scan_edits(settings: Settings) -> ScanResult:
     return result
 
 
-def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
+def _stat_rows(db, changed: list[tuple], shard: str) -> list[files.FileRow]:
     rows = []
     for path, owner, size, mtime_ns, xxh3, _ in changed:
         if owner != shard:

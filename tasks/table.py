@@ -56,18 +56,14 @@ def build_table(settings: Settings) -> TableResult:
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
-            files.upsert(
-                conn,
-                [
-                    {
-                        "path": rel,
-                        "kind": FileKind.TABLE,
-                        "size": st.st_size,
-                        "mtime_ns": st.st_mtime_ns,
-                        "xxh3": hash_file(settings.table_path),
-                    }
-                ],
+            row = files.file_row(
+                rel,
+                FileKind.TABLE,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                xxh3=hash_file(settings.table_path),
             )
+            files.upsert(conn, [row])
             meta.set(conn, meta.table_key(rel), key)
             meta.set(conn, meta.table_rows(rel), str(rows))
         return TableResult(rows, shards_in_build(db), False)
