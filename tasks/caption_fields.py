@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from state import meta, shards
-from state.caption_state import FIELDS_KEY
 from state.manifest import write_transaction
 from tasks.settings import Settings, partition_path
 
@@ -178,7 +177,9 @@ def check_caption_fields(db, settings: Settings) -> None:
             present[field] = any(_has_field(settings, name, field) for name in names)
     if present.keys() - cached.keys():
         with write_transaction(db) as conn:
-            meta.set(conn, FIELDS_KEY, json.dumps({"parts": parts, "present": cached | present}))
+            meta.set(
+                conn, meta.CAPTION_FIELDS, json.dumps({"parts": parts, "present": cached | present})
+            )
     missing = [f for f in settings.caption_field if not present[f]]
     if missing:
         raise CaptionFieldError(_message(settings, names, missing))
@@ -186,7 +187,7 @@ def check_caption_fields(db, settings: Settings) -> None:
 
 def _cached(db, parts: str) -> dict[str, bool]:
     try:
-        value = json.loads(meta.get(db, FIELDS_KEY) or "{}")
+        value = json.loads(meta.get(db, meta.CAPTION_FIELDS) or "{}")
     except ValueError:
         return {}
     return value.get("present", {}) if value.get("parts") == parts else {}
