@@ -35,7 +35,7 @@ from state.hashing import file_matches, hash_bytes
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import caption_columns, caption_texts, check_caption_fields
-from tasks.freshness import captions_key
+from tasks.freshness import captions_due
 from tasks.partition import read_partition
 from tasks.settings import Settings, partition_path
 
@@ -74,12 +74,8 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
     result = CaptionResult(shard)
     db = open_manifest(settings.root)
     try:
-        row = shards.get(db, shard)
-        if row is None or not partition_path(settings, shard).exists():
-            result.up_to_date = True
-            return result
-        key = captions_key(row["part_xxh3"], settings)
-        if row["captions_key"] == key:
+        key = captions_due(db, settings, shard)
+        if key is None or not partition_path(settings, shard).exists():
             result.up_to_date = True
             return result
         check_caption_fields(db, settings)  # before anything is written

@@ -134,11 +134,20 @@ def scan_is_up_to_date(db, settings: Settings) -> bool:
     return not changed and not partitions_needing_rebuild(db, settings)
 
 
+def captions_due(db, settings: Settings, shard: str) -> str | None:
+    """The key the shard's caption files are to be made to, or None when they were made
+    from its partition under the caption settings (or the manifest has no such shard)."""
+    row = shards.caption_inputs(db, shard)
+    if row is None:
+        return None
+    key = captions_key(row[0], settings)
+    return None if row[1] == key else key
+
+
 @_reading_manifest
 def captions_are_current(db, settings: Settings, shard: str) -> bool:
     """`captions:<shard>`: the caption files match the shard's partition and the settings."""
-    row = shards.caption_inputs(db, shard)
-    return row is None or row[1] == captions_key(row[0], settings)
+    return captions_due(db, settings, shard) is None
 
 
 @_reading_manifest
