@@ -1062,31 +1062,7 @@ def print_report(r: dict) -> None:
         f"   code {r['code']['sha256']} (newest {r['code']['newest_file']} "
         f"{r['code']['newest_mtime']}), run started {r['started']}"
     )
-    head = (
-        f"{'step':<26}{'wall s':>9}{'cpu s':>9}{'peak MB':>9}{'tree MB':>9}{'PSS MB':>8}"
-        f"{'proc MB':>9}{'input MB':>10}{'read MB':>9}{'write MB':>9}{'sync s':>8}"
-        f"{'other cpu':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for s in r["steps"]:
-        print(
-            f"{s['step']:<26}{s['wall_s']:9.2f}{s['cpu_s']:9.2f}{s['peak_mb']:9.1f}"
-            f"{s['tree_rss_peak_mb']:9.1f}{s.get('tree_pss_peak_mb', 0):8.1f}"
-            f"{s['max_proc_rss_mb']:9.1f}"
-            f"{s.get('input_bytes', 0) / MB:10.1f}{s['disk_read_mb']:9.1f}"
-            f"{s['disk_write_mb']:9.1f}{s['sync_after_s']:8.2f}{s['other_cpu_s']:10.2f}"
-            + ("" if s["rc"] == 0 else f"  EXIT {s['rc']}")
-        )
-        if "phases" in s:
-            print(
-                "    "
-                + ", ".join(f"{k} {v:.2f}" for k, v in s["phases"].items() if k.endswith("_s"))
-            )
-        if "runs_wall_s" in s and len(s["runs_wall_s"]) > 1:
-            print(
-                "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
-            )
+    print_steps(r["steps"])
     if r.get("floor_s") is not None:
         print(f"{'floor = tar_xf + floor_captions':<34}{r['floor_s']:9.2f}")
     print(f"peak RSS of one process (ru_maxrss), our steps: {r['peak_rss_mb_per_process']:.1f} MB")
@@ -1111,7 +1087,43 @@ def print_report(r: dict) -> None:
     print("targets of earlier issues:")
     print_targets([t for t in r["targets"] if t["issue"] != "18"])
     print()
-    for step, summary in r.get("profiles", {}).items():
+    print_profiles(r.get("profiles", {}))
+    print()
+    print_checks(r)
+
+
+def print_steps(steps: list[dict]) -> None:
+    """The table of steps: times, memory and I/O, one line each (with its runs and phases)."""
+    head = (
+        f"{'step':<26}{'wall s':>9}{'cpu s':>9}{'peak MB':>9}{'tree MB':>9}{'PSS MB':>8}"
+        f"{'proc MB':>9}{'input MB':>10}{'read MB':>9}{'write MB':>9}{'sync s':>8}"
+        f"{'other cpu':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for s in steps:
+        print(
+            f"{s['step']:<26}{s['wall_s']:9.2f}{s['cpu_s']:9.2f}{s['peak_mb']:9.1f}"
+            f"{s['tree_rss_peak_mb']:9.1f}{s.get('tree_pss_peak_mb', 0):8.1f}"
+            f"{s['max_proc_rss_mb']:9.1f}"
+            f"{s.get('input_bytes', 0) / MB:10.1f}{s['disk_read_mb']:9.1f}"
+            f"{s['disk_write_mb']:9.1f}{s['sync_after_s']:8.2f}{s['other_cpu_s']:10.2f}"
+            + ("" if s["rc"] == 0 else f"  EXIT {s['rc']}")
+        )
+        if "phases" in s:
+            print(
+                "    "
+                + ", ".join(f"{k} {v:.2f}" for k, v in s["phases"].items() if k.endswith("_s"))
+            )
+        if "runs_wall_s" in s and len(s["runs_wall_s"]) > 1:
+            print(
+                "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
+            )
+
+
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """The top functions by self time of each profiled step."""
+    for step, summary in profiles.items():
         if "by_self" not in summary:
             print(f"profile {step}: no profile written (exit {summary['rc']})")
             continue
@@ -1119,7 +1131,10 @@ def print_report(r: dict) -> None:
             f"profile {step}: {summary['total_s']:.2f} s under cProfile; top by self time: "
             + "; ".join(f"{x['function']} {x['self_s']:.2f}" for x in summary["by_self"][:5])
         )
-    print()
+
+
+def print_checks(r: dict) -> None:
+    """The correctness checks that failed, and the run's notes."""
     failed = [c for c in r["checks"] if not c["ok"]]
     print(f"correctness checks: {len(r['checks']) - len(failed)}/{len(r['checks'])} passed")
     for c in failed:
