@@ -189,37 +189,13 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> 
     plus the summed RSS of the command's process tree sampled every 50 ms."""
     log.parent.mkdir(parents=True, exist_ok=True)
     usage_file = log.with_suffix(".usage.json")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
     busy0, own0, load0 = busy_cpu_s(), own_cpu_s(), os.getloadavg()[0]
-    with open(log, "wb") as out:
-        # own session: on Ctrl-C or an error the whole step's tree is ended here, so
-        # nothing keeps files open on a tmpfs that must be unmounted
-        proc = subprocess.Popen(
-            launcher + cmd,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        sampler = TreeSampler(proc.pid, skip_root=True)
-        sampler.start()
-        try:
-            proc.wait()
-        except BaseException:
-            end_session(proc)
-            raise
-        finally:
-            sampler.stop()
+    sampler = run_launched(cmd, log, cwd, usage_file)
     other_cpu = (busy_cpu_s() - busy0) - (own_cpu_s() - own0)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
     usage = json.loads(usage_file.read_text())
     t = time.perf_counter()
     os.sync()  # untimed: the next step must not pay for this one's writeback
     sync_s = time.perf_counter() - t
-    text = log.read_text(errors="replace")
     result = {
         "step": name,
         "cmd": [str(c) for c in cmd],
@@ -242,20 +218,55 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> 
         **extra,
     }
     result["peak_mb"] = max(result["tree_rss_peak_mb"], result["max_proc_rss_mb"])
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
     if lines and lines[-1].startswith("{"):
         with contextlib.suppress(json.JSONDecodeError):
             result["phases"] = json.loads(lines[-1])
+    print_step(result, lines)
+    return result
+
+
+def run_launched(cmd: list[str], log: Path, cwd: Path, usage_file: Path) -> TreeSampler:
+    """Run `cmd` under bench/launch.py (usage into `usage_file`, output into `log`) while
+    sampling its process tree; the sampler, stopped, holds the peaks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
+    with open(log, "wb") as out:
+        # own session: on Ctrl-C or an error the whole step's tree is ended here, so
+        # nothing keeps files open on a tmpfs that must be unmounted
+        proc = subprocess.Popen(
+            launcher + cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        sampler = TreeSampler(proc.pid, skip_root=True)
+        sampler.start()
+        try:
+            proc.wait()
+        except BaseException:
+            end_session(proc)
+            raise
+        finally:
+            sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
+    return sampler
+
+
+def print_step(result: dict, lines: list[str]) -> None:
+    """One line for a measured step; the end of its output when it failed."""
     wall, rc = result["wall_s"], result["rc"]
     status_txt = "ok" if rc == 0 else f"EXIT {rc}"
     print(
-        f"  {name:<28} {wall:9.2f} s wall {result['cpu_s']:9.2f} s cpu "
+        f"  {result['step']:<28} {wall:9.2f} s wall {result['cpu_s']:9.2f} s cpu "
         f"{result['peak_mb']:7.1f} MB  [{status_txt}]",
         flush=True,
     )
     if rc != 0:
         print("    " + "\n    ".join(lines[-15:]), flush=True)
-    return result
 
 
 # ----------------------------------------------------------------------- the run
