@@ -296,11 +296,6 @@ def drop_of_shard(conn: sqlite3.Connection, shard: str, paths: Iterable[str]) ->
     conn.executemany("DELETE FROM files WHERE path = ? AND shard = ?", [(p, shard) for p in paths])
 
 
-def move_shard(conn: sqlite3.Connection, old: str, new: str) -> None:
-    """Give the rows of shard `old` to shard `new`."""
-    conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
-
-
 def move_partition_folder(conn: sqlite3.Connection, old_rel: str, new_rel: str) -> None:
     """Point the partition rows under folder `old_rel` to folder `new_rel`."""
     conn.execute(

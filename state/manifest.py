@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from state.meta import get as get_meta  # noqa: F401  (the old import path)
 from state.meta import set as set_meta
 
 MANIFEST_NAME = "manifest.sqlite"

@@ -219,7 +219,7 @@ def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _
 
 
 def _fast_files(conn, root: str, judge: _Judge) -> None:
-    """Stat every file (`audit_stat`); look closer (`_look`) only where it is missing or
+    """Stat every file (`stat_pass`); look closer (`_look`) only where it is missing or
     its stat differs: full rows are fetched for those only."""
     found = stat_all_rows(conn, root, judge.textfile)
     judge.tallies.merge(found.tallies)
@@ -318,7 +318,7 @@ class _Judge:
 
 
 def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:
-    """Images without a caption or a table row, rows without an image (`audit_pairing`)."""
+    """Images without a caption or a table row, rows without an image (`pairing`)."""
     report, root = judge.report, str(settings.root) + os.sep
     tallies = judge.tallies
     if judge.textfile and tallies.wanted_captions != tallies.captions:
