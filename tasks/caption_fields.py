@@ -112,6 +112,11 @@ def first_caption(values: Iterable[str | None]) -> str:
     return "" if fallback is None else fallback
 
 
+def blank_captions(captions: pa.Array) -> pa.Array:
+    """`is_blank` of each caption of a string column (null stays null)."""
+    return pc.or_(pc.equal(captions, ""), pc.utf8_is_space(captions))
+
+
 def join_caption_lines(text: str) -> str:
     """One line from a multi-line caption: stripped non-empty lines joined by spaces."""
     if "\n" not in text and "\r" not in text:

@@ -51,6 +51,7 @@ from tasks.audit.pairing import (
 )
 from tasks.audit.report import KINDS, AuditReport
 from tasks.audit.stat_pass import stat_all_rows
+from tasks.caption_fields import blank_captions
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import member_kind, parse_json
@@ -130,7 +131,7 @@ def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
             for name in names:
                 add(f"data/{name}")
             caption = batch.column("caption")
-            blank = pc.or_(pc.equal(caption, ""), pc.utf8_is_space(caption))
+            blank = blank_captions(caption)
             _note_rows(report, "empty_caption", names, blank, "caption is empty or blank")
             if textfile:
                 multi = pc.match_substring_regex(caption, r"[\r\n]")
