@@ -14,6 +14,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from functools import wraps
+from typing import NamedTuple
 
 from state import files, meta, shards
 from state.hashing import file_matches, hash_file
@@ -88,10 +89,20 @@ def _partition_intact(db, settings: Settings, shard: str) -> bool:
 # --------------------------------------------------------------------------- changes
 
 
-def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
-    """JSON rows whose file changed on disk: ([(path, shard, size, mtime_ns, xxh3,
-    content_changed)], missing paths)."""
-    changed, missing = [], []
+class ChangedJson(NamedTuple):
+    """A JSON in data/ whose stat differs from its manifest row, as found on disk now."""
+
+    path: str
+    shard: str
+    size: int
+    mtime_ns: int
+    xxh3: str
+    content_changed: bool  # False: touched, same bytes
+
+
+def changed_json_rows(db, settings: Settings) -> list[ChangedJson]:
+    """JSON rows whose file changed on disk (a missing one is the audit's to report)."""
+    changed = []
     root = str(settings.root)
     stat = os.stat
     # only what the stat needs: shard and hash are looked up for changed rows only
@@ -99,14 +110,13 @@ def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
         try:
             st = stat(f"{root}/{path}")
         except FileNotFoundError:
-            missing.append(path)
             continue
         if st.st_mtime_ns == mtime_ns and st.st_size == size:
             continue
         shard, xxh3 = files.shard_and_hash(db, path)
         new = hash_file(f"{root}/{path}")
-        changed.append((path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
-    return changed, missing
+        changed.append(ChangedJson(path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
+    return changed
 
 
 def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
@@ -130,8 +140,7 @@ def shard_is_done(db, settings: Settings, name: str) -> bool:
 @_reading_manifest
 def scan_is_up_to_date(db, settings: Settings) -> bool:
     """`scan`: no JSON in data/ changed and every partition is intact."""
-    changed, _ = changed_json_rows(db, settings)
-    return not changed and not partitions_needing_rebuild(db, settings)
+    return not changed_json_rows(db, settings) and not partitions_needing_rebuild(db, settings)
 
 
 def captions_due(db, settings: Settings, shard: str) -> str | None:
