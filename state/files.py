@@ -64,19 +64,19 @@ def file_row(
     height: int | None = None,
 ) -> FileRow:
     """A `files` row; the columns not given are None."""
-    return FileRow(
-        path=path,
-        shard=shard,
-        kind=kind,
-        sample=sample,
-        member=member,
-        offset=offset,
-        size=size,
-        mtime_ns=mtime_ns,
-        xxh3=xxh3,
-        width=width,
-        height=height,
-    )
+    return {
+        "path": path,
+        "shard": shard,
+        "kind": kind,
+        "sample": sample,
+        "member": member,
+        "offset": offset,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "xxh3": xxh3,
+        "width": width,
+        "height": height,
+    }
 
 
 def _marks(n: int) -> str:
