@@ -189,37 +189,13 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> 
     plus the summed RSS of the command's process tree sampled every 50 ms."""
     log.parent.mkdir(parents=True, exist_ok=True)
     usage_file = log.with_suffix(".usage.json")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
     busy0, own0, load0 = busy_cpu_s(), own_cpu_s(), os.getloadavg()[0]
-    with open(log, "wb") as out:
-        # own session: on Ctrl-C or an error the whole step's tree is ended here, so
-        # nothing keeps files open on a tmpfs that must be unmounted
-        proc = subprocess.Popen(
-            launcher + cmd,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        sampler = TreeSampler(proc.pid, skip_root=True)
-        sampler.start()
-        try:
-            proc.wait()
-        except BaseException:
-            end_session(proc)
-            raise
-        finally:
-            sampler.stop()
+    sampler = run_launched(cmd, log, cwd, usage_file)
     other_cpu = (busy_cpu_s() - busy0) - (own_cpu_s() - own0)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
     usage = json.loads(usage_file.read_text())
     t = time.perf_counter()
     os.sync()  # untimed: the next step must not pay for this one's writeback
     sync_s = time.perf_counter() - t
-    text = log.read_text(errors="replace")
     result = {
         "step": name,
         "cmd": [str(c) for c in cmd],
@@ -242,20 +218,55 @@ def measure(name: str, cmd: list[str], log: Path, cwd: Path = REPO, **extra) -> 
         **extra,
     }
     result["peak_mb"] = max(result["tree_rss_peak_mb"], result["max_proc_rss_mb"])
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
     if lines and lines[-1].startswith("{"):
         with contextlib.suppress(json.JSONDecodeError):
             result["phases"] = json.loads(lines[-1])
+    print_step(result, lines)
+    return result
+
+
+def run_launched(cmd: list[str], log: Path, cwd: Path, usage_file: Path) -> TreeSampler:
+    """Run `cmd` under bench/launch.py (usage into `usage_file`, output into `log`) while
+    sampling its process tree; the sampler, stopped, holds the peaks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_file), "--"]
+    with open(log, "wb") as out:
+        # own session: on Ctrl-C or an error the whole step's tree is ended here, so
+        # nothing keeps files open on a tmpfs that must be unmounted
+        proc = subprocess.Popen(
+            launcher + cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        sampler = TreeSampler(proc.pid, skip_root=True)
+        sampler.start()
+        try:
+            proc.wait()
+        except BaseException:
+            end_session(proc)
+            raise
+        finally:
+            sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/launch.py failed for {cmd}: see {log}")
+    return sampler
+
+
+def print_step(result: dict, lines: list[str]) -> None:
+    """One line for a measured step; the end of its output when it failed."""
     wall, rc = result["wall_s"], result["rc"]
     status_txt = "ok" if rc == 0 else f"EXIT {rc}"
     print(
-        f"  {name:<28} {wall:9.2f} s wall {result['cpu_s']:9.2f} s cpu "
+        f"  {result['step']:<28} {wall:9.2f} s wall {result['cpu_s']:9.2f} s cpu "
         f"{result['peak_mb']:7.1f} MB  [{status_txt}]",
         flush=True,
     )
     if rc != 0:
         print("    " + "\n    ".join(lines[-15:]), flush=True)
-    return result
 
 
 # ----------------------------------------------------------------------- the run
@@ -855,140 +866,16 @@ class Bench:
         w = {k: v["wall_s"] for k, v in s.items()}
         if "tar_xf" in w and "floor_captions" in w:
             w["floor"] = w["tar_xf"] + w["floor_captions"]
-        ratios = {}
-
-        def ratio(key: str, num: str, den: str) -> None:
-            if num in w and den in w and w[den] > 0:
-                ratios[key] = w[num] / w[den]
-
-        cpu = {k: v["cpu_s"] for k, v in s.items()}
-        cpu_ratios = {
-            f"{a_} / {b_}": cpu[a_] / cpu[b_]
-            for a_, b_ in [
-                ("cold", "tar_xf"),
-                ("cold", "preset"),
-                ("noop", "cold"),
-                ("new_shard", "cold"),
-                ("caption_switch", "preset_extract_captions"),
-                ("audit", "cold"),
-            ]
-            if a_ in cpu and cpu.get(b_)
-        }
-        ratio("cold / tar_xf", "cold", "tar_xf")
-        ratio("cold / preset", "cold", "preset")
-        ratio("cold / floor", "cold", "floor")
-        ratio("cold / cp_tars", "cold", "cp_tars")
-        ratio("preset / floor", "preset", "floor")
-        ratio("preset / tar_xf", "preset", "tar_xf")
-        ratio("noop / cold", "noop", "cold")
-        ratio("new_shard / cold", "new_shard", "cold")
-        ratio("edit_json / cold", "edit_json", "cold")
-        ratio(
-            "caption_switch / preset_extract_captions", "caption_switch", "preset_extract_captions"
-        )
-        ratio(
-            "caption_switch_back / preset_extract_captions",
-            "caption_switch_back",
-            "preset_extract_captions",
-        )
-        ratio("audit / cold", "audit", "cold")
-        ratio("audit_deep / cat_all_files", "audit_deep", "cat_all_files")
-        par = f"cold_P{a.jobs}"
-        ratio(f"{par} / tar_xf", par, "tar_xf")
-        ratio(f"{par} / preset", par, "preset")
-        ratio(f"{par} / cold", par, "cold")
-        serial = [
-            "cold",
-            "noop",
-            "new_shard",
-            "edit_json",
-            "caption_switch",
-            "caption_switch_back",
-            "audit",
-        ]
+        ratios = wall_ratios(w, f"cold_P{a.jobs}")
+        serial = ["cold", "noop", "new_shard", "edit_json", "caption_switch"]
+        serial += ["caption_switch_back", "audit"]
         peak = max(s[k]["peak_mb"] for k in serial if k in s)
         ours = [k for k in s if k in serial or k.startswith(("cold", "noop"))]
         peak_proc = max(s[k]["max_proc_rss_mb"] for k in ours)
-        total = a.samples
-        targets = issue18_targets(ratios, peak_proc, a)
-
-        def target(issue: str, what: str, value, limit, applies: bool, unit: str = "x") -> None:
-            targets.append(target_row(issue, what, value, limit, applies, unit))
-
-        small = not a.large
-        target(
-            "3,8", "cold <= 0.5 x preset (small images)", ratios.get("cold / preset"), 0.5, small
-        )
-        target(
-            "8", "cold <= 1.3 x tar xf (large images)", ratios.get("cold / tar_xf"), 1.3, a.large
-        )
-        target("3", "no-op <= 0.05 x cold", ratios.get("noop / cold"), 0.05, True)
-        target(
-            "8",
-            "no-op <= 0.02 x cold (100k samples)",
-            ratios.get("noop / cold"),
-            0.02,
-            total >= 100_000,
-        )
-        target(
-            "3", "new shard <= 0.15 x cold (1 of 10)", ratios.get("new_shard / cold"), 0.15, True
-        )
-        target(
-            "8",
-            "new shard <= 0.1 x cold (1 of 20)",
-            ratios.get("new_shard / cold"),
-            0.1,
-            a.shards >= 20,
-        )
-        target(
-            "4",
-            "caption switch <= 0.5 x preset extract-captions",
-            ratios.get("caption_switch / preset_extract_captions"),
-            0.5,
-            True,
-        )
-        target("5", "audit <= 0.05 x cold", ratios.get("audit / cold"), 0.05, True)
-        if "audit_deep" in s:
-            target(
-                "5",
-                "deep audit <= 1.5 x cat of every file",
-                ratios.get("audit_deep / cat_all_files"),
-                1.5,
-                True,
-            )
-        target("3,8", "peak memory <= 300 MB (serial doit)", peak, 300, True, "MB")
-        if par in s:
-            target(
-                "-",
-                f"peak memory <= 300 MB ({par}, summed RSS)",
-                s[par]["peak_mb"],
-                300,
-                True,
-                "MB",
-            )
-        if "cold_half_shards" in s:
-            half, full = s["cold_half_shards"]["peak_mb"], s["cold"]["peak_mb"]
-            growth = full - half
-            target(
-                "3",
-                f"memory flat: peak({a.shards} shards) - peak({s['cold_half_shards']['shards']})",
-                growth,
-                max(16.0, 0.1 * half),
-                True,
-                "MB",
-            )
+        targets = issue18_targets(ratios, peak_proc, a) + earlier_targets(s, ratios, peak, a)
         result = {
             "args": {k: v for k, v in vars(a).items()},
-            "machine": {
-                "cpus": os.cpu_count(),
-                "mem_gb": os.sysconf("SC_PHYS_PAGES") * PAGE / (1 << 30),
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-                "tar": subprocess.run(
-                    ["tar", "--version"], capture_output=True, text=True
-                ).stdout.splitlines()[0],
-                "loadavg_at_end": os.getloadavg(),
-            },
+            "machine": machine_facts(),
             "dataset": {
                 "shards": a.shards,
                 "samples_per_shard": self.per_shard,
@@ -1004,7 +891,7 @@ class Bench:
             "cache": "dropped before cold steps" if self.can_drop else "warm",
             "steps": self.steps,
             "ratios": ratios,
-            "cpu_ratios": cpu_ratios,
+            "cpu_ratios": cpu_ratios({k: v["cpu_s"] for k, v in s.items()}),
             "floor_s": w.get("floor"),
             "peak_memory_mb_serial": peak,
             "peak_rss_mb_per_process": peak_proc,
@@ -1016,6 +903,110 @@ class Bench:
         }
         print_report(result)
         return result
+
+
+# (numerator, denominator) of each wall-time ratio; `par` is the parallel cold step
+WALL_RATIOS = [
+    ("cold", "tar_xf"),
+    ("cold", "preset"),
+    ("cold", "floor"),
+    ("cold", "cp_tars"),
+    ("preset", "floor"),
+    ("preset", "tar_xf"),
+    ("noop", "cold"),
+    ("new_shard", "cold"),
+    ("edit_json", "cold"),
+    ("caption_switch", "preset_extract_captions"),
+    ("caption_switch_back", "preset_extract_captions"),
+    ("audit", "cold"),
+    ("audit_deep", "cat_all_files"),
+    ("par", "tar_xf"),
+    ("par", "preset"),
+    ("par", "cold"),
+]
+CPU_RATIOS = [
+    ("cold", "tar_xf"),
+    ("cold", "preset"),
+    ("noop", "cold"),
+    ("new_shard", "cold"),
+    ("caption_switch", "preset_extract_captions"),
+    ("audit", "cold"),
+]
+
+
+def wall_ratios(w: dict[str, float], par: str) -> dict[str, float]:
+    """`num / den` of the steps' wall times, for the pairs of WALL_RATIOS that were measured."""
+    ratios = {}
+    for num, den in WALL_RATIOS:
+        num = par if num == "par" else num
+        if num in w and den in w and w[den] > 0:
+            ratios[f"{num} / {den}"] = w[num] / w[den]
+    return ratios
+
+
+def cpu_ratios(cpu: dict[str, float]) -> dict[str, float]:
+    """`num / den` of the steps' CPU times, for the pairs of CPU_RATIOS that were measured."""
+    return {f"{a} / {b}": cpu[a] / cpu[b] for a, b in CPU_RATIOS if a in cpu and cpu.get(b)}
+
+
+def earlier_targets(
+    s: dict[str, dict], ratios: dict[str, float], peak: float, a: argparse.Namespace
+) -> list:
+    """The targets of issues 3, 4, 5 and 8 (their scale; marked when this run's differs)."""
+    small, par = not a.large, f"cold_P{a.jobs}"
+    rows = [
+        ("3,8", "cold <= 0.5 x preset (small images)", ratios.get("cold / preset"), 0.5, small),
+        ("8", "cold <= 1.3 x tar xf (large images)", ratios.get("cold / tar_xf"), 1.3, a.large),
+        ("3", "no-op <= 0.05 x cold", ratios.get("noop / cold"), 0.05, True),
+        (
+            "8",
+            "no-op <= 0.02 x cold (100k samples)",
+            ratios.get("noop / cold"),
+            0.02,
+            a.samples >= 100_000,
+        ),
+        ("3", "new shard <= 0.15 x cold (1 of 10)", ratios.get("new_shard / cold"), 0.15, True),
+        (
+            "8",
+            "new shard <= 0.1 x cold (1 of 20)",
+            ratios.get("new_shard / cold"),
+            0.1,
+            a.shards >= 20,
+        ),
+        (
+            "4",
+            "caption switch <= 0.5 x preset extract-captions",
+            ratios.get("caption_switch / preset_extract_captions"),
+            0.5,
+            True,
+        ),
+        ("5", "audit <= 0.05 x cold", ratios.get("audit / cold"), 0.05, True),
+    ]
+    if "audit_deep" in s:
+        deep = ratios.get("audit_deep / cat_all_files")
+        rows.append(("5", "deep audit <= 1.5 x cat of every file", deep, 1.5, True))
+    rows.append(("3,8", "peak memory <= 300 MB (serial doit)", peak, 300, True, "MB"))
+    if par in s:
+        what = f"peak memory <= 300 MB ({par}, summed RSS)"
+        rows.append(("-", what, s[par]["peak_mb"], 300, True, "MB"))
+    if "cold_half_shards" in s:
+        half, full = s["cold_half_shards"]["peak_mb"], s["cold"]["peak_mb"]
+        what = f"memory flat: peak({a.shards} shards) - peak({s['cold_half_shards']['shards']})"
+        rows.append(("3", what, full - half, max(16.0, 0.1 * half), True, "MB"))
+    return [target_row(*row) for row in rows]
+
+
+def machine_facts() -> dict:
+    """The machine the run was measured on."""
+    tar = subprocess.run(["tar", "--version"], capture_output=True, text=True)
+    return {
+        "cpus": os.cpu_count(),
+        "mem_gb": os.sysconf("SC_PHYS_PAGES") * PAGE / (1 << 30),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "tar": tar.stdout.splitlines()[0],
+        "loadavg_at_end": os.getloadavg(),
+    }
 
 
 def issue18_targets(ratios: dict[str, float], peak_proc_mb: float, a: argparse.Namespace) -> list:
@@ -1058,7 +1049,7 @@ def target_row(
 
 def code_fingerprint() -> dict:
     """Which build code was measured (the code changes under the benchmark; no git here)."""
-    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/*.py"), *REPO.glob("state/*.py")])
+    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/**/*.py"), *REPO.glob("state/*.py")])
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
@@ -1082,31 +1073,7 @@ def print_report(r: dict) -> None:
         f"   code {r['code']['sha256']} (newest {r['code']['newest_file']} "
         f"{r['code']['newest_mtime']}), run started {r['started']}"
     )
-    head = (
-        f"{'step':<26}{'wall s':>9}{'cpu s':>9}{'peak MB':>9}{'tree MB':>9}{'PSS MB':>8}"
-        f"{'proc MB':>9}{'input MB':>10}{'read MB':>9}{'write MB':>9}{'sync s':>8}"
-        f"{'other cpu':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for s in r["steps"]:
-        print(
-            f"{s['step']:<26}{s['wall_s']:9.2f}{s['cpu_s']:9.2f}{s['peak_mb']:9.1f}"
-            f"{s['tree_rss_peak_mb']:9.1f}{s.get('tree_pss_peak_mb', 0):8.1f}"
-            f"{s['max_proc_rss_mb']:9.1f}"
-            f"{s.get('input_bytes', 0) / MB:10.1f}{s['disk_read_mb']:9.1f}"
-            f"{s['disk_write_mb']:9.1f}{s['sync_after_s']:8.2f}{s['other_cpu_s']:10.2f}"
-            + ("" if s["rc"] == 0 else f"  EXIT {s['rc']}")
-        )
-        if "phases" in s:
-            print(
-                "    "
-                + ", ".join(f"{k} {v:.2f}" for k, v in s["phases"].items() if k.endswith("_s"))
-            )
-        if "runs_wall_s" in s and len(s["runs_wall_s"]) > 1:
-            print(
-                "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
-            )
+    print_steps(r["steps"])
     if r.get("floor_s") is not None:
         print(f"{'floor = tar_xf + floor_captions':<34}{r['floor_s']:9.2f}")
     print(f"peak RSS of one process (ru_maxrss), our steps: {r['peak_rss_mb_per_process']:.1f} MB")
@@ -1131,7 +1098,43 @@ def print_report(r: dict) -> None:
     print("targets of earlier issues:")
     print_targets([t for t in r["targets"] if t["issue"] != "18"])
     print()
-    for step, summary in r.get("profiles", {}).items():
+    print_profiles(r.get("profiles", {}))
+    print()
+    print_checks(r)
+
+
+def print_steps(steps: list[dict]) -> None:
+    """The table of steps: times, memory and I/O, one line each (with its runs and phases)."""
+    head = (
+        f"{'step':<26}{'wall s':>9}{'cpu s':>9}{'peak MB':>9}{'tree MB':>9}{'PSS MB':>8}"
+        f"{'proc MB':>9}{'input MB':>10}{'read MB':>9}{'write MB':>9}{'sync s':>8}"
+        f"{'other cpu':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for s in steps:
+        print(
+            f"{s['step']:<26}{s['wall_s']:9.2f}{s['cpu_s']:9.2f}{s['peak_mb']:9.1f}"
+            f"{s['tree_rss_peak_mb']:9.1f}{s.get('tree_pss_peak_mb', 0):8.1f}"
+            f"{s['max_proc_rss_mb']:9.1f}"
+            f"{s.get('input_bytes', 0) / MB:10.1f}{s['disk_read_mb']:9.1f}"
+            f"{s['disk_write_mb']:9.1f}{s['sync_after_s']:8.2f}{s['other_cpu_s']:10.2f}"
+            + ("" if s["rc"] == 0 else f"  EXIT {s['rc']}")
+        )
+        if "phases" in s:
+            print(
+                "    "
+                + ", ".join(f"{k} {v:.2f}" for k, v in s["phases"].items() if k.endswith("_s"))
+            )
+        if "runs_wall_s" in s and len(s["runs_wall_s"]) > 1:
+            print(
+                "    runs: " + ", ".join(f"{v:.2f}" for v in s["runs_wall_s"]) + " (median shown)"
+            )
+
+
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """The top functions by self time of each profiled step."""
+    for step, summary in profiles.items():
         if "by_self" not in summary:
             print(f"profile {step}: no profile written (exit {summary['rc']})")
             continue
@@ -1139,7 +1142,10 @@ def print_report(r: dict) -> None:
             f"profile {step}: {summary['total_s']:.2f} s under cProfile; top by self time: "
             + "; ".join(f"{x['function']} {x['self_s']:.2f}" for x in summary["by_self"][:5])
         )
-    print()
+
+
+def print_checks(r: dict) -> None:
+    """The correctness checks that failed, and the run's notes."""
     failed = [c for c in r["checks"] if not c["ok"]]
     print(f"correctness checks: {len(r['checks']) - len(failed)}/{len(r['checks'])} passed")
     for c in failed:

@@ -94,10 +94,9 @@ class InPlaceRewriter:
     once they prove slow.
 
     A rewrite whose file's block is not in the page cache waits for the kernel to read it
-    back first (a partial-block write); threads overlap those waits. Measured on 33k
-    caption files: from a cold cache 5.2 s serial, 2.0 s with 8 threads; warm, 0.31 s
-    serial and ~1 s with threads (GIL hand-offs). So the first `PROBE` rewrites are
-    timed and threads are used only when they averaged over `SLOW_S` seconds each.
+    back first (a partial-block write): threads overlap those waits, but from a warm cache
+    their GIL hand-offs cost more than they save. So the first `PROBE` rewrites are timed
+    and threads are used only when they averaged over `SLOW_S` seconds each.
     """
 
     PROBE = 256

@@ -4,8 +4,6 @@
   that differs from such a row was cut short by a killed run, not edited by hand.
 - `meta` key `caption_failed:<shard>`: why the shard's caption files could not all be
   written (the summary fails the run while one is recorded).
-- `meta` key `caption_fields`: which caption fields the partitions hold, for one set of
-  partitions (so every `captions:<shard>` task does not look again).
 """
 
 from __future__ import annotations
@@ -13,9 +11,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from state import meta
+
 WRITING = -1
 FAILED_PREFIX = "caption_failed:"
-FIELDS_KEY = "caption_fields"
 
 
 def caption_rows(db: sqlite3.Connection, shard: str) -> dict[str, tuple[int, int, str]]:
@@ -40,12 +39,9 @@ def record_written(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, str,
 def set_caption_failure(conn: sqlite3.Connection, shard: str, detail: str | None) -> None:
     """Record why a shard's captions failed, or clear it (`detail` None)."""
     if detail is None:
-        conn.execute("DELETE FROM meta WHERE key = ?", (FAILED_PREFIX + shard,))
+        meta.delete(conn, FAILED_PREFIX + shard)
     else:
-        conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            (FAILED_PREFIX + shard, detail),
-        )
+        meta.set(conn, FAILED_PREFIX + shard, detail)
 
 
 def caption_failures(db: sqlite3.Connection) -> dict[str, str]:

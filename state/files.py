@@ -1,13 +1,16 @@
 """The manifest's `files` table: one row per file the build wrote or tracks.
 
-Rows are dicts keyed by `FILE_FIELDS` where a caller reads columns by name; the audit's
-hot loops get plain tuples in the column order named by `AUDIT_COLUMNS`/`STAT_COLUMNS`.
+A row is a `FileRow` (every column, made by `file_row`) where a caller reads or writes
+whole rows; the audit's hot loops get plain tuples in the column order named by
+`AUDIT_COLUMNS`/`STAT_COLUMNS`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import TypedDict, cast
 
 from state.batching import batched
 from state.kinds import FileKind
@@ -26,6 +29,56 @@ _UPSERT = (
 )
 
 
+_VALUES = itemgetter(*FILE_FIELDS)
+
+
+class FileRow(TypedDict):
+    """One `files` row: every column of `FILE_COLUMNS` (state/manifest.py), None where the
+    kind of file has no such value."""
+
+    path: str  # relative to root
+    shard: str | None  # the shard that wrote or owns the file (None: the table)
+    kind: str  # a FileKind
+    sample: str | None  # the sample's key, for a sample's files
+    member: str | None  # the tar member the file came from
+    offset: int | None  # where the member's data starts in the tar
+    size: int | None
+    mtime_ns: int | None  # None: not written yet (a pending claim)
+    xxh3: str | None
+    width: int | None  # an image's header size
+    height: int | None
+
+
+def file_row(
+    path: str,
+    kind: FileKind,
+    *,
+    shard: str | None = None,
+    sample: str | None = None,
+    member: str | None = None,
+    offset: int | None = None,
+    size: int | None = None,
+    mtime_ns: int | None = None,
+    xxh3: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> FileRow:
+    """A `files` row; the columns not given are None."""
+    return {
+        "path": path,
+        "shard": shard,
+        "kind": kind,
+        "sample": sample,
+        "member": member,
+        "offset": offset,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "xxh3": xxh3,
+        "width": width,
+        "height": height,
+    }
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -33,17 +86,21 @@ def _marks(n: int) -> str:
 # --------------------------------------------------------------------------- reads
 
 
-def get(db: sqlite3.Connection, path: str) -> dict | None:
+def _rows(db: sqlite3.Connection, where: str, params: Sequence) -> list[FileRow]:
+    return cast(list[FileRow], list(query(db, f"SELECT * FROM files WHERE {where}", params)))
+
+
+def get(db: sqlite3.Connection, path: str) -> FileRow | None:
     """The row of `path`, or None."""
-    rows = list(query(db, "SELECT * FROM files WHERE path = ?", [path]))
+    rows = _rows(db, "path = ?", [path])
     return rows[0] if rows else None
 
 
-def of_shard(db: sqlite3.Connection, shard: str, kind: FileKind | None = None) -> list[dict]:
+def of_shard(db: sqlite3.Connection, shard: str, kind: FileKind | None = None) -> list[FileRow]:
     """The rows of one shard, optionally of one kind."""
     if kind is None:
-        return list(query(db, "SELECT * FROM files WHERE shard = ?", [shard]))
-    return list(query(db, "SELECT * FROM files WHERE shard = ? AND kind = ?", [shard, kind]))
+        return _rows(db, "shard = ?", [shard])
+    return _rows(db, "shard = ? AND kind = ?", [shard, kind])
 
 
 def stat_of(db: sqlite3.Connection, path: str) -> tuple[int, int, str] | None:
@@ -80,15 +137,9 @@ def sample_rows(db: sqlite3.Connection, shard: str) -> Iterator[dict]:
     )
 
 
-def json_of_sample(db: sqlite3.Connection, shard: str, sample: str) -> dict | None:
+def json_of_sample(db: sqlite3.Connection, shard: str, sample: str) -> FileRow | None:
     """The JSON row of one sample, or None."""
-    rows = list(
-        query(
-            db,
-            "SELECT * FROM files WHERE shard = ? AND sample = ? AND kind = ?",
-            [shard, sample, FileKind.JSON],
-        )
-    )
+    rows = _rows(db, "shard = ? AND sample = ? AND kind = ?", [shard, sample, FileKind.JSON])
     return rows[0] if rows else None
 
 
@@ -202,16 +253,15 @@ def table_mismatches(
 # --------------------------------------------------------------------------- writes
 
 
-def upsert(conn: sqlite3.Connection, rows: Iterable[dict]) -> None:
-    """Insert rows (dicts keyed by FILE_FIELDS), or overwrite the row of the same path, in
-    one statement batch.
+def upsert(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
+    """Insert rows, or overwrite the row of the same path, in one statement batch.
 
     An existing row is updated in place, not replaced (`INSERT OR REPLACE` deletes and
     re-inserts): its entry in the path index, whose random keys put almost every row in
     another page, stays where it is. Each file's row is written twice in a build (claimed,
     then committed), so this cuts the WAL and checkpoint writes of every shard.
     """
-    conn.executemany(_UPSERT, ([row.get(c) for c in FILE_FIELDS] for row in rows))
+    conn.executemany(_UPSERT, map(_VALUES, rows))
 
 
 def delete(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
@@ -244,11 +294,6 @@ def drop_pending(conn: sqlite3.Connection, shard: str, paths: Iterable[str]) -> 
 def drop_of_shard(conn: sqlite3.Connection, shard: str, paths: Iterable[str]) -> None:
     """Delete the rows of `paths` that belong to `shard`."""
     conn.executemany("DELETE FROM files WHERE path = ? AND shard = ?", [(p, shard) for p in paths])
-
-
-def move_shard(conn: sqlite3.Connection, old: str, new: str) -> None:
-    """Give the rows of shard `old` to shard `new`."""
-    conn.execute("UPDATE files SET shard = ? WHERE shard = ?", (new, old))
 
 
 def move_partition_folder(conn: sqlite3.Connection, old_rel: str, new_rel: str) -> None:

@@ -2,7 +2,7 @@
 
 Tables (paths are relative to `root`, so the folder can be moved):
 
-- `shards`: one row per tar shard (`name` is the file name without `.tar`).
+- `shards`: one row per tar shard (`name`: see `shard_name` in tasks/settings.py).
 - `files`: one row per file the build wrote or tracks (images, JSON, captions,
   files kept aside), with the tar member and data offset it came from.
 - `quirks`: data problems found in a shard (refused members, invalid JSON, ...).
@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from state.meta import get as get_meta  # noqa: F401  (the old import path)
 from state.meta import set as set_meta
 
 MANIFEST_NAME = "manifest.sqlite"

@@ -7,6 +7,8 @@ import sqlite3
 HUB_COMMIT = "hub_commit"
 HUB_REPO_ID = "hub_repo_id"
 HUB_REVISION = "hub_revision"
+# which caption fields the partitions hold, for one set of partitions
+CAPTION_FIELDS = "caption_fields"
 
 
 def table_key(rel: str) -> str:

@@ -1,30 +1,163 @@
-"""Is every `caption_field` one that some sample of the dataset has?
+"""The caption rule: which caption a sample gets from its JSON, given `caption_field`.
 
-A field no sample has (a typo such as `long_captoin`) would turn every caption into the
-empty string, or silently leave a list's fallback doing all the work: it is an error,
-raised before any caption file or the table is written. A field that only some samples
-lack is fine (the audit notes the empty captions).
+- A field's caption: a string as is; a list gives its first string that is not blank.
+- `caption_field` is one field or a list tried in order: the first field whose caption
+  is not blank wins; when none is, the first field that has a string gives it as is
+  (the preset writes a field's value unchanged), else the caption is "".
+- A field no sample has (a typo such as `long_captoin`) is an error, raised before any
+  caption file or the table is written; a field only some samples lack is fine (the
+  audit notes the empty captions).
 
-Answered from the partitions, never from a JSON file or a tar: a common field by its
-`cap_<field>` column (the footer's null count, when it has one), any other by whether
-the field's quoted name occurs in the raw `json` column. The answer is kept in the
-manifest's `meta` for the current set of partitions, so each `captions:<shard>` task
-does not look again.
+Partitions keep the caption of every common field (`cap_<field>` columns) and the raw
+JSON, so the rule is applied to partitions, never to a JSON file or a tar. Whether a
+field is present is answered from the partitions (a common field by its column's
+footer null count, any other by its quoted name in the raw `json` column) and kept in
+the manifest's `meta` for the current set of partitions.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from state import meta
-from state.caption_state import FIELDS_KEY
+from state import meta, shards
 from state.manifest import write_transaction
-from tasks.freshness import table_shards
-from tasks.records import CAPTION_COLUMNS, parse_json
 from tasks.settings import Settings, partition_path
+
+CAPTION_COLUMNS = (
+    "short_caption",
+    "long_caption",
+    "short_caption2",
+    "long_caption2",
+    "original_prompt",
+)
+
+
+def caption_value(value: Any) -> str | None:
+    """A field's caption: a string as is (even empty or blank), a list's first string
+    that is not blank (else its first string); text Arrow can hold (`clean_text`).
+
+    Anything else (absent, null, a number, a list of no strings) is no caption (None).
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        strings = [v for v in value if isinstance(v, str)]
+        for item in strings:
+            if not is_blank(item):
+                return clean_text(item)
+        return clean_text(strings[0]) if strings else None
+    return None
+
+
+def is_blank(text: str | None) -> bool:
+    """Whether a caption is absent, empty or whitespace only (no caption to train on)."""
+    return text is None or not text.strip()
+
+
+def clean_text(text: str | None) -> str | None:
+    """Text safe for Arrow (lone surrogates, which UTF-8 cannot hold, become U+FFFD)."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def select_caption(
+    row_captions: dict[str, str | None],
+    raw: str | None,
+    fields: tuple[str, ...],
+    join_lines: bool = False,
+) -> str:
+    """The caption of one sample for `caption_field` (a tuple tried in order).
+
+    `row_captions` maps a common field -> its caption; any other field is read from
+    `raw`, the sample's JSON text.
+    """
+    text = first_caption(_field_captions(row_captions, raw, fields))
+    return join_caption_lines(text) if join_lines else text
+
+
+def _field_captions(
+    row_captions: dict[str, str | None], raw: str | None, fields: tuple[str, ...]
+) -> Iterator[str | None]:
+    """Each field's caption in turn; the JSON is parsed only when a field needs it."""
+    parsed: dict | None = None
+    for field in fields:
+        if field in row_captions:
+            yield row_captions[field]
+            continue
+        if parsed is None:
+            parsed = (json.loads(raw) if raw else None) or {}
+        yield caption_value(parsed.get(field))
+
+
+def first_caption(values: Iterable[str | None]) -> str:
+    """The caption given each field's caption in `caption_field` order: the first that is
+    not blank, else the first string, else ""."""
+    fallback = None
+    for value in values:
+        if not is_blank(value):
+            return value  # type: ignore[return-value]
+        if fallback is None:
+            fallback = value
+    return "" if fallback is None else fallback
+
+
+def blank_captions(captions: pa.Array) -> pa.Array:
+    """`is_blank` of each caption of a string column (null stays null)."""
+    return pc.or_(pc.equal(captions, ""), pc.utf8_is_space(captions))
+
+
+def join_caption_lines(text: str) -> str:
+    """One line from a multi-line caption: stripped non-empty lines joined by spaces."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def caption_columns(settings: Settings) -> list[str]:
+    """The partition columns needed to make captions under the current settings."""
+    cols = ["filename", "sample"] + [
+        f"cap_{f}" for f in settings.caption_field if f in CAPTION_COLUMNS
+    ]
+    if any(f not in CAPTION_COLUMNS for f in settings.caption_field):
+        cols.append("json")
+    return cols
+
+
+def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
+    """The caption of every row of a partition table, per `caption_field`."""
+    fields = settings.caption_field
+    known = {f for f in fields if f in CAPTION_COLUMNS}
+    columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
+    if known == set(fields):  # the common case, as select_caption without a dict per row
+        if len(fields) == 1:
+            texts = ["" if v is None else v for v in columns[fields[0]]]
+        else:
+            rows = zip(*(columns[f] for f in fields), strict=True)
+            texts = [first_caption(values) for values in rows]
+        if settings.join_caption_lines:
+            texts = [join_caption_lines(t) for t in texts]
+        return texts
+    raws = table.column("json").to_pylist()
+    return [
+        select_caption(
+            {f: columns[f][i] for f in known}, raws[i], fields, settings.join_caption_lines
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+# --------------------------------------------------------------------------- unknown fields
 
 SEEN_ROWS = 200  # rows whose JSON keys are named when a field is unknown
 
@@ -35,29 +168,31 @@ class CaptionFieldError(ValueError):
 
 def check_caption_fields(db, settings: Settings) -> None:
     """Raise CaptionFieldError naming a `caption_field` no sample has, and the fields seen."""
-    recorded = table_shards(db)
+    recorded = shards.with_partition(db)
     parts = json.dumps(recorded)
     cached = _cached(db, parts)
     if all(cached.get(f) for f in settings.caption_field):
         return  # the usual case once one task has looked: no partition is opened
-    shards = [name for name, _ in recorded if _rows(settings, name)]
-    if not shards:  # no sample at all: nothing to tell a field from a typo
+    names = [name for name, _ in recorded if _rows(settings, name)]
+    if not names:  # no sample at all: nothing to tell a field from a typo
         return
     present = {f: cached[f] for f in settings.caption_field if f in cached}
     for field in settings.caption_field:
         if field not in present:
-            present[field] = any(_has_field(settings, shard, field) for shard in shards)
+            present[field] = any(_has_field(settings, name, field) for name in names)
     if present.keys() - cached.keys():
         with write_transaction(db) as conn:
-            meta.set(conn, FIELDS_KEY, json.dumps({"parts": parts, "present": cached | present}))
+            meta.set(
+                conn, meta.CAPTION_FIELDS, json.dumps({"parts": parts, "present": cached | present})
+            )
     missing = [f for f in settings.caption_field if not present[f]]
     if missing:
-        raise CaptionFieldError(_message(settings, shards, missing))
+        raise CaptionFieldError(_message(settings, names, missing))
 
 
 def _cached(db, parts: str) -> dict[str, bool]:
     try:
-        value = json.loads(meta.get(db, FIELDS_KEY) or "{}")
+        value = json.loads(meta.get(db, meta.CAPTION_FIELDS) or "{}")
     except ValueError:
         return {}
     return value.get("present", {}) if value.get("parts") == parts else {}
@@ -99,9 +234,9 @@ def _null_count(pf: pq.ParquetFile, column: str) -> int | None:
     return total
 
 
-def _message(settings: Settings, shards: list[str], missing: list[str]) -> str:
+def _message(settings: Settings, shard_names: list[str], missing: list[str]) -> str:
     names = ", ".join(f"`{f}`" for f in missing)
-    seen = ", ".join(_fields_seen(settings, shards[0])) or "none"
+    seen = ", ".join(_fields_seen(settings, shard_names[0])) or "none"
     where = settings.config_file.name if settings.config_file else "dataset.toml"
     return (
         f"caption_field: no sample has {names} (fields seen: {seen}); "
@@ -115,8 +250,16 @@ def _fields_seen(settings: Settings, shard: str) -> list[str]:
         batch = next(pf.iter_batches(batch_size=SEEN_ROWS, columns=["json"]), None)
     seen: dict[str, None] = {}
     for raw in batch.column(0).to_pylist() if batch is not None else []:
-        obj, _ = parse_json(raw.encode("utf-8", "surrogatepass")) if raw else (None, None)
-        for key, value in (obj or {}).items():
+        for key, value in _json_object(raw).items():
             if isinstance(value, str | list):
                 seen.setdefault(key)
     return list(seen)
+
+
+def _json_object(raw: str | None) -> dict:
+    """The object a partition's `json` column holds, or {} (no JSON, or not an object)."""
+    try:
+        obj = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}

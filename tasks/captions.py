@@ -21,8 +21,6 @@ import shutil
 from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISREG
 
-import pyarrow as pa
-
 from state import files, shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
@@ -35,10 +33,9 @@ from state.caption_state import (
 from state.hashing import file_matches, hash_bytes
 from state.kinds import EDITED_CAPTIONS, FileKind
 from state.manifest import open_manifest, write_transaction
-from tasks.caption_fields import check_caption_fields
-from tasks.freshness import captions_key
+from tasks.caption_fields import caption_columns, caption_texts, check_caption_fields
+from tasks.freshness import captions_due
 from tasks.partition import read_partition
-from tasks.records import CAPTION_COLUMNS, join_caption_lines, select_caption
 from tasks.settings import Settings, partition_path
 
 CAPTION = FileKind.CAPTION
@@ -60,50 +57,9 @@ class CaptionResult:
     up_to_date: bool = False
 
 
-def caption_texts(table: pa.Table, settings: Settings) -> list[str]:
-    """The caption of every row of a partition table, per `caption_field`."""
-    fields = settings.caption_field
-    known = {f for f in fields if f in CAPTION_COLUMNS}
-    columns = {f: table.column(f"cap_{f}").to_pylist() for f in known}
-    if known == set(fields):  # the common case, as select_caption without a dict per row
-        if len(fields) == 1:
-            texts = ["" if v is None else v for v in columns[fields[0]]]
-        else:
-            rows = zip(*(columns[f] for f in fields), strict=True)
-            texts = [_first_caption(values) for values in rows]
-        if settings.join_caption_lines:
-            texts = [join_caption_lines(t) for t in texts]
-        return texts
-    raws = table.column("json").to_pylist()
-    return [
-        select_caption(
-            {f: columns[f][i] for f in known}, raws[i], fields, settings.join_caption_lines
-        )
-        for i in range(table.num_rows)
-    ]
-
-
-def _first_caption(values: tuple[str | None, ...]) -> str:
-    """select_caption over values already taken from the fields, in order."""
-    for v in values:
-        if v is not None and v.strip():
-            return v
-    return next((v for v in values if v is not None), "")
-
-
 def caption_path(filename: str) -> str:
     """`data/<stem>.txt` for an image path relative to `data/`."""
     return f"data/{posixpath.splitext(filename)[0]}.txt"
-
-
-def partition_columns(settings: Settings) -> list[str]:
-    """The partition columns needed to make captions under the current settings."""
-    cols = ["filename", "sample"] + [
-        f"cap_{f}" for f in settings.caption_field if f in CAPTION_COLUMNS
-    ]
-    if any(f not in CAPTION_COLUMNS for f in settings.caption_field):
-        cols.append("json")
-    return cols
 
 
 def write_captions(settings: Settings, shard: str) -> CaptionResult:
@@ -117,19 +73,15 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
     result = CaptionResult(shard)
     db = open_manifest(settings.root)
     try:
-        row = shards.get(db, shard)
-        if row is None or not partition_path(settings, shard).exists():
-            result.up_to_date = True
-            return result
-        key = captions_key(row["part_xxh3"], settings)
-        if row["captions_key"] == key:
+        key = captions_due(db, settings, shard)
+        if key is None or not partition_path(settings, shard).exists():
             result.up_to_date = True
             return result
         check_caption_fields(db, settings)  # before anything is written
         existing = caption_rows(db, shard)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
-            table = read_partition(settings, shard, partition_columns(settings))
+            table = read_partition(settings, shard, caption_columns(settings))
             for filename, sample, text in zip(
                 table.column("filename").to_pylist(),
                 table.column("sample").to_pylist(),
@@ -162,7 +114,7 @@ class _Writer:
     def __init__(self, db, settings: Settings, shard: str, result: CaptionResult):
         self.db, self.settings, self.shard, self.result = db, settings, shard, result
         self.root = str(settings.root) + os.sep
-        self.new: list[dict] = []
+        self.new: list[files.FileRow] = []
         self.rewrites: list[tuple[str, bytes, str, str]] = []  # (target, data, xxh3, path)
 
     def write(self, wanted: dict[str, tuple[str, str]], existing: dict) -> None:
@@ -228,15 +180,15 @@ class _Writer:
         else:
             result.written += 1
         self.new.append(
-            {
-                "path": path,
-                "shard": self.shard,
-                "kind": CAPTION,
-                "sample": sample,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "xxh3": digest,
-            }
+            files.file_row(
+                path,
+                CAPTION,
+                shard=self.shard,
+                sample=sample,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                xxh3=digest,
+            )
         )
 
     def _vouched_by_another_shard(self, path: str, target: str) -> bool:

@@ -507,15 +507,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def dataloader_is_current(settings: Settings) -> bool:
-    """doit's uptodate: the file holds what the build would write, and the record matches."""
-    try:
-        plan = plan_dataloader(settings)
-    except (DataloaderFileError, OSError):
-        return False  # the task runs and says what is wrong
-    return not plan.changed and read_record(settings) == plan.record
-
-
 def write_dataloader(settings: Settings) -> DataloaderPlan:
     """Write (or update in place) `multidatabackend.json`; return the plan it followed.
 
@@ -547,7 +538,7 @@ def entry_before_captions_go(settings: Settings) -> list[str]:
 
     Raises `DataloaderFileError` when it cannot be written (the `.txt` files must stay).
     """
-    if settings.caption_strategy == "textfile" or dataloader_is_current(settings):
+    if settings.caption_strategy == "textfile":
         return []
     plan = write_dataloader(settings)
     return plan.warnings(settings) if plan.written else []

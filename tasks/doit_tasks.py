@@ -32,9 +32,9 @@ from tasks.cli import (
     output_to_devnull,
     parse_command_line,
 )
-from tasks.dataloader import dataloader_is_current
 from tasks.freshness import (
     captions_are_current,
+    dataloader_is_current,
     scan_is_up_to_date,
     shard_is_done,
     table_is_current,

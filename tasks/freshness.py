@@ -1,6 +1,7 @@
 """What changed since the build: read-only questions to the manifest and the disk.
 
-doit's `uptodate` checks live here. A no-op `doit` runs only these, so this module (like
+Every doit `uptodate` check lives here, and the keys that say what an output was made
+from. A no-op `doit` runs only these, so this module (like
 dodo.py) imports neither pyarrow nor sqlite-utils: the modules that do the work are
 imported when a task runs. A manifest that is missing or unreadable is never "up to
 date"; the task then runs and names the problem.
@@ -13,10 +14,12 @@ import os
 import sqlite3
 from collections.abc import Callable
 from functools import wraps
+from typing import NamedTuple
 
 from state import files, meta, shards
 from state.hashing import NotRegularFileError, file_matches, hash_file
 from state.manifest import connect_if_present
+from tasks.dataloader import DataloaderFileError, plan_dataloader, read_record
 from tasks.settings import Settings, partition_path
 
 
@@ -86,10 +89,20 @@ def _partition_intact(db, settings: Settings, shard: str) -> bool:
 # --------------------------------------------------------------------------- changes
 
 
-def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
-    """JSON rows whose file changed on disk: ([(path, shard, size, mtime_ns, xxh3,
-    content_changed)], missing paths); xxh3 is None for what is not a regular file."""
-    changed, missing = [], []
+class ChangedJson(NamedTuple):
+    """A JSON in data/ whose stat differs from its manifest row, as found on disk now."""
+
+    path: str
+    shard: str
+    size: int
+    mtime_ns: int
+    xxh3: str | None  # None: not a regular file, never read
+    content_changed: bool  # False: touched, same bytes
+
+
+def changed_json_rows(db, settings: Settings) -> list[ChangedJson]:
+    """JSON rows whose file changed on disk (a missing one is the audit's to report)."""
+    changed = []
     root = str(settings.root)
     stat = os.stat
     # only what the stat needs: shard and hash are looked up for changed rows only
@@ -97,7 +110,6 @@ def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
         try:
             st = stat(f"{root}/{path}")
         except FileNotFoundError:
-            missing.append(path)
             continue
         if st.st_mtime_ns == mtime_ns and st.st_size == size:
             continue
@@ -106,8 +118,8 @@ def changed_json_rows(db, settings: Settings) -> tuple[list[tuple], list[str]]:
             new = hash_file(f"{root}/{path}")
         except NotRegularFileError:  # a FIFO or device: never read; the scan names it
             new = None
-        changed.append((path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
-    return changed, missing
+        changed.append(ChangedJson(path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
+    return changed
 
 
 def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
@@ -131,18 +143,35 @@ def shard_is_done(db, settings: Settings, name: str) -> bool:
 @_reading_manifest
 def scan_is_up_to_date(db, settings: Settings) -> bool:
     """`scan`: no JSON in data/ changed and every partition is intact."""
-    changed, _ = changed_json_rows(db, settings)
-    return not changed and not partitions_needing_rebuild(db, settings)
+    return not changed_json_rows(db, settings) and not partitions_needing_rebuild(db, settings)
+
+
+def captions_due(db, settings: Settings, shard: str) -> str | None:
+    """The key the shard's caption files are to be made to, or None when they were made
+    from its partition under the caption settings (or the manifest has no such shard)."""
+    row = shards.caption_inputs(db, shard)
+    if row is None:
+        return None
+    key = captions_key(row[0], settings)
+    return None if row[1] == key else key
 
 
 @_reading_manifest
 def captions_are_current(db, settings: Settings, shard: str) -> bool:
     """`captions:<shard>`: the caption files match the shard's partition and the settings."""
-    row = shards.caption_inputs(db, shard)
-    return row is None or row[1] == captions_key(row[0], settings)
+    return captions_due(db, settings, shard) is None
 
 
 @_reading_manifest
 def table_is_current(db, settings: Settings) -> bool:
     """`table`: the table on disk was made from the current partitions and settings."""
     return table_matches(db, settings, table_key(settings, table_shards(db)))
+
+
+def dataloader_is_current(settings: Settings) -> bool:
+    """`dataloader`: the file holds what the build would write, and the record matches."""
+    try:
+        plan = plan_dataloader(settings)
+    except (DataloaderFileError, OSError):
+        return False  # the task runs and says what is wrong
+    return not plan.changed and read_record(settings) == plan.record

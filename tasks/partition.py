@@ -14,13 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from state.atomic import atomic_write
+from state.files import FileRow, file_row
 from state.hashing import hash_bytes
 from state.kinds import FileKind
 from tasks.records import PARTITION_SCHEMA
 from tasks.settings import Settings, partition_path
 
 
-def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dict:
+def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> FileRow:
     """Write a shard's partition atomically, rows sorted by filename; return its `files` row."""
     ordered = sorted(rows, key=lambda r: r["filename"])
     table = pa.Table.from_pylist(ordered, schema=PARTITION_SCHEMA)
@@ -30,19 +31,14 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
     path = partition_path(settings, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     st = atomic_write(path, data)
-    return {
-        "path": os.path.relpath(path, settings.root),
-        "shard": shard,
-        "kind": FileKind.PARTITION,
-        "sample": None,
-        "member": None,
-        "offset": None,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "xxh3": hash_bytes(data),
-        "width": None,
-        "height": None,
-    }
+    return file_row(
+        os.path.relpath(path, settings.root),
+        FileKind.PARTITION,
+        shard=shard,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        xxh3=hash_bytes(data),
+    )
 
 
 def read_partition(settings: Settings, shard: str, columns: list[str] | None = None) -> pa.Table:

@@ -13,17 +13,11 @@ from typing import Any
 import pyarrow as pa
 
 from state.kinds import FileKind
+from tasks.caption_fields import CAPTION_COLUMNS, caption_value, clean_text
 
 IMAGE, JSON = FileKind.IMAGE, FileKind.JSON
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-CAPTION_COLUMNS = (
-    "short_caption",
-    "long_caption",
-    "short_caption2",
-    "long_caption2",
-    "original_prompt",
-)
 
 PARTITION_SCHEMA = pa.schema(
     [
@@ -76,28 +70,6 @@ def parse_json(raw: bytes) -> tuple[dict | None, str | None]:
     return obj, None
 
 
-def caption_value(value: Any) -> str | None:
-    """A field's caption: a string as is (even empty or blank), a list's first string
-    that is not blank (else its first string).
-
-    Anything else (absent, null, a number, a list of no strings) is no caption (None).
-    """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        strings = [v for v in value if isinstance(v, str)]
-        for item in strings:
-            if not is_blank(item):
-                return item
-        return strings[0] if strings else None
-    return None
-
-
-def is_blank(text: str | None) -> bool:
-    """Whether a caption is absent, empty or whitespace only (no caption to train on)."""
-    return text is None or not text.strip()
-
-
 # The largest side an image can have (PNG's limit); larger values are not sizes.
 MAX_SIDE = 2**31 - 1
 
@@ -126,17 +98,6 @@ def _side(value: Any) -> int | None:
     return side if 1 <= side <= MAX_SIDE else None
 
 
-def clean_text(text: str | None) -> str | None:
-    """Text safe for Arrow (lone surrogates, which UTF-8 cannot hold, become U+FFFD)."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
 def partition_row(
     image_path: str, json_path: str, obj: dict, raw: str, header: tuple[int, int]
 ) -> dict:
@@ -157,42 +118,5 @@ def partition_row(
         "json": clean_text(raw),
     }
     for column in CAPTION_COLUMNS:
-        row[f"cap_{column}"] = clean_text(caption_value(obj.get(column)))
+        row[f"cap_{column}"] = caption_value(obj.get(column))
     return row
-
-
-def select_caption(
-    row_captions: dict[str, str | None],
-    raw: str | None,
-    fields: tuple[str, ...],
-    join_lines: bool = False,
-) -> str:
-    """The caption of one sample for `caption_field` (a tuple tried in order).
-
-    The first field whose caption is not blank wins; when every one is blank or absent,
-    the first field that has a string gives it as is (the preset writes a field's value
-    unchanged), else the caption is "". `row_captions` maps known field -> caption.
-    """
-    parsed: dict | None = None
-    fallback: str | None = None
-    for field in fields:
-        if field in row_captions:
-            value = row_captions[field]
-        else:
-            if parsed is None:
-                parsed = (json.loads(raw) if raw else None) or {}
-            value = clean_text(caption_value(parsed.get(field)))
-        if not is_blank(value):
-            return join_caption_lines(value) if join_lines else value
-        if fallback is None:
-            fallback = value
-    if fallback is None:
-        return ""
-    return join_caption_lines(fallback) if join_lines else fallback
-
-
-def join_caption_lines(text: str) -> str:
-    """One line from a multi-line caption: stripped non-empty lines joined by spaces."""
-    if "\n" not in text and "\r" not in text:
-        return text
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())

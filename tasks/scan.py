@@ -15,7 +15,7 @@ from state.digests import json_digest
 from state.hashing import NotRegularFileError, read_regular
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
-from tasks.freshness import changed_json_rows, partitions_needing_rebuild
+from tasks.freshness import ChangedJson, changed_json_rows, partitions_needing_rebuild
 from tasks.partition import read_partition, write_partition
 from tasks.records import parse_json, partition_row
 from tasks.settings import Settings, partition_path
@@ -41,11 +41,11 @@ def scan_edits(settings: Settings) -> ScanResult:
     result = ScanResult()
     db = open_manifest(settings.root)
     try:
-        changed, _ = changed_json_rows(db, settings)
+        changed = changed_json_rows(db, settings)
         edited_by_shard: dict[str, set[str]] = {}
-        for path, shard, _size, _mtime, _xxh3, content_changed in changed:
-            if content_changed:
-                edited_by_shard.setdefault(shard, set()).add(path)
+        for c in changed:
+            if c.content_changed:
+                edited_by_shard.setdefault(c.shard, set()).add(c.path)
         full = set(partitions_needing_rebuild(db, settings))
         for shard in sorted(full | set(edited_by_shard)):
             only = None if shard in full else edited_by_shard[shard]
@@ -61,36 +61,34 @@ def scan_edits(settings: Settings) -> ScanResult:
                 shards.set_partition(conn, shard, part_row["xxh3"], json_digest(conn, shard))
             result.rebuilt.append(shard)
             result.edited.extend(sorted(edited_by_shard.get(shard, ())))
-        untouched = [c for c in changed if c[1] not in result.rebuilt and not c[5]]
+        untouched = [c for c in changed if c.shard not in result.rebuilt and not c.content_changed]
         if untouched:  # touched without a content change: remember the new stat
             with write_transaction(db) as conn:
-                files.set_stat(
-                    conn, [(size, mtime_ns, path) for path, _, size, mtime_ns, *_ in untouched]
-                )
+                files.set_stat(conn, [(c.size, c.mtime_ns, c.path) for c in untouched])
     finally:
         db.close()
     return result
 
 
-def _remember_originals(conn, changed: list[tuple], shard: str) -> None:
+def _remember_originals(conn, changed: list[ChangedJson], shard: str) -> None:
     """Keep the tar's hash of each JSON of `shard` whose edit is picked up now, so that
     the next extraction of the shard knows the file is the user's (tar's again: forgotten)."""
-    for path, owner, _size, _mtime_ns, new, content_changed in changed:
-        if owner != shard or not content_changed:
+    for c in changed:
+        if c.shard != shard or not c.content_changed:
             continue
-        if new is not None and new == edits.original_of(conn, path):
-            edits.forget(conn, [path])
+        if c.xxh3 is not None and c.xxh3 == edits.original_of(conn, c.path):
+            edits.forget(conn, [c.path])
         else:
-            edits.remember_original(conn, path, files.get(conn, path)["xxh3"])
+            edits.remember_original(conn, c.path, files.get(conn, c.path)["xxh3"])
 
 
-def _stat_rows(db, changed: list[tuple], shard: str) -> list[dict]:
-    rows = []
-    for path, owner, size, mtime_ns, xxh3, _ in changed:
-        if owner != shard:
-            continue
-        old = files.get(db, path)
-        rows.append({**old, "size": size, "mtime_ns": mtime_ns, "xxh3": xxh3})
+def _stat_rows(db, changed: list[ChangedJson], shard: str) -> list[files.FileRow]:
+    """The rows of the shard's changed JSON files, with their new stat and hash."""
+    rows: list[files.FileRow] = []
+    for c in changed:
+        if c.shard == shard:
+            old = files.get(db, c.path)
+            rows.append({**old, "size": c.size, "mtime_ns": c.mtime_ns, "xxh3": c.xxh3})
     return rows
 
 
@@ -116,7 +114,7 @@ def _row_from_json(
     return partition_row(image_path, json_path, obj, raw.decode("utf-8"), header)
 
 
-def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None) -> dict:
+def rebuild_partition(db, settings: Settings, shard: str, only: set[str] | None) -> files.FileRow:
     """Rewrite a shard's partition; re-parse only `only` (paths from root) when given."""
     if only is not None and partition_path(settings, shard).exists():
         rows = {r["json_path"]: r for r in read_partition(settings, shard).to_pylist()}

@@ -19,8 +19,7 @@ from state.hashing import hash_file
 from state.kinds import FileKind
 from state.manifest import open_manifest, write_transaction
 from state.through import replacing_through
-from tasks.caption_fields import check_caption_fields
-from tasks.captions import caption_texts, partition_columns
+from tasks.caption_fields import caption_columns, caption_texts, check_caption_fields
 from tasks.dataloader import check_id
 from tasks.freshness import table_key, table_matches, table_shards
 from tasks.partition import read_partition
@@ -60,18 +59,14 @@ def build_table(settings: Settings) -> TableResult:
         rows = _write(settings, [name for name, _ in shards])
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
-            files.upsert(
-                conn,
-                [
-                    {
-                        "path": rel,
-                        "kind": FileKind.TABLE,
-                        "size": st.st_size,
-                        "mtime_ns": st.st_mtime_ns,
-                        "xxh3": hash_file(settings.table_path),
-                    }
-                ],
+            row = files.file_row(
+                rel,
+                FileKind.TABLE,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                xxh3=hash_file(settings.table_path),
             )
+            files.upsert(conn, [row])
             meta.set(conn, meta.table_key(rel), key)
             meta.set(conn, meta.table_rows(rel), str(rows))
         return TableResult(rows, shards_in_build(db), False)
@@ -82,7 +77,7 @@ def build_table(settings: Settings) -> TableResult:
 def _write(settings: Settings, shards: list[str]) -> int:
     """Stream the partitions into the table; a symlinked table is written through."""
     rows = 0
-    columns = partition_columns(settings) + ["width", "height"]
+    columns = caption_columns(settings) + ["width", "height"]
     with (
         replacing_through(settings.table_path) as tmp,
         pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer,

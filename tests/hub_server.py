@@ -387,6 +387,57 @@ class _Handler(BaseHTTPRequestHandler):
                 entries[p] = {"type": "file", "path": p, **self._blob_fields(p, data)}
         self._json(list(entries.values()))
 
+    def _file_headers(self, sha: str, file: str, data: bytes) -> dict[str, str]:
+        """The Hub's headers for a file: commit, ETag (the LFS oid for LFS files)."""
+        fields = self._blob_fields(file, data)
+        headers = {
+            "X-Repo-Commit": sha,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{file.rsplit("/", 1)[-1]}"',
+        }
+        if "lfs" in fields:
+            headers["ETag"] = f'"{fields["lfs"]["oid"]}"'
+            headers["X-Linked-Etag"] = f'"{fields["lfs"]["oid"]}"'
+            headers["X-Linked-Size"] = str(len(data))
+        else:
+            headers["ETag"] = f'"{fields["oid"]}"'
+        return headers
+
+    def _byte_range(self, rng: str, size: int, sha: str) -> tuple[int, int] | None:
+        """(first, last) byte of a Range header; None after answering 416 to a bad one."""
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if m is None or (not m[1] and not m[2]):
+            self._error(416, None, f"bad range {rng}", commit=sha)
+            return None
+        if m[1]:
+            start = int(m[1])
+            end = min(int(m[2]), size - 1) if m[2] else size - 1
+        else:
+            start, end = max(size - int(m[2]), 0), size - 1
+        if start >= size or start > end:
+            self._error(416, None, f"unsatisfiable range {rng}", commit=sha)
+            return None
+        return start, end
+
+    def _send_cut_short(
+        self, status: int, body: bytes, headers: dict, file: str, keep: int
+    ) -> None:
+        """Announce the whole body, send its first `keep` bytes, drop the connection."""
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        sent = body[:keep]
+        self.wfile.write(sent)
+        self.wfile.flush()
+        with self.hub.lock:
+            self.hub.bytes_served[file] += len(sent)
+        self.close_connection = True
+        with suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
     def _resolve(self, repo: str, rev: str, file: str, head_only: bool) -> None:
         sha = self._resolve_rev(repo, rev, head_only)
         if sha is None:
@@ -406,19 +457,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", f"{file} does not exist", head_only, commit=sha)
             return
-        fields = self._blob_fields(file, data)
-        headers = {
-            "X-Repo-Commit": sha,
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{file.rsplit("/", 1)[-1]}"',
-        }
-        if "lfs" in fields:
-            headers["ETag"] = f'"{fields["lfs"]["oid"]}"'
-            headers["X-Linked-Etag"] = f'"{fields["lfs"]["oid"]}"'
-            headers["X-Linked-Size"] = str(len(data))
-        else:
-            headers["ETag"] = f'"{fields["oid"]}"'
+        headers = self._file_headers(sha, file, data)
         if fault is not None and fault[0] == "head":
             code = "EntryNotFound" if fault[1] == 404 else None
             self._error(fault[1], code, f"injected HTTP {fault[1]}", head_only, commit=sha)
@@ -433,38 +472,16 @@ class _Handler(BaseHTTPRequestHandler):
         status, start, end = 200, 0, len(data) - 1
         rng = self.headers.get("Range")
         if rng and not head_only:
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if m is None or (not m[1] and not m[2]):
-                self._error(416, None, f"bad range {rng}", commit=sha)
+            span = self._byte_range(rng, len(data), sha)
+            if span is None:
                 return
-            if m[1]:
-                start = int(m[1])
-                end = min(int(m[2]), len(data) - 1) if m[2] else len(data) - 1
-            else:
-                start = max(len(data) - int(m[2]), 0)
-            if start >= len(data) or start > end:
-                self._error(416, None, f"unsatisfiable range {rng}", commit=sha)
-                return
-            status = 206
+            status, (start, end) = 206, span
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             with self.hub.lock:
                 self.hub.ranges.append((file, rng))
         body = data[start : end + 1]
-
         if fault is not None and fault[0] == "drop":
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            sent = body[: fault[1]]
-            self.wfile.write(sent)
-            self.wfile.flush()
-            with self.hub.lock:
-                self.hub.bytes_served[file] += len(sent)
-            self.close_connection = True
-            with suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._send_cut_short(status, body, headers, file, fault[1])
             return
         self._send(status, body, headers, head_only)
         if not head_only:

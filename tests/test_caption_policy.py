@@ -15,7 +15,7 @@ from preset_reference import compile_rows
 from tarbuild import M, png, sample_json, write_tar
 
 from sample.generate import write_config
-from tasks.records import caption_value, select_caption
+from tasks.caption_fields import caption_value, select_caption
 
 SHARDS = Path("hub/data")
 

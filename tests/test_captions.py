@@ -11,8 +11,7 @@ from conftest import images_in, run_doit, snapshot, table_rows
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from tasks.captions import caption_texts
-from tasks.records import caption_value, join_caption_lines, select_caption
+from tasks.caption_fields import caption_texts, caption_value, join_caption_lines, select_caption
 from tasks.settings import Settings
 
 

@@ -151,17 +151,6 @@ KINDS: dict[str, tuple[str, str]] = {
     "dataloader_edited": (NOTE, "the dataloader entry has values changed by hand"),
     "dataloader_duplicate": (NOTE, "{n} other dataloader entry(ies) read this data/ too"),
 }
-QUIRK_KINDS = (
-    "refused",
-    "invalid_json",
-    "json_without_image",
-    "image_without_json",
-    "duplicate_member",
-    "duplicate_across_shards",
-    "second_image",
-    "bad_image",
-    "unexpected_member",
-)
 
 
 @dataclass

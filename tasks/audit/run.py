@@ -52,6 +52,7 @@ from tasks.audit.pairing import (
 )
 from tasks.audit.report import KINDS, AuditReport
 from tasks.audit.stat_pass import stat_all_rows
+from tasks.caption_fields import blank_captions
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
 from tasks.records import member_kind, parse_json
@@ -132,7 +133,7 @@ def _check_table_rows(settings: Settings, report: AuditReport) -> TableFacts:
             for name in names:
                 add(f"data/{name}")
             caption = batch.column("caption")
-            blank = pc.or_(pc.equal(caption, ""), pc.utf8_is_space(caption))
+            blank = blank_captions(caption)
             _note_rows(report, "empty_caption", names, blank, "caption is empty or blank")
             if textfile:
                 multi = pc.match_substring_regex(caption, r"[\r\n]")
@@ -221,7 +222,7 @@ def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _
 
 
 def _fast_files(conn, root: str, judge: _Judge) -> None:
-    """Stat every file (`audit_stat`); look closer (`_look`) only where it is missing or
+    """Stat every file (`stat_pass`); look closer (`_look`) only where it is missing or
     its stat differs: full rows are fetched for those only."""
     found = stat_all_rows(conn, root, judge.textfile)
     judge.tallies.merge(found.tallies)
@@ -340,7 +341,7 @@ class _Judge:
 
 
 def _check_pairs(conn, settings: Settings, judge: _Judge, table: TableFacts) -> None:
-    """Images without a caption or a table row, rows without an image (`audit_pairing`)."""
+    """Images without a caption or a table row, rows without an image (`pairing`)."""
     report, root = judge.report, str(settings.root) + os.sep
     tallies = judge.tallies
     if judge.textfile and tallies.wanted_captions != tallies.captions:
@@ -444,42 +445,52 @@ def _check_partitions(conn, settings: Settings, report: AuditReport) -> None:
         except (OSError, pa.ArrowException):
             continue  # missing or corrupt: reported with the files
         names = t.column("filename").to_pylist()
-        header = pc.equal(t.column("size_source"), "header")
-        for i in _true_indices(header):
-            report.add(
-                "size_from_header",
-                f"data/{names[i]}",
-                shard,
-                "JSON has no usable width/height: the image header's "
-                f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()} is used",
-            )
-        differs = pc.and_(
-            pc.invert(header),
-            pc.or_(
-                pc.not_equal(t.column("width"), t.column("header_width")),
-                pc.not_equal(t.column("height"), t.column("header_height")),
-            ),
+        _note_sizes(t, names, shard, report)
+        _note_image_names(t, names, shard, report)
+
+
+def _note_sizes(t: pa.Table, names: list[str], shard: str, report: AuditReport) -> None:
+    """Sizes taken from the image header, and JSON sizes the header contradicts."""
+    header = pc.equal(t.column("size_source"), "header")
+    for i in _true_indices(header):
+        report.add(
+            "size_from_header",
+            f"data/{names[i]}",
+            shard,
+            "JSON has no usable width/height: the image header's "
+            f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()} is used",
         )
-        for i in _true_indices(differs):
-            report.add(
-                "header_size_mismatch",
-                f"data/{names[i]}",
-                shard,
-                f"JSON says {t['width'][i].as_py()}x{t['height'][i].as_py()}, the image header "
-                f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()}",
-            )
-        base = pc.replace_substring_regex(t.column("filename"), pattern=r"^.*/", replacement="")
-        wrong = pc.fill_null(pc.not_equal(t.column("image_name"), base), True)
-        for i in _true_indices(wrong):
-            name = t["image_name"][i].as_py()
-            report.add(
-                "image_name_mismatch",
-                f"data/{names[i]}",
-                shard,
-                "JSON has no image_name"
-                if name is None
-                else f"JSON image_name {name!r}, the member is {posixpath.basename(names[i])!r}",
-            )
+    differs = pc.and_(
+        pc.invert(header),
+        pc.or_(
+            pc.not_equal(t.column("width"), t.column("header_width")),
+            pc.not_equal(t.column("height"), t.column("header_height")),
+        ),
+    )
+    for i in _true_indices(differs):
+        report.add(
+            "header_size_mismatch",
+            f"data/{names[i]}",
+            shard,
+            f"JSON says {t['width'][i].as_py()}x{t['height'][i].as_py()}, the image header "
+            f"{t['header_width'][i].as_py()}x{t['header_height'][i].as_py()}",
+        )
+
+
+def _note_image_names(t: pa.Table, names: list[str], shard: str, report: AuditReport) -> None:
+    """JSON `image_name`s that are missing or differ from the member's file name."""
+    base = pc.replace_substring_regex(t.column("filename"), pattern=r"^.*/", replacement="")
+    wrong = pc.fill_null(pc.not_equal(t.column("image_name"), base), True)
+    for i in _true_indices(wrong):
+        name = t["image_name"][i].as_py()
+        report.add(
+            "image_name_mismatch",
+            f"data/{names[i]}",
+            shard,
+            "JSON has no image_name"
+            if name is None
+            else f"JSON image_name {name!r}, the member is {posixpath.basename(names[i])!r}",
+        )
 
 
 def _check_quirks(conn, report: AuditReport) -> None:

@@ -195,16 +195,14 @@ def owners_of(conn, paths: list[str]) -> dict[str, str]:
     return files.owners(conn, paths)
 
 
-def pending_row(shard: str, dest: str, m: Member) -> dict:
+def pending_row(shard: str, dest: str, m: Member) -> files.FileRow:
     """A provisional claim: the path is this shard's, the file not yet complete."""
-    return {
-        "path": dest,
-        "shard": shard,
-        "kind": FileKind.PENDING,
-        "sample": None,
-        "member": m.member,
-        "offset": m.offset,
-        "size": m.size,
-        "mtime_ns": None,
-        "xxh3": m.xxh3,
-    }
+    return files.file_row(
+        dest,
+        FileKind.PENDING,
+        shard=shard,
+        member=m.member,
+        offset=m.offset,
+        size=m.size,
+        xxh3=m.xxh3,
+    )

@@ -152,8 +152,8 @@ def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str 
 
 
 def _adopt_renamed(db, settings: Settings, old: str, new: str, rel: str, st) -> None:
-    old_part = settings.parts_dir / f"shard={old}"
-    new_part = settings.parts_dir / f"shard={new}"
+    old_part = partition_path(settings, old).parent
+    new_part = partition_path(settings, new).parent
     with write_transaction(db) as conn:
         shards.rename(conn, old, new, rel, st.st_mtime_ns)
         if old_part.exists():
@@ -661,7 +661,7 @@ def _place(settings: Settings, tar_path: Path, p: Placement, made_dirs: set[str]
     return 1
 
 
-def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
+def _file_row(settings: Settings, shard: str, p: Placement) -> files.FileRow:
     m = p.member
     if m.mtime_ns is None or m.stale_stat:
         st = os.stat(f"{settings.root}/{p.dest}")
@@ -669,19 +669,19 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     else:
         size, mtime_ns = m.size, m.mtime_ns
     width, height = m.header if m.header else (None, None)
-    return {
-        "path": p.dest,
-        "shard": shard,
-        "kind": p.kind,
-        "sample": p.sample,
-        "member": m.member,
-        "offset": m.offset,
-        "size": size,
-        "mtime_ns": mtime_ns,
-        "xxh3": m.xxh3,
-        "width": width,
-        "height": height,
-    }
+    return files.file_row(
+        p.dest,
+        p.kind,
+        shard=shard,
+        sample=p.sample,
+        member=m.member,
+        offset=m.offset,
+        size=size,
+        mtime_ns=mtime_ns,
+        xxh3=m.xxh3,
+        width=width,
+        height=height,
+    )
 
 
 def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
