@@ -285,7 +285,20 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
     def task_repair(s: Settings) -> dict:
         return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
 
-    return {name: value for name, value in locals().items() if name.startswith("task_")}
+    tasks = {name: value for name, value in locals().items() if name.startswith("task_")}
+    return {**tasks, **_pull_creator(creator)}
+
+
+def _pull_creator(creator: Callable) -> dict:
+    """`doit pull`: fetch from the Hub and build, pipelined (tasks/pull/)."""
+
+    @creator("Fetch new or changed shards of repo_id@revision and build them, pipelined.")
+    def task_pull(s: Settings) -> dict:
+        from tasks.pull import run_pull
+
+        return {"actions": [(run_pull, [s])], "uptodate": [False]}
+
+    return {"task_pull": task_pull}
 
 
 def _known_shards(settings: Settings) -> list[str]:

@@ -1,0 +1,151 @@
+"""`doit pull` against the local Hub stand-in (tests/hub_server.py): the same result as
+`doit download` then `doit`, with or without the tars kept, and its faults."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_doit
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_download  # noqa: E402
+from hub_server import HubServer, running_hub  # noqa: E402
+
+from sample.generate import make_dataset, write_config  # noqa: E402
+
+REPO = "tester/pulled"
+isolated_hf = test_download.isolated_hf  # no user token, cache or telemetry
+VOLATILE = {"mtime_ns"}  # when a file was written differs between two builds
+
+
+def shard_files(tmp_path: Path, shards: int = 3, start: int = 0) -> dict[str, bytes]:
+    """Generated shards (every quirk) as the repo files `data/<name>.tar`."""
+    src = tmp_path / f"src{start}"
+    paths = make_dataset(src, shards=shards, samples_per_shard=12, start=start)
+    return {f"data/{p.name}": p.read_bytes() for p in paths}
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with running_hub(shard_files(tmp_path), repo_id=REPO) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def new_root(tmp_path: Path, name: str, **settings) -> Path:
+    root = tmp_path / name
+    write_config(root, repo_id=REPO, **settings)
+    return root
+
+
+def rows(root: Path, table: str) -> list[dict]:
+    """A manifest table's rows without the columns that depend on when files were written."""
+    conn = sqlite3.connect(root / "state" / "manifest.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        found = [dict(r) for r in conn.execute(f"SELECT * FROM {table}")]  # noqa: S608
+    finally:
+        conn.close()
+    return sorted(
+        ({k: v for k, v in r.items() if k not in VOLATILE} for r in found),
+        key=lambda r: sorted((k, str(v)) for k, v in r.items()),
+    )
+
+
+def tree(root: Path, *folders: str) -> dict[str, str]:
+    """path -> sha256 of every file under the folders."""
+    out = {}
+    for folder in folders:
+        for p in sorted((root / folder).rglob("*")):
+            if p.is_file():
+                out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def result(root: Path) -> dict:
+    """Everything a build leaves that must not depend on how the shards arrived."""
+    backend = (root / "multidatabackend.json").read_text().replace(str(root), "<root>")
+    out = {
+        "tree": tree(root, "data", "incomplete", "state/parts"),
+        "table": hashlib.sha256((root / "dalle3.parquet").read_bytes()).hexdigest(),
+        "backend": backend,
+    }
+    for table in ("shards", "files", "quirks", "hub_files", "hub_sources"):
+        out[table] = rows(root, table)
+    return out
+
+
+def download_then_build(tmp_path: Path, name: str = "reference") -> Path:
+    root = new_root(tmp_path, name)
+    run_doit(root, "download")
+    run_doit(root)
+    return root
+
+
+# --- the same result as download, then doit --------------------------------------------
+
+
+@pytest.mark.parametrize("keep_tars", [True, False])
+def test_pull_builds_what_download_then_doit_builds(
+    hub: HubServer, tmp_path: Path, keep_tars: bool
+) -> None:
+    reference = download_then_build(tmp_path)
+    pulled = new_root(tmp_path, "pulled", keep_tars=keep_tars)
+    proc = run_doit(pulled, "pull")
+    assert "pull: 3 shard(s) fetched (3 new" in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert result(pulled) == result(reference)
+    tars = sorted(p.name for p in (pulled / "hub" / "data").glob("*.tar"))
+    assert tars == (sorted(Path(p).name for p in hub.files()) if keep_tars else [])
+    assert list((pulled / "hub").rglob("*.part")) == []
+
+
+def test_the_manifest_says_where_each_shard_came_from(hub: HubServer, tmp_path: Path) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    run_doit(root, "pull")
+    sources = rows(root, "hub_sources")
+    assert [s["repo_path"] for s in sources] == sorted(hub.files())
+    for s in sources:
+        data = hub.files()[s["repo_path"]]
+        assert s["repo_id"] == REPO and s["commit"] == hub.head
+        assert (s["sha256"], s["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+        assert s["local_path"] == f"hub/{s['repo_path']}"
+
+
+def test_without_tars_a_second_pull_and_plain_doit_do_nothing(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    run_doit(root, "pull")
+    before = result(root)
+    gets = sum(hub.gets.values())
+    proc = run_doit(root, "pull")
+    assert "pull: 0 shard(s) fetched" in proc.stdout and "3 up to date" in proc.stdout
+    assert sum(hub.gets.values()) == gets
+    proc = run_doit(root)
+    assert "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert result(root) == before
+    assert not (root / "hub" / "data").exists() or not any((root / "hub" / "data").iterdir())
+
+
+def test_a_new_commit_fetches_only_the_new_and_changed_shards(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    run_doit(root, "pull")
+    files = hub.files()
+    names = sorted(files)
+    extra = shard_files(tmp_path, shards=2, start=3)
+    files[names[1]] = extra.pop(sorted(extra)[0])  # shard 1 changes upstream
+    files.update(extra)  # one shard more
+    hub.set_files(files)
+    hub.reset_counts()
+    proc = run_doit(root, "pull")
+    assert "pull: 2 shard(s) fetched (1 new, 1 changed upstream" in proc.stdout, proc.stdout
+    assert set(hub.gets) == {names[1], *extra}
+    reference = download_then_build(tmp_path)
+    assert result(root) == result(reference)
