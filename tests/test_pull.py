@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO as CODE
 from conftest import run_doit
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,10 +28,12 @@ isolated_hf = test_download.isolated_hf  # no user token, cache or telemetry
 VOLATILE = {"mtime_ns"}  # when a file was written differs between two builds
 
 
-def shard_files(tmp_path: Path, shards: int = 3, start: int = 0) -> dict[str, bytes]:
+def shard_files(
+    tmp_path: Path, shards: int = 3, start: int = 0, samples: int = 12
+) -> dict[str, bytes]:
     """Generated shards (every quirk) as the repo files `data/<name>.tar`."""
     src = tmp_path / f"src{start}"
-    paths = make_dataset(src, shards=shards, samples_per_shard=12, start=start)
+    paths = make_dataset(src, shards=shards, samples_per_shard=samples, start=start)
     return {f"data/{p.name}": p.read_bytes() for p in paths}
 
 
@@ -149,3 +157,105 @@ def test_a_new_commit_fetches_only_the_new_and_changed_shards(
     assert set(hub.gets) == {names[1], *extra}
     reference = download_then_build(tmp_path)
     assert result(root) == result(reference)
+
+
+# --- faults ----------------------------------------------------------------------------
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(hub: HubServer, tmp_path: Path) -> None:
+    path = sorted(hub.files())[1]
+    hub.drop_next(path, 10_000, times=2)
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    proc = run_doit(root, "pull")
+    assert "Traceback" not in proc.stderr
+    assert hub.bytes_served[path] == len(hub.files()[path])  # no byte sent twice
+    assert [r for p, r in hub.ranges if p == path] == ["bytes=10000-", "bytes=20000-"]
+    assert result(root) == result(download_then_build(tmp_path))
+
+
+def test_bytes_that_do_not_match_the_listing_build_nothing_of_their_shard(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    bad = sorted(hub.files())[1]
+    hub.corrupt(bad)
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    proc = run_doit(root, "pull", check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if line.startswith(bad)]
+    assert lines and "do not match the Hub listing" in lines[0], out
+    assert "rerun `doit pull`" in lines[0]
+    assert sorted(s["name"] for s in rows(root, "shards")) == ["data-000000", "data-000002"]
+    assert not [f for f in rows(root, "files") if f["shard"] == "data-000001"]
+    assert list((root / "hub").rglob("*.tar")) + list((root / "hub").rglob("*.part")) == []
+    hub.corrupted.clear()
+    run_doit(root, "pull")
+    assert result(root) == result(download_then_build(tmp_path))
+
+
+def test_offline_pull_fails_in_one_line_naming_the_hub(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    run_doit(root, "pull")
+    before = result(root)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = run_doit(root, "pull", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert hub.url in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    url = hub.url
+    hub.stop()
+    proc = run_doit(root, "pull", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"cannot reach the Hub at {url}" in proc.stdout + proc.stderr
+    assert result(root) == before
+
+
+def tar_bytes(root: Path) -> int:
+    """Bytes of tars and partial tars under `<root>/hub` now."""
+    total = 0
+    for p in list((root / "hub").rglob("*.tar")) + list((root / "hub").rglob("*.part")):
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+            total += p.stat().st_size
+    return total
+
+
+def test_without_tars_at_most_two_shards_are_on_disk(tmp_path: Path, monkeypatch) -> None:
+    files = shard_files(tmp_path, shards=4, samples=200)  # extracting is slower than fetching
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    seen: list[int] = []
+    with running_hub(files, repo_id=REPO) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.watch = lambda path: seen.append(tar_bytes(root))
+        proc = run_doit(root, "pull")
+    largest_two = sum(sorted(len(b) for b in files.values())[-2:])
+    assert seen and max(seen) <= largest_two
+    peak = proc.stdout.split("tars on disk at peak: ")[1].split(";")[0].split()[0]
+    assert float(peak) * 1000 <= largest_two  # kB as printed
+    assert tar_bytes(root) == 0
+
+
+@pytest.mark.parametrize("keep_tars", [True, False])
+def test_kill_9_then_pull_again_gives_the_same_result(
+    hub: HubServer, tmp_path: Path, keep_tars: bool
+) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=keep_tars)
+    hub.rate = 20_000  # bytes/s: a shard takes about 1.5 s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", "pull"],
+        cwd=CODE,
+        env={**os.environ, "PYTHONPATH": str(CODE)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while sum(hub.bytes_served.values()) < 45_000 and proc.poll() is None:
+            time.sleep(0.05)  # killed inside the second shard's transfer
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    hub.rate = None
+    run_doit(root, "pull")
+    assert result(root) == result(download_then_build(tmp_path))
