@@ -53,6 +53,7 @@ from tasks.audit.report import KINDS, AuditReport
 from tasks.audit.stat_pass import stat_all_rows
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
+from tasks.pull.restore import note_restorable
 from tasks.records import member_kind, parse_json
 from tasks.settings import Settings, shard_name
 
@@ -93,6 +94,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         _check_partitions(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
+        note_restorable(conn, report)
         _check_duplicates(conn, report)
         _check_expected(conn, settings, report, table)
         check_dataloader(settings, report)
