@@ -136,6 +136,7 @@ def test_without_tars_a_second_pull_and_plain_doit_do_nothing(
     assert sum(hub.gets.values()) == gets
     proc = run_doit(root)
     assert "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "no tar matches" not in proc.stdout and "3 tar(s) not kept" in proc.stdout
     assert result(root) == before
     assert not (root / "hub" / "data").exists() or not any((root / "hub" / "data").iterdir())
 
@@ -157,6 +158,20 @@ def test_a_new_commit_fetches_only_the_new_and_changed_shards(
     assert set(hub.gets) == {names[1], *extra}
     reference = download_then_build(tmp_path)
     assert result(root) == result(reference)
+
+
+def test_a_shard_gone_upstream_is_kept_and_noted(hub: HubServer, tmp_path: Path) -> None:
+    root = new_root(tmp_path, "pulled", keep_tars=False)
+    run_doit(root, "pull")
+    before = result(root)
+    files = hub.files()
+    gone = sorted(files)[2]
+    del files[gone]
+    hub.set_files(files)
+    proc = run_doit(root, "pull")
+    assert f"1 recorded no longer upstream (kept): {gone}" in proc.stdout, proc.stdout
+    after = result(root)
+    assert after["tree"] == before["tree"] and after["files"] == before["files"]
 
 
 # --- faults ----------------------------------------------------------------------------

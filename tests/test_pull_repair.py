@@ -39,9 +39,7 @@ def pulled(hub: HubServer, tmp_path: Path) -> Path:
     return root
 
 
-def test_repair_fetches_just_the_damaged_members_from_the_hub(
-    hub: HubServer, pulled: Path
-) -> None:
+def test_repair_fetches_just_the_damaged_members_from_the_hub(hub: HubServer, pulled: Path) -> None:
     before = result(pulled)
     damaged = damage_five_images(pulled)
     audit = run_doit(pulled, "audit", check=False)
