@@ -14,7 +14,9 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 from state import hub as hub_files
@@ -155,7 +157,8 @@ def _built_from(settings: Settings, db, tar: Path, remote, row: dict | None) -> 
 
 
 def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) -> None:
-    """Fetch in a thread, build here, one shard behind; at most two tars without keep_tars."""
+    """Fetch in a thread, build in a worker process one shard behind (the extraction holds
+    the GIL, which would starve the fetcher); at most two tars without keep_tars."""
     present = sum(i.tar.stat().st_size for i in items if not i.fetch and i.tar.exists())
     disk = _Disk(present)
     limit = len(items) + 1 if settings.keep_tars else SLOTS_WITHOUT_TARS
@@ -165,14 +168,17 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
     fetcher = threading.Thread(
         target=_fetch_all, args=(ctx, items, slots, ready, stop, disk, summary), daemon=True
     )
-    fetcher.start()
+    builder = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
     try:
+        fetcher.start()
+        if items:
+            builder.submit(_warm_up)  # while the first shard downloads
         for _ in items:
             item, error = ready.get()
             if isinstance(error, BaseException):
                 raise error
             if error is None:
-                _build(settings, item, summary)
+                _build(settings, item, summary, builder)
             if not settings.keep_tars and item.tar.exists():
                 size = item.tar.stat().st_size
                 item.tar.unlink()
@@ -180,19 +186,36 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
             slots.release()
     finally:
         stop.set()
-        fetcher.join(timeout=60)
+        builder.shutdown(wait=True, cancel_futures=True)
+        if fetcher.is_alive():
+            fetcher.join(timeout=60)
         summary.peak_tar_bytes = disk.peak
 
 
-def _build(settings: Settings, item: Item, summary: PullSummary) -> None:
-    """Extract one shard as plain `doit` does; a failure of the root stops the pull."""
-    from tasks.doit_actions import run_extract
+def _warm_up() -> None:
+    """Import the extractor in the worker while the first shard downloads."""
+    import tasks.doit_actions  # noqa: F401
+    import tasks.extract.shard  # noqa: F401
 
+
+def _extract_in_worker(settings: Settings, tar: str) -> str | None:
+    """Extract one shard and write its captions as plain `doit` does (printing the same
+    lines); a failure of the root as one line, else None."""
+    from tasks.doit_actions import run_captions, run_extract
+
+    failed = run_extract(settings, tar)
+    if failed is None:  # its captions now, while the next shard downloads
+        failed = run_captions(settings, shard_name(Path(tar), settings))
+    return None if failed is None else str(getattr(failed, "message", failed))
+
+
+def _build(settings: Settings, item: Item, summary: PullSummary, builder) -> None:
+    """Extract one shard in the worker; a failure of the root stops the pull."""
     if item.tar not in settings.shard_paths():
         return  # outside the `shards` glob: plain `doit` would not build it either
-    failed = run_extract(settings, str(item.tar))
+    failed = builder.submit(_extract_in_worker, settings, str(item.tar)).result()
     if failed is not None:
-        raise PullError(str(failed.message if hasattr(failed, "message") else failed))
+        raise PullError(failed)
     summary.built += 1
 
 
