@@ -173,17 +173,21 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
         fetcher.start()
         if items:
             builder.submit(_warm_up)  # while the first shard downloads
+        captions = []
         for _ in items:
             item, error = ready.get()
             if isinstance(error, BaseException):
                 raise error
-            if error is None:
-                _build(settings, item, summary, builder)
+            if error is None and _build(settings, item, summary, builder):
+                captions.append(builder.submit(_captions_in_worker, settings, str(item.tar)))
             if not settings.keep_tars and item.tar.exists():
                 size = item.tar.stat().st_size
                 item.tar.unlink()
                 disk.add(-size)
-            slots.release()
+            slots.release()  # the captions need no tar: the next download may start
+        for done in captions:
+            if (failed := done.result()) is not None:
+                raise PullError(failed)
     finally:
         stop.set()
         builder.shutdown(wait=True, cancel_futures=True)
@@ -199,24 +203,32 @@ def _warm_up() -> None:
 
 
 def _extract_in_worker(settings: Settings, tar: str) -> str | None:
-    """Extract one shard and write its captions as plain `doit` does (printing the same
-    lines); a failure of the root as one line, else None."""
-    from tasks.doit_actions import run_captions, run_extract
+    """Extract one shard as plain `doit` does (printing the same lines); a failure of
+    the root as one line, else None."""
+    from tasks.doit_actions import run_extract
 
     failed = run_extract(settings, tar)
-    if failed is None:  # its captions now, while the next shard downloads
-        failed = run_captions(settings, shard_name(Path(tar), settings))
     return None if failed is None else str(getattr(failed, "message", failed))
 
 
-def _build(settings: Settings, item: Item, summary: PullSummary, builder) -> None:
-    """Extract one shard in the worker; a failure of the root stops the pull."""
+def _captions_in_worker(settings: Settings, tar: str) -> str | None:
+    """Write one shard's captions as plain `doit` does, while the next shard downloads."""
+    from tasks.doit_actions import run_captions
+
+    failed = run_captions(settings, shard_name(Path(tar), settings))
+    return None if failed is None else str(getattr(failed, "message", failed))
+
+
+def _build(settings: Settings, item: Item, summary: PullSummary, builder) -> bool:
+    """Extract one shard in the worker (False: outside the `shards` glob, not built);
+    a failure of the root stops the pull."""
     if item.tar not in settings.shard_paths():
-        return  # outside the `shards` glob: plain `doit` would not build it either
+        return False  # plain `doit` would not build it either
     failed = builder.submit(_extract_in_worker, settings, str(item.tar)).result()
     if failed is not None:
         raise PullError(failed)
     summary.built += 1
+    return True
 
 
 def _fetch_all(ctx, items, slots, ready, stop, disk: _Disk, summary: PullSummary) -> None:
