@@ -160,6 +160,20 @@ def test_a_new_commit_fetches_only_the_new_and_changed_shards(
     assert result(root) == result(reference)
 
 
+def test_shards_are_built_while_the_next_one_downloads(hub: HubServer, tmp_path: Path) -> None:
+    root = new_root(tmp_path, "pulled")
+    last = sorted(hub.files())[-1]
+    seen: list[int] = []  # files in data/ while the last shard is being sent
+    hub.rate = 20_000  # bytes/s: each shard takes about 1.5 s to arrive
+    hub.watch = lambda path: seen.append(
+        len(list((root / "data").rglob("*"))) if path == last and (root / "data").exists() else 0
+    )
+    run_doit(root, "pull")
+    assert max(seen) > 0  # a pull that built after downloading everything would see none
+    hub.rate, hub.watch = None, None
+    assert result(root) == result(download_then_build(tmp_path))
+
+
 def test_a_shard_gone_upstream_is_kept_and_noted(hub: HubServer, tmp_path: Path) -> None:
     root = new_root(tmp_path, "pulled", keep_tars=False)
     run_doit(root, "pull")
