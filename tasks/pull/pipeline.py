@@ -10,8 +10,12 @@ at most two shards' tar bytes are ever on disk (one being built, one being fetch
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import queue
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +32,7 @@ from tasks.pull.stream import PullStopped, Source, stream_to_part
 from tasks.settings import Settings, shard_name
 
 SLOTS_WITHOUT_TARS = 2
+PR_SET_PDEATHSIG = 1  # prctl(2)
 REPORT_EVERY_S = 5.0
 
 
@@ -168,7 +173,12 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
     fetcher = threading.Thread(
         target=_fetch_all, args=(ctx, items, slots, ready, stop, disk, summary), daemon=True
     )
-    builder = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+    builder = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=get_context("spawn"),
+        initializer=_end_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         fetcher.start()
         if items:
@@ -194,6 +204,16 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
         if fetcher.is_alive():
             fetcher.join(timeout=60)
         summary.peak_tar_bytes = disk.peak
+
+
+def _end_with_parent(parent: int) -> None:
+    """The worker ends when the pull is killed (kill -9): never writes behind the next run."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the pull died before the line above ran
+        os._exit(1)
 
 
 def _warm_up() -> None:
