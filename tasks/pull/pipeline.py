@@ -244,10 +244,19 @@ def _build(settings: Settings, item: Item, summary: PullSummary, builder) -> boo
     a failure of the root stops the pull."""
     if item.tar not in settings.shard_paths():
         return False  # plain `doit` would not build it either
+    t0 = time.monotonic()
     failed = builder.submit(_extract_in_worker, settings, str(item.tar)).result()
     if failed is not None:
         raise PullError(failed)
     summary.built += 1
+    dt = max(time.monotonic() - t0, 1e-6)
+    size = item.tar.stat().st_size
+    dl._progress(
+        f"  {item.remote.path} extracted: {human_bytes(size)} in {dt:.1f} s "
+        f"({human_bytes(size / dt)}/s)"
+        if item.fetch
+        else f"  {item.remote.path} checked: {human_bytes(size)} in {dt:.1f} s"
+    )
     return True
 
 
