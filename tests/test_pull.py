@@ -174,6 +174,19 @@ def test_shards_are_built_while_the_next_one_downloads(hub: HubServer, tmp_path:
     assert result(root) == result(download_then_build(tmp_path))
 
 
+def test_after_download_and_doit_a_pull_fetches_nothing_and_may_drop_the_tars(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    root = download_then_build(tmp_path)
+    before = result(root)
+    hub.reset_counts()
+    proc = run_doit(root, "pull", "keep_tars=false")
+    assert "pull: 0 shard(s) fetched" in proc.stdout, proc.stdout
+    assert sum(hub.gets.values()) == 0
+    assert list((root / "hub").rglob("*.tar")) == []
+    assert result(root) == before
+
+
 def test_a_shard_gone_upstream_is_kept_and_noted(hub: HubServer, tmp_path: Path) -> None:
     root = new_root(tmp_path, "pulled", keep_tars=False)
     run_doit(root, "pull")
