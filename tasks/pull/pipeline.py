@@ -198,16 +198,22 @@ def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) 
         for done in captions:
             if (failed := done.result()) is not None:
                 raise PullError(failed)
+    except BaseException:
+        stop.set()  # Ctrl-C or a failure: the worker is not waited for (it ends with us)
+        builder.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        builder.shutdown(wait=True)
+        fetcher.join(timeout=60)
     finally:
         stop.set()
-        builder.shutdown(wait=True, cancel_futures=True)
-        if fetcher.is_alive():
-            fetcher.join(timeout=60)
         summary.peak_tar_bytes = disk.peak
 
 
 def _end_with_parent(parent: int) -> None:
-    """The worker ends when the pull is killed (kill -9): never writes behind the next run."""
+    """The worker ends when the pull is killed (kill -9): never writes behind the next run;
+    Ctrl-C is the pull's to handle (one line, no traceback from the worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
