@@ -8,6 +8,8 @@ Tables (paths are relative to `root`, so the folder can be moved):
 - `quirks`: data problems found in a shard (refused members, invalid JSON, ...).
 - `meta`: small key/value facts (table key, Hub commit, ...).
 - `hub_files`: what `doit download` fetched, with the Hub's size and sha256.
+- `hub_sources`: where each tar fetched from the Hub came from (repo, path, commit,
+  sha256; state/sources.py), so that a member can be fetched again once the tar is gone.
 
 Several processes may write at once (`doit -n 2 -P process`): the database runs in
 WAL mode with a long busy timeout, and writers that must read-then-write take the
@@ -69,6 +71,15 @@ QUIRK_COLUMNS = {
     "member": str,
     "path": str,
     "detail": str,
+}
+
+SOURCE_COLUMNS = {  # also created by state/sources.py in a manifest made before it existed
+    "local_path": str,
+    "repo_id": str,
+    "repo_path": str,
+    "commit": str,
+    "sha256": str,
+    "size": int,
 }
 
 HUB_FILE_COLUMNS = {
@@ -205,6 +216,7 @@ def _ensure_schema(conn: sqlite3.Connection, root: Path) -> None:
         db["quirks"].create_index(["shard"], if_not_exists=True)
         db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
         db["hub_files"].create(HUB_FILE_COLUMNS, pk="path", if_not_exists=True)
+        db["hub_sources"].create(SOURCE_COLUMNS, pk="local_path", if_not_exists=True)
         if adopt:
             set_meta(conn, ADOPT_KEY, "1")
 

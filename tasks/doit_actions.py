@@ -178,7 +178,7 @@ def run_summary(settings: Settings) -> TaskFailed | None:
     except KNOWN_FAILURES as exc:
         return TaskFailed(describe_failure(exc, settings))
     print(format_summary(s, settings), flush=True)
-    if not settings.shard_paths():
+    if not settings.shard_paths() and (settings.keep_tars or not s.shards):
         print(
             f"warning: no tar matches shards = {settings.shards!r} under {settings.root}; "
             "check `shards` and `root` (or run `doit download`)",

@@ -345,6 +345,13 @@ def task_download(s: Settings) -> dict:
     return {"actions": [(act.run_download, [s])], "uptodate": [False]}
 
 
+@creator("Fetch new or changed shards of repo_id@revision and build them, pipelined.")
+def task_pull(s: Settings) -> dict:
+    from tasks.pull import run_pull  # loaded only when the task runs
+
+    return {"actions": [(run_pull, [s])], "uptodate": [False]}
+
+
 _DEEP = {
     "name": "deep",
     "long": "deep",

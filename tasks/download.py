@@ -58,6 +58,7 @@ from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from huggingface_hub.utils._runtime import is_xet_available
 
 from state import hub as hub_files
+from state import sources
 from state.manifest import open_manifest, write_transaction
 from tasks.progress import human_bytes
 
@@ -523,11 +524,14 @@ def _row(ctx: _Context, remote: _Remote, sha256: str | None) -> dict:
         "sha256": sha256 or remote.sha256,
         "commit": ctx.commit,
         "local_path": local.as_posix(),
+        "repo_id": ctx.repo_id,
     }
 
 
 def _upsert_hub_file(conn: sqlite3.Connection, row: dict) -> None:
+    """Record a fetched or verified file, and where its tar came from."""
     hub_files.upsert(conn, row)
+    sources.record(conn, {**row, "repo_path": row["path"]})
 
 
 # --- errors and progress ----------------------------------------------------------------
@@ -558,51 +562,70 @@ def _first_line(exc: BaseException) -> str:
 @contextmanager
 def _hub_errors(endpoint: str, repo_id: str, revision: str, hub: Path) -> Iterator[None]:
     """Turn huggingface_hub / network / disk errors while listing into one-line errors."""
-    kept = f"; nothing was changed, the shards already in {hub} are untouched"
     try:
         yield
     except DownloadError:
         raise
-    except HFValidationError as exc:
-        raise DownloadError(
+    except Exception as exc:
+        error = _reach_error(exc, endpoint, repo_id, revision, hub) or _refusal_error(
+            exc, endpoint, repo_id, revision
+        )
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _reach_error(
+    exc: Exception, endpoint: str, repo_id: str, revision: str, hub: Path
+) -> DownloadError | None:
+    """The one-line error when the request could not be made or reach the Hub, else None."""
+    kept = f"; nothing was changed, the shards already in {hub} are untouched"
+    if isinstance(exc, HFValidationError):
+        return DownloadError(
             f"invalid repo_id or revision ({repo_id!r}, {revision!r}): {_first_line(exc)}"
-        ) from exc
-    except OfflineModeIsEnabled as exc:
-        raise DownloadError(
+        )
+    if isinstance(exc, OfflineModeIsEnabled):
+        return DownloadError(
             f"HF_HUB_OFFLINE is set, so the Hub at {endpoint} is not contacted{kept}"
-        ) from exc
-    except _TRANSPORT_ERRORS as exc:
-        raise DownloadError(
+        )
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return DownloadError(
             f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {_first_line(exc)}){kept}"
-        ) from exc
-    except RevisionNotFoundError as exc:
-        raise DownloadError(
-            f"revision {revision!r} not found in dataset {repo_id!r} at {endpoint}"
-        ) from exc
-    except GatedRepoError as exc:
-        raise DownloadError(
-            f"dataset {repo_id!r} at {endpoint} is gated: accept its conditions on the Hub, "
-            f"then {LOGIN}"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        hint = f" (if it is private, {LOGIN})" if _status(exc) in (401, 403) else ""
-        raise DownloadError(f"dataset {repo_id!r} not found at {endpoint}{hint}") from exc
-    except HfHubHTTPError as exc:
-        status = _status(exc)
-        if status in (401, 403):
-            raise DownloadError(
-                f"the Hub at {endpoint} refused access to dataset {repo_id!r} "
-                f"(HTTP {status}): {LOGIN}"
-            ) from exc
-        raise DownloadError(
-            f"the Hub at {endpoint} answered HTTP {status} for dataset {repo_id!r} "
-            f"({_first_line(exc)})"
-        ) from exc
-    except UnicodeEncodeError as exc:
-        raise DownloadError(
+        )
+    if isinstance(exc, UnicodeEncodeError):
+        return DownloadError(
             f"a request header holds a non-ASCII character ({_first_line(exc)}): "
             "check HF_TOKEN and the HF_* settings"
-        ) from exc
+        )
+    return None
+
+
+def _refusal_error(
+    exc: Exception, endpoint: str, repo_id: str, revision: str
+) -> DownloadError | None:
+    """The one-line error for an HTTP answer of the Hub that refuses the listing, else None."""
+    if isinstance(exc, RevisionNotFoundError):
+        return DownloadError(
+            f"revision {revision!r} not found in dataset {repo_id!r} at {endpoint}"
+        )
+    if isinstance(exc, GatedRepoError):
+        return DownloadError(
+            f"dataset {repo_id!r} at {endpoint} is gated: accept its conditions on the Hub, "
+            f"then {LOGIN}"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        hint = f" (if it is private, {LOGIN})" if _status(exc) in (401, 403) else ""
+        return DownloadError(f"dataset {repo_id!r} not found at {endpoint}{hint}")
+    if not isinstance(exc, HfHubHTTPError):
+        return None
+    status = _status(exc)
+    if status in (401, 403):
+        return DownloadError(
+            f"the Hub at {endpoint} refused access to dataset {repo_id!r} (HTTP {status}): {LOGIN}"
+        )
+    return DownloadError(
+        f"the Hub at {endpoint} answered HTTP {status} for dataset {repo_id!r} ({_first_line(exc)})"
+    )
 
 
 def _file_failure(

@@ -34,6 +34,7 @@ class Settings:
     caption_strategy: str = "textfile"
     join_caption_lines: bool = False
     expected_samples: int | None = None
+    keep_tars: bool = True  # `doit pull`: keep each tar after its shard is built
     dataloader: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -196,6 +197,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "join_caption_lines": ((bool,), "true or false"),
     "expected_samples": ((int,), "an integer"),
     "dataloader": ((dict,), "a table"),
+    "keep_tars": ((bool,), "true or false"),
 }
 SETTING_KEYS = tuple(_SCHEMA)
 

@@ -133,7 +133,12 @@ def format_summary(s: BuildSummary, settings: Settings) -> str:
         lines.extend(f"    {example}" for example in s.quirk_examples[kind])
         if count > len(s.quirk_examples[kind]):
             lines.append(f"    ... and {count - len(s.quirk_examples[kind])} more (`doit audit`)")
-    for path in s.tars_gone:
+    if s.tars_gone and not settings.keep_tars:
+        lines.append(
+            f"  note: {len(s.tars_gone)} tar(s) not kept (keep_tars = false); their samples stay "
+            "in the build and `doit repair` fetches damaged files from the Hub"
+        )
+    for path in s.tars_gone if settings.keep_tars else []:
         lines.append(f"  note: {path} is gone; its extracted samples stay in the build")
     for message in s.refused_tars:
         lines.append(f"  ERROR: {message}")

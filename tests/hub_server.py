@@ -15,9 +15,10 @@ Errors carry the headers huggingface_hub maps to its exceptions: `X-Error-Code`
 RepoNotFound / RevisionNotFound / EntryNotFound, and 401 for a missing or wrong token.
 
 Every change of the files makes a new commit (older commits stay servable). The server
-counts requests (`gets`, `heads`, `ranges`, `bytes_served`) and can inject faults into the
-next GETs of a file: drop the connection after n body bytes, answer an HTTP status, or serve
-corrupted bytes; and into its next HEADs: answer an HTTP status.
+counts requests (`gets`, `heads`, `ranges`, `bytes_served`), can throttle file bodies
+(`rate`, bytes per second), calls `watch(path)` after each slice of a file body, and can
+inject faults into the next GETs of a file: drop the connection after n body bytes,
+answer an HTTP status, or serve corrupted bytes; and into its next HEADs: answer an HTTP status.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -75,6 +77,8 @@ class HubServer:
         self.faults: dict[str, list[tuple]] = {}
         self.head_faults: dict[str, list[int]] = {}  # statuses for the next HEADs of a file
         self.corrupted: set[str] = set()
+        self.rate: float | None = None  # bytes per second per file transfer; None: no limit
+        self.watch = None  # called (repo path) after each slice of a file's body is sent
         self._counter = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -420,24 +424,6 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return start, end
 
-    def _send_cut_short(
-        self, status: int, body: bytes, headers: dict, file: str, keep: int
-    ) -> None:
-        """Announce the whole body, send its first `keep` bytes, drop the connection."""
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        sent = body[:keep]
-        self.wfile.write(sent)
-        self.wfile.flush()
-        with self.hub.lock:
-            self.hub.bytes_served[file] += len(sent)
-        self.close_connection = True
-        with suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
     def _resolve(self, repo: str, rev: str, file: str, head_only: bool) -> None:
         sha = self._resolve_rev(repo, rev, head_only)
         if sha is None:
@@ -480,10 +466,37 @@ class _Handler(BaseHTTPRequestHandler):
             with self.hub.lock:
                 self.hub.ranges.append((file, rng))
         body = data[start : end + 1]
-        if fault is not None and fault[0] == "drop":
-            self._send_cut_short(status, body, headers, file, fault[1])
+
+        if head_only:
+            self._send(status, body, headers, head_only)
             return
-        self._send(status, body, headers, head_only)
-        if not head_only:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        dropped = fault is not None and fault[0] == "drop"
+        self._write_body(file, memoryview(body)[: fault[1]] if dropped else memoryview(body))
+        if dropped:
+            self.wfile.flush()
+            self.close_connection = True
+            with suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _write_body(self, file: str, body: memoryview, slice_bytes: int = 16 * 1024) -> None:
+        """Send `body` in slices, no faster than `hub.rate`, counting what was sent."""
+        start = time.monotonic()
+        sent = 0
+        for at in range(0, len(body), slice_bytes):
+            piece = body[at : at + slice_bytes]
+            try:
+                self.wfile.write(piece)
+            except OSError:
+                break  # the client hung up
+            sent += len(piece)
             with self.hub.lock:
-                self.hub.bytes_served[file] += len(body)
+                self.hub.bytes_served[file] += len(piece)
+            if self.hub.watch is not None:
+                self.hub.watch(file)
+            if self.hub.rate:
+                time.sleep(max(sent / self.hub.rate - (time.monotonic() - start), 0))

@@ -241,11 +241,12 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
         tar_rel = tars.get(shard)
         tar = settings.root / tar_rel if tar_rel else None
         if tar is None or not tar.is_file():
-            where = tar_rel if tar_rel else f"the tar of shard {shard}"
-            for f, row in items:
-                result.failed.append(
-                    f"cannot restore {row['path']} ({f.kind}): its tar {where} is gone"
-                )
+            if not _restore_from_hub(db, settings, shard, items, tmp_dir, result):
+                where = tar_rel if tar_rel else f"the tar of shard {shard}"
+                for f, row in items:
+                    result.failed.append(
+                        f"cannot restore {row['path']} ({f.kind}): its tar {where} is gone"
+                    )
             continue
         tmp_dir.mkdir(parents=True, exist_ok=True)
         with open(tar, "rb") as fh:
@@ -254,6 +255,30 @@ def _restore_files(db, settings: Settings, findings: list[Finding], result: Repa
     if tmp_dir.exists():
         with contextlib.suppress(OSError):
             tmp_dir.rmdir()
+
+
+def _restore_from_hub(db, settings: Settings, shard: str, items, tmp_dir, result) -> bool:
+    """Fetch the damaged members of a shard whose tar is gone from the Hub (HTTP Range at
+    the recorded commit); False when the manifest does not say where the tar came from."""
+    from tasks.pull.restore import HubFetchError, label_path, open_hub_tar
+
+    hub_tar = open_hub_tar(db, shard)
+    if hub_tar is None:
+        return False
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    before = len(result.restored)
+    where = label_path(settings.root, hub_tar)
+    for f, row in sorted(items, key=lambda x: x[1]["offset"] or 0):
+        try:
+            _restore_one(db, settings, hub_tar, where, f, row, tmp_dir, result)
+        except HubFetchError as exc:
+            result.failed.append(f"cannot restore {row['path']} ({f.kind}): {exc}")
+    if len(result.restored) > before:
+        result.notes.append(
+            f"{len(result.restored) - before} file(s) of {shard} fetched from the Hub "
+            f"({hub_tar.label}, {hub_tar.fetched} bytes), each checked against the manifest's XXH3"
+        )
+    return True
 
 
 def _restore_one(db, settings, fh, tar: Path, f: Finding, row: dict, tmp_dir, result) -> None:

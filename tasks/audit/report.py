@@ -130,7 +130,7 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
     "too_small": (NOTE, "the generated entry would skip {n} image(s) as too small"),
     "duplicate_content": (NOTE, "{n} image content(s) stored under more than one name"),
-    "tar_gone": (NOTE, "{n} shard tar(s) are gone (their samples stay; repair cannot use them)"),
+    "tar_gone": (NOTE, "{n} shard tar(s) are gone (their samples stay; repair needs the Hub)"),
     "tar_changed": (NOTE, "{n} shard tar(s) changed since extraction (the next doit checks)"),
     "shard_failed": (NOTE, "{n} shard(s) could not be read to their end"),
     "shard_new": (NOTE, "{n} shard tar(s) not extracted yet (run doit)"),

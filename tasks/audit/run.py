@@ -55,6 +55,7 @@ from tasks.audit.stat_pass import stat_all_rows
 from tasks.caption_fields import blank_captions
 from tasks.dataloader import dataloader_entry
 from tasks.partition import read_partition
+from tasks.pull.restore import note_restorable
 from tasks.records import member_kind, parse_json
 from tasks.settings import Settings, shard_name
 
@@ -96,6 +97,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
         _check_captions_current(conn, settings, report)
         _check_quirks(conn, report)
         _check_shards(conn, settings, report)
+        note_restorable(conn, report)
         _check_duplicates(conn, report)
         _check_expected(conn, settings, report, table)
         check_dataloader(settings, report)
