@@ -53,6 +53,18 @@ class ShardReadError(RuntimeError):
             "the file, then run `doit`"
         )
 
+    def __reduce__(self):
+        # pickled by a worker process that read the shard (tasks/extract/pool.py)
+        state = (self.shard, self.detail, self.last_member)
+        return (_unpickle_read_error, (type(self), str(self), state))
+
+
+def _unpickle_read_error(cls: type, message: str, state: tuple) -> ShardReadError:
+    exc = cls.__new__(cls)
+    RuntimeError.__init__(exc, message)
+    exc.shard, exc.detail, exc.last_member = state
+    return exc
+
 
 class CompressedShardError(ShardReadError):
     """The shard is a compressed tar under a plain `.tar` name."""
