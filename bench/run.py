@@ -688,6 +688,21 @@ class Bench:
         self.repeated(f"noop_P{jobs}", self.doit_cmd(root, jobs=jobs), 1, input_bytes=0)
         self.set_aside(root)
 
+    def serial_cold(self) -> None:
+        """Cold build with `workers=1` (every shard read in the build's own process)."""
+        root = self.link_root("ds-serial", self.tars)
+        cache = self.prepare_cold(self.tars)
+        r = self.step(
+            "cold_serial",
+            self.doit_cmd(root, "workers=1"),
+            input_bytes=self.tar_bytes,
+            cache=cache,
+            shards=self.args.shards,
+        )
+        self.check("cold workers=1 exits 0", r["rc"] == 0)
+        self.same_table(root, "workers=1 table equals the default cold build's")
+        self.set_aside(root)
+
     def flat(self) -> None:
         """Cold build with half the shards (same shard size): memory must not grow."""
         half = max(1, self.args.shards // 2)
@@ -838,6 +853,8 @@ class Bench:
             self.set_aside(self.preset_dir)
         if a.jobs > 1:
             self.parallel()
+        if a.serial:
+            self.serial_cold()
         if a.flat:
             self.flat()
         if a.profile:
@@ -897,6 +914,7 @@ class Bench:
         ratio(f"{par} / tar_xf", par, "tar_xf")
         ratio(f"{par} / preset", par, "preset")
         ratio(f"{par} / cold", par, "cold")
+        ratio("cold / cold_serial", "cold", "cold_serial")
         serial = [
             "cold",
             "noop",
@@ -1182,6 +1200,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large", action="store_true", help="1024x1024/1792x1024 noisy images")
     p.add_argument("--quirks", action="store_true", help="generate the data quirks (default off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--serial", action="store_true", help="also a cold build with workers=1 (one process)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="also time `doit -n JOBS -P process` cold")
     p.add_argument("--flat", action="store_true", help="also a cold build of half the shards")
     p.add_argument("--repeat", type=int, default=3, help="runs of no-op and audit (median)")

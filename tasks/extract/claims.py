@@ -92,17 +92,35 @@ class MemberWriter:
         return False
 
 
-def path_blocked(root: str, rel: str) -> str | None:
-    """What stands in the way of a file at `rel` (relative to root), or None."""
+def path_blocked(root: str, rel: str, known: dict[str, str | None] | None = None) -> str | None:
+    """What stands in the way of a file at `rel` (relative to root), or None.
+
+    `known` carries what was learnt about folders from one call to the next (one shard's
+    placements share their folders).
+    """
+    known = {} if known is None else known
     full = f"{root}/{rel}"
-    if os.path.isdir(full):
+    state = _folder_state(root, os.path.dirname(full), known)
+    if state:
+        return state
+    if state is None and os.path.isdir(full):  # "": its folder is absent, so is the file
         return f"{rel} is a folder"
-    folder = os.path.dirname(full)
-    while len(folder) > len(root) and not os.path.isdir(folder):
-        if os.path.lexists(folder):
-            return f"{os.path.relpath(folder, root)} is a file"
-        folder = os.path.dirname(folder)
     return None
+
+
+def _folder_state(root: str, folder: str, known: dict[str, str | None]) -> str | None:
+    """None: `folder` is a folder; "": absent with nothing in the way; else what is."""
+    if folder in known:
+        return known[folder]
+    if len(folder) <= len(root) or os.path.isdir(folder):
+        state = None
+    elif os.path.lexists(folder):
+        state = f"{os.path.relpath(folder, root)} is a file"
+    else:
+        above = _folder_state(root, os.path.dirname(folder), known)
+        state = "" if above is None else above
+    known[folder] = state
+    return state
 
 
 def owners_of(conn, paths: list[str]) -> dict[str, str]:

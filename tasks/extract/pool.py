@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from state import shards
+from state.atomic import DiskFullError, raise_if_disk_full
 from tasks.extract.shard import ReadRequest, ShardRead, read_request, read_shard
 from tasks.settings import Settings, shard_name, shard_names
 
@@ -131,7 +132,13 @@ def read_to_file(request: ReadRequest) -> str:
         data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
     except Exception:  # an exception that cannot be pickled: its type and message
         data = pickle.dumps(RuntimeError(f"{type(result).__name__}: {result}"))
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:  # a full disk: the shard's own trouble is the same one
+        if isinstance(result, DiskFullError):
+            raise result from None
+        raise_if_disk_full(exc, request.tmp_dir)
+        raise
     return str(path)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from state import files, meta, shards
 from state import quirks as quirk_rows
-from state.atomic import DiskFullError, atomic_write, move_file
+from state.atomic import DiskFullError, atomic_write, move_file, write_new
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file
@@ -39,10 +39,10 @@ from tasks.extract.tarstream import (
     printable,
 )
 from tasks.imagesize import image_size
-from tasks.partition import write_partition
+from tasks.partition import encode_partition, place_partition, write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
-from tasks.settings import Settings, partition_path, shard_name
+from tasks.settings import PART_FILE, Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
 IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION
@@ -184,10 +184,12 @@ class _Job:
 @dataclass
 class ShardRead:
     """What reading a shard hands to the manifest's writer (picklable: it may come from a
-    worker process): where each member goes, the partition rows, the quirks found."""
+    worker process): where each member goes, the quirks found, and the partition of its
+    complete samples, written beside the staged members."""
 
     placements: list[Placement]
-    rows: dict[str, dict]
+    samples: set[str]  # the complete samples: the partition's rows
+    partition: str  # the staged partition file
     quirks: list[dict]
     digest: str
     written: int
@@ -233,15 +235,17 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st, re
     job.quirks = quirks = read.quirks
     try:
         kept = _clear_stale_data(db, settings, name, previous, read.placements, quirks)
-        placed, rows = _commit(db, settings, name, tar_path, read.placements, read.rows, quirks)
-        _finish(job, read.digest, placed, rows, kept)
+        placed, dropped = _commit(db, settings, name, tar_path, read.placements, quirks)
+        part_row = place_partition(settings, name, read.partition, dropped & read.samples)
+        _finish(job, read.digest, placed, part_row, len(read.samples - dropped), kept)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
         raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == ASIDE)
-    return ExtractResult(name, "extracted", samples=len(rows), aside=aside, written=read.written)
+    samples = len(read.samples - dropped)
+    return ExtractResult(name, "extracted", samples=samples, aside=aside, written=read.written)
 
 
 def read_shard(request: ReadRequest) -> ShardRead:
@@ -259,7 +263,9 @@ def read_shard(request: ReadRequest) -> ShardRead:
         reader.close()
         progress.close()
     placements, rows = _decide(request.name, state.samples, state.duplicates, state.quirks)
-    return ShardRead(placements, rows, state.quirks, digest, state.writer.written)
+    partition = str(request.tmp_dir / PART_FILE)
+    write_new(partition, encode_partition(rows.values()))
+    return ShardRead(placements, set(rows), partition, state.quirks, digest, state.writer.written)
 
 
 class _ReadState:
@@ -488,11 +494,12 @@ def _commit(
     name: str,
     tar_path: Path,
     placements: list[Placement],
-    rows: dict,
     quirks: list[dict],
-):
-    """Settle contested paths, move members to their places and record them, batch by batch."""
+) -> tuple[dict[str, Placement], set[str]]:
+    """Settle contested paths, move members to their places and record them, batch by batch;
+    return the placements by destination and the samples that lost their place."""
     placed: dict[str, Placement] = {}
+    dropped: set[str] = set()
     made_dirs: set[str] = set()
     blocked = _blocked(settings, name, placements, quirks)
     for batch in batched(placements, COMMIT_BATCH):
@@ -507,7 +514,7 @@ def _commit(
                 for p in batch:
                     if p.sample in lost and p.kind != ASIDE:
                         p = _aside(name, p.member, p.sample)
-                        rows.pop(p.sample, None)
+                        dropped.add(p.sample)
                     if p.member.loc and p.member.loc != p.dest:
                         vacated.append(p.member.loc)
                     p = _place_or_unplace(
@@ -524,7 +531,7 @@ def _commit(
                 if dest.startswith("data/"):
                     Path(settings.root, dest).unlink(missing_ok=True)
             raise
-    return placed, rows
+    return placed, dropped
 
 
 def _place_or_unplace(
@@ -563,15 +570,15 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
 def _blocked(settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
     """Samples whose path in `data/` a file or folder of another shard stands in the way of.
 
-    Only members not yet at their place are looked at: a member written straight into
-    `data/` found its path free.
+    Only members not yet at their place are looked at.
     """
     blocked: set[str] = set()
     root = str(settings.root)
+    folders: dict[str, str | None] = {}
     for p in placements:
         if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
-        why = path_blocked(root, p.dest)
+        why = path_blocked(root, p.dest, folders)
         if why is not None:
             blocked.add(p.sample)
             quirks.append(
@@ -693,7 +700,9 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> dict:
     }
 
 
-def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) -> None:
+def _finish(
+    job: _Job, digest: str, placed: dict, part_row: dict, samples: int, kept: list[dict]
+) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
     previous, quirks = job.previous, job.quirks
@@ -706,7 +715,6 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
         and not path.startswith(edited)  # the user's version, kept: never deleted
     ]
     kept = kept + _drop_stale(settings, name, stale, quirks)
-    part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         files.delete(conn, [r["path"] for r in stale])
         quirk_rows.replace(conn, name, quirks)
@@ -720,7 +728,7 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict, kept: list[dict]) 
             st,
             xxh3=digest,
             members=len(placed),
-            samples=len(rows),
+            samples=samples,
             aside=sum(1 for p in placed.values() if p.kind == ASIDE),
             part_xxh3=part_row["xxh3"],
             json_digest=current if current == expected else None,
