@@ -38,19 +38,20 @@ def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> dic
     return _file_row(settings, shard, st, hash_bytes(data))
 
 
-def place_partition(settings: Settings, shard: str, staged: str, dropped: set[str]) -> dict:
-    """Move a partition written by the shard's reader into place, without the rows of the
-    samples in `dropped` (rewritten only then); return its `files` row."""
+def place_partition(
+    settings: Settings, shard: str, staged: str, xxh3: str, dropped: set[str]
+) -> dict:
+    """Move a partition written by the shard's reader (`xxh3`: its digest) into place,
+    without the rows of the samples in `dropped` (rewritten only then); return its
+    `files` row."""
     if dropped:
         with pq.ParquetFile(staged) as pf:
             rows = [r for r in pf.read().to_pylist() if r["sample"] not in dropped]
         return write_partition(settings, shard, rows)
     path = partition_path(settings, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(staged, "rb") as f:
-        digest = hash_bytes(f.read())
     os.replace(staged, path)
-    return _file_row(settings, shard, os.stat(path), digest)
+    return _file_row(settings, shard, os.stat(path), xxh3)
 
 
 def _file_row(settings: Settings, shard: str, st: os.stat_result, xxh3: str) -> dict:

@@ -15,11 +15,13 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from state import shards
 from state.atomic import DiskFullError, raise_if_disk_full
+from tasks.cli import parse_command_line
 from tasks.extract.shard import ReadRequest, ShardRead, read_request, read_shard
 from tasks.settings import Settings, shard_name, shard_names
 
@@ -66,17 +68,25 @@ class ReadAhead:
     def request(self, db, settings: Settings, tar_path: Path) -> ReadRequest:
         """Start reading `tar_path` (if not started) and the shards after it."""
         if self.queue is None:
-            tars = shard_names(settings)[0].values()
-            self.queue = [p for p in tars if _needs_read(db, settings, p)]
+            named = _named_shards()
+            tars = shard_names(settings)[0].items()
+            self.queue = [
+                p for n, p in tars if (named is None or n in named) and _needs_read(db, settings, p)
+            ]
+        alone = self.pool is None and len(self.queue) <= 1  # nothing to overlap with
+        self.queue = [p for p in self.queue if str(p) != str(tar_path)]
+        if alone:
+            return read_request(db, settings, tar_path)  # `read` reads it here
         if str(tar_path) not in self.ahead:
             self._submit(read_request(db, settings, tar_path))
-        self.queue = [p for p in self.queue if str(p) != str(tar_path)]
         while self.queue and self._running() < self.workers:
             self._submit(read_request(db, settings, self.queue.pop(0)))
         return self.ahead[str(tar_path)][0]
 
     def read(self, request: ReadRequest) -> ShardRead:
         """The worker's result for `request` (its exception is raised here)."""
+        if str(request.tar_path) not in self.ahead:
+            return read_shard(request)
         _, future = self.ahead.pop(str(request.tar_path))
         with open(future.result(), "rb") as f:
             result = pickle.load(f)
@@ -99,7 +109,7 @@ class ReadAhead:
 
     def _submit(self, request: ReadRequest) -> None:
         if self.pool is None:
-            count = max(1, min(self.workers, len(self.queue or ())))
+            count = max(1, min(self.workers, len(self.queue or ()) + 1))
             print(f"extract: reading shards in {count} worker process(es)", flush=True)
             context = multiprocessing.get_context("fork")  # workers share what is imported
             self.pool = ProcessPoolExecutor(
@@ -109,6 +119,15 @@ class ReadAhead:
 
     def _running(self) -> int:
         return sum(1 for _, f in self.ahead.values() if not f.done())
+
+
+def _named_shards() -> set[str] | None:
+    """The shards of a run that names only `extract:<shard>` tasks, else None (any shard may
+    be extracted). A guess from the command line: a shard outside it is still read when
+    its task asks for it, only not ahead of time."""
+    words = parse_command_line(sys.argv[1:]).tasks
+    named = {w.split(":", 1)[1] for w in words if w.startswith("extract:")}
+    return named if words and len(named) == len(words) else None
 
 
 def _needs_read(db, settings: Settings, tar_path: Path) -> bool:

@@ -190,6 +190,7 @@ class ShardRead:
     placements: list[Placement]
     samples: set[str]  # the complete samples: the partition's rows
     partition: str  # the staged partition file
+    partition_xxh3: str
     quirks: list[dict]
     digest: str
     written: int
@@ -236,7 +237,9 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st, re
     try:
         kept = _clear_stale_data(db, settings, name, previous, read.placements, quirks)
         placed, dropped = _commit(db, settings, name, tar_path, read.placements, quirks)
-        part_row = place_partition(settings, name, read.partition, dropped & read.samples)
+        part_row = place_partition(
+            settings, name, read.partition, read.partition_xxh3, dropped & read.samples
+        )
         _finish(job, read.digest, placed, part_row, len(read.samples - dropped), kept)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
@@ -264,8 +267,17 @@ def read_shard(request: ReadRequest) -> ShardRead:
         progress.close()
     placements, rows = _decide(request.name, state.samples, state.duplicates, state.quirks)
     partition = str(request.tmp_dir / PART_FILE)
-    write_new(partition, encode_partition(rows.values()))
-    return ShardRead(placements, set(rows), partition, state.quirks, digest, state.writer.written)
+    data = encode_partition(rows.values())
+    write_new(partition, data)
+    return ShardRead(
+        placements,
+        set(rows),
+        partition,
+        hash_bytes(data),
+        state.quirks,
+        digest,
+        state.writer.written,
+    )
 
 
 class _ReadState:
