@@ -131,3 +131,14 @@ def test_a_killed_parallel_build_resumes_to_the_same_result(tmp_path: Path):
     make_dataset(root, shards=5, samples_per_shard=40)
     run_doit(root, check=False)
     assert _result(root) == _result(serial)
+
+
+def test_doits_own_parallel_run_reads_in_its_task_and_equals_a_serial_build(tmp_path: Path):
+    serial = _dataset(tmp_path / "serial", workers=1)
+    run_doit(serial, check=False)
+    root = _dataset(tmp_path / "doit-n", workers=3)
+    proc = run_doit(root, "-n", "2", "-P", "process", check=False)
+    assert POOL_LINE not in proc.stdout  # no pool inside doit's own workers
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _result(root) == _result(serial)

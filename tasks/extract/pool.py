@@ -16,6 +16,7 @@ import pickle
 import shutil
 import signal
 import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def workers_of(settings: Settings) -> int:
 
 def reader_for(settings: Settings):
     """The reader `extract_shard` should use: a pool when several workers are allowed and
-    this is the build's own process (not one of `doit -n`'s), else None (read here)."""
+    this is the build's own process and thread (not one of `doit -n`'s), else None (read
+    here)."""
     global _READER
     if workers_of(settings) < 2 or multiprocessing.parent_process() is not None:
+        return None
+    if threading.current_thread() is not threading.main_thread():  # `doit -P thread`
         return None
     if _READER is None or _READER.settings != settings:
         _READER = ReadAhead(settings, workers_of(settings))
