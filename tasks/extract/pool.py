@@ -10,6 +10,8 @@ which process read a shard: a parallel build equals a serial one.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
@@ -27,6 +29,8 @@ from tasks.extract.shard import ReadRequest, ShardRead, read_request, read_shard
 from tasks.settings import Settings, shard_name, shard_names
 
 RESULT_FILE = "read.pickle"
+PR_SET_PDEATHSIG = 1
+_WRITER_PID = os.getpid()
 
 
 def default_workers() -> int:
@@ -115,10 +119,10 @@ class ReadAhead:
         if self.pool is None:
             count = max(1, min(self.workers, len(self.queue or ()) + 1))
             print(f"extract: reading shards in {count} worker process(es)", flush=True)
+            global _WRITER_PID
+            _WRITER_PID = os.getpid()
             context = multiprocessing.get_context("fork")  # workers share what is imported
-            self.pool = ProcessPoolExecutor(
-                count, mp_context=context, initializer=_ignore_interrupts
-            )
+            self.pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init)
         self.ahead[str(request.tar_path)] = (request, self.pool.submit(read_to_file, request))
 
     def _running(self) -> int:
@@ -165,6 +169,11 @@ def read_to_file(request: ReadRequest) -> str:
     return str(path)
 
 
-def _ignore_interrupts() -> None:
-    """Ctrl-C is the writer's to handle: it stops the workers."""
+def _worker_init() -> None:
+    """Ctrl-C is the writer's to handle (it stops the workers); a worker whose writer was
+    killed dies with it, so that it never writes into a later run's staging folder."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # Linux only
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _WRITER_PID:  # the writer died before prctl took effect
+        os._exit(1)
