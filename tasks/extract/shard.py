@@ -1,12 +1,14 @@
 """`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
 
-The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
-and writes it under its claim (see tasks/extract/claims.py: straight into `data/`, or staged when
-another shard owns the path). When the tar has been read to its end-of-archive marker,
-samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
-in batches: each batch settles contested paths, moves what goes aside and records final
-rows in one write transaction. The shard is marked done last, so a killed run redoes
-the shard and nothing half-done counts as done.
+Reading (`read_shard`, in this process or a worker's: tasks/extract/pool.py) needs only
+the tar, the settings and the root's folders: each member is read once, hashed
+(XXH3-128), its JSON parsed or its image header read, and staged under
+`state/tmp/<shard>/` (see tasks/extract/claims.py); when the end-of-archive marker is
+reached, samples are decided (complete, or kept aside under `incomplete/<shard>/`) and
+the partition is written beside them. Committing is the manifest's one writer's: in
+batches, each settles contested paths (the shard that sorts first owns a path), renames
+members into place and records their rows in one write transaction. The shard is marked
+done last, so a killed run redoes the shard and nothing half-done counts as done.
 """
 
 from __future__ import annotations
