@@ -1076,7 +1076,7 @@ def target_row(
 
 def code_fingerprint() -> dict:
     """Which build code was measured (the code changes under the benchmark; no git here)."""
-    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/*.py"), *REPO.glob("state/*.py")])
+    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/**/*.py"), *REPO.glob("state/**/*.py")])
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
