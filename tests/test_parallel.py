@@ -125,6 +125,7 @@ def test_a_killed_parallel_build_resumes_to_the_same_result(tmp_path: Path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the writer and its workers
     proc.wait()
+    assert not (root / "dalle3.parquet").exists()  # killed midway
     # the same shards as `serial`, at the size it was built with, then resume
     for tar in (root / "hub/data").glob("*.tar"):
         tar.unlink()
