@@ -143,3 +143,23 @@ def test_doits_own_parallel_run_reads_in_its_task_and_equals_a_serial_build(tmp_
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _result(root) == _result(serial)
+
+
+def test_files_a_killed_commit_placed_without_rows_are_removed_when_the_shard_is_read_again(
+    tmp_path: Path,
+):
+    root = _dataset(tmp_path / "ds", workers=2)
+    # as a commit killed between its renames and its transaction leaves them: files in
+    # data/ without rows, listed in the shard's staging folder
+    staging = root / "state/tmp/data-000002"
+    staging.mkdir(parents=True)
+    (staging / "placing").write_text("data/gone.png\ndata/sub/gone.json\n")
+    (root / "data/sub").mkdir(parents=True)
+    (root / "data/gone.png").write_bytes(b"half an image")
+    (root / "data/sub/gone.json").write_text("{")
+    run_doit(root, check=False)
+    assert not (root / "data/gone.png").exists()
+    assert not (root / "data/sub").exists()
+    serial = _dataset(tmp_path / "serial", workers=1)
+    run_doit(serial, check=False)
+    assert _result(root) == _result(serial)

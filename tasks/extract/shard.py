@@ -13,6 +13,7 @@ done last, so a killed run redoes the shard and nothing half-done counts as done
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -47,6 +48,7 @@ from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_r
 from tasks.settings import PART_FILE, Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
+PLACING = "placing"  # in the staging folder: the paths a commit batch is filling
 IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION
 ASIDE, PENDING = FileKind.ASIDE, FileKind.PENDING
 CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
@@ -215,10 +217,31 @@ def read_request(db, settings: Settings, tar_path: Path) -> ReadRequest:
     """A fresh staging folder and the manifest's view of a shard, for `read_shard`."""
     name = shard_name(tar_path, settings)
     tmp_dir = settings.state_dir / "tmp" / name
+    _remove_unrecorded(db, settings, tmp_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files.of_shard(db, name)}
     return ReadRequest(settings, name, tar_path, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1")
+
+
+def _remove_unrecorded(db, settings: Settings, tmp_dir: Path) -> None:
+    """Remove what a killed commit moved into place without recording it (the paths of
+    its last batch, listed before they were filled, that have no row)."""
+    try:
+        listed = (tmp_dir / PLACING).read_bytes().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return
+    gone = [p for p in listed.split("\n") if p and files.get(db, p) is None]
+    for path in gone:
+        with contextlib.suppress(OSError):
+            (settings.root / path).unlink()
+    remove_empty_folders(settings.data_dir, gone)
+
+
+def _list_placing(settings: Settings, name: str, batch: list[Placement]) -> None:
+    """Name the paths this batch is about to fill, for `_remove_unrecorded` after a kill."""
+    paths = "\n".join(p.dest for p in batch if p.member.loc != p.dest)
+    write_new(settings.state_dir / "tmp" / name / PLACING, paths.encode("utf-8", "surrogateescape"))
 
 
 def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st, reader):
@@ -518,6 +541,7 @@ def _commit(
     blocked = _blocked(settings, name, placements, quirks)
     for batch in batched(placements, COMMIT_BATCH):
         fresh: list[str] = []  # placed by this batch, with no row until it commits
+        _list_placing(settings, name, batch)
         try:
             with write_transaction(db) as conn:
                 lost = _settle(conn, settings, name, batch, quirks) | blocked
