@@ -699,6 +699,21 @@ class Bench:
         self.repeated(f"noop_P{jobs}", self.doit_cmd(root, jobs=jobs), 1, input_bytes=0)
         self.set_aside(root)
 
+    def serial_cold(self) -> None:
+        """Cold build with `workers=1` (every shard read in the build's own process)."""
+        root = self.link_root("ds-serial", self.tars)
+        cache = self.prepare_cold(self.tars)
+        r = self.step(
+            "cold_serial",
+            self.doit_cmd(root, "workers=1"),
+            input_bytes=self.tar_bytes,
+            cache=cache,
+            shards=self.args.shards,
+        )
+        self.check("cold workers=1 exits 0", r["rc"] == 0)
+        self.same_table(root, "workers=1 table equals the default cold build's")
+        self.set_aside(root)
+
     def flat(self) -> None:
         """Cold build with half the shards (same shard size): memory must not grow."""
         half = max(1, self.args.shards // 2)
@@ -849,6 +864,8 @@ class Bench:
             self.set_aside(self.preset_dir)
         if a.jobs > 1:
             self.parallel()
+        if a.serial:
+            self.serial_cold()
         if a.flat:
             self.flat()
         if a.profile:
@@ -923,6 +940,7 @@ WALL_RATIOS = [
     ("par", "tar_xf"),
     ("par", "preset"),
     ("par", "cold"),
+    ("cold", "cold_serial"),
 ]
 CPU_RATIOS = [
     ("cold", "tar_xf"),
@@ -1049,7 +1067,7 @@ def target_row(
 
 def code_fingerprint() -> dict:
     """Which build code was measured (the code changes under the benchmark; no git here)."""
-    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/**/*.py"), *REPO.glob("state/*.py")])
+    files = sorted([REPO / "dodo.py", *REPO.glob("tasks/**/*.py"), *REPO.glob("state/**/*.py")])
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
@@ -1188,6 +1206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large", action="store_true", help="1024x1024/1792x1024 noisy images")
     p.add_argument("--quirks", action="store_true", help="generate the data quirks (default off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--serial", action="store_true", help="also a cold build with workers=1 (one process)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="also time `doit -n JOBS -P process` cold")
     p.add_argument("--flat", action="store_true", help="also a cold build of half the shards")
     p.add_argument("--repeat", type=int, default=3, help="runs of no-op and audit (median)")

@@ -214,3 +214,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def task_name(shard: str) -> str:
+    """A shard's name as a doit subtask name: doit forbids `=`, so `%` and `=` are escaped
+    (`split=train` -> `split%3Dtrain`); `shard_of_task_name` reverses it."""
+    return shard.replace("%", "%25").replace("=", "%3D")
+
+
+def shard_of_task_name(name: str) -> str:
+    """The shard a subtask name stands for (the inverse of `task_name`)."""
+    return name.replace("%3D", "=").replace("%25", "%")

@@ -41,11 +41,13 @@ def fail_settings(message: str) -> TaskFailed:
 
 
 def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
-    """Extract one shard; a shard that cannot be read is reported by `summary` at the end."""
+    """Extract one shard (read by a worker process ahead of time when `workers` allows);
+    a shard that cannot be read is reported by `summary` at the end."""
+    from tasks.extract.pool import reader_for
     from tasks.extract.shard import extract_shard
 
     try:
-        r = extract_shard(settings, Path(tar))
+        r = extract_shard(settings, Path(tar), reader_for(settings))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{tar}: {describe_failure(exc, settings)}")
     if r.status == "failed":

@@ -31,6 +31,7 @@ from tasks.cli import (
     guard_doit_commands,
     output_to_devnull,
     parse_command_line,
+    task_name,
 )
 from tasks.freshness import (
     captions_are_current,
@@ -245,17 +246,6 @@ def creator(doc: str, subtasks: bool = False) -> Callable[[TaskMaker], TaskMaker
         return make
 
     return register
-
-
-def task_name(shard: str) -> str:
-    """A shard's name as a doit subtask name: doit forbids `=`, so `%` and `=` are escaped
-    (`split=train` -> `split%3Dtrain`); `shard_of_task_name` reverses it."""
-    return shard.replace("%", "%25").replace("=", "%3D")
-
-
-def shard_of_task_name(name: str) -> str:
-    """The shard a subtask name stands for (the inverse of `task_name`)."""
-    return name.replace("%3D", "=").replace("%25", "%")
 
 
 def _present_shards(s: Settings) -> dict[str, str]:

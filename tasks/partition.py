@@ -21,23 +21,48 @@ from tasks.records import PARTITION_SCHEMA
 from tasks.settings import Settings, partition_path
 
 
-def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> FileRow:
-    """Write a shard's partition atomically, rows sorted by filename; return its `files` row."""
+def encode_partition(rows: Iterable[dict]) -> bytes:
+    """A partition's parquet bytes, rows sorted by filename."""
     ordered = sorted(rows, key=lambda r: r["filename"])
     table = pa.Table.from_pylist(ordered, schema=PARTITION_SCHEMA)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue()
+    return sink.getvalue()
+
+
+def write_partition(settings: Settings, shard: str, rows: Iterable[dict]) -> FileRow:
+    """Write a shard's partition atomically, rows sorted by filename; return its `files` row."""
+    data = encode_partition(rows)
     path = partition_path(settings, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     st = atomic_write(path, data)
+    return _file_row(settings, shard, st, hash_bytes(data))
+
+
+def place_partition(
+    settings: Settings, shard: str, staged: str, xxh3: str, dropped: set[str]
+) -> FileRow:
+    """Move a partition written by the shard's reader (`xxh3`: its digest) into place,
+    without the rows of the samples in `dropped` (rewritten only then); return its
+    `files` row."""
+    if dropped:
+        with pq.ParquetFile(staged) as pf:
+            rows = [r for r in pf.read().to_pylist() if r["sample"] not in dropped]
+        return write_partition(settings, shard, rows)
+    path = partition_path(settings, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, path)
+    return _file_row(settings, shard, os.stat(path), xxh3)
+
+
+def _file_row(settings: Settings, shard: str, st: os.stat_result, xxh3: str) -> FileRow:
     return file_row(
-        os.path.relpath(path, settings.root),
+        os.path.relpath(partition_path(settings, shard), settings.root),
         FileKind.PARTITION,
         shard=shard,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
-        xxh3=hash_bytes(data),
+        xxh3=xxh3,
     )
 
 

@@ -11,6 +11,7 @@ from typing import cast
 
 from tasks.captions import write_captions
 from tasks.dataloader import entry_before_captions_go, write_dataloader
+from tasks.extract.pool import reader_for
 from tasks.extract.shard import extract_shard
 from tasks.scan import scan_edits
 from tasks.settings import Settings, shard_names
@@ -20,8 +21,9 @@ from tasks.table import build_table
 
 
 def _extract(settings: Settings) -> None:
+    reader = reader_for(settings)
     for tar in shard_names(settings)[0].values():
-        extract_shard(settings, tar)
+        extract_shard(settings, tar, reader)
 
 
 def _scan(settings: Settings) -> None:

@@ -35,6 +35,7 @@ class Settings:
     join_caption_lines: bool = False
     expected_samples: int | None = None
     keep_tars: bool = True  # `doit pull`: keep each tar after its shard is built
+    workers: int | None = None  # processes reading shards at once; None: the cores
     dataloader: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -196,6 +197,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "caption_strategy": ((str,), '"textfile" or "parquet"'),
     "join_caption_lines": ((bool,), "true or false"),
     "expected_samples": ((int,), "an integer"),
+    "workers": ((int,), "a whole number of processes, 1 or more"),
     "dataloader": ((dict,), "a table"),
     "keep_tars": ((bool,), "true or false"),
 }
@@ -295,6 +297,8 @@ def _check(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: `root` must not be empty (the dataset folder)")
     if key == "expected_samples" and value < 0:
         raise SettingsError(f"{source}: `expected_samples` must be 0 or more, got {value}")
+    if key == "workers" and value < 1:
+        raise SettingsError(f"{source}: `workers` must be 1 or more, got {value}")
     if key == "id" and ("/" in value or value.startswith(".")):
         raise SettingsError(f"{source}: `id` must be a plain name, got {value!r}")
 

@@ -1,12 +1,14 @@
 """`extract:<shard>`: one streaming pass over a tar into `data/`, the manifest and a partition.
 
-The pass reads each member once, hashes it (XXH3-128), parses JSON, reads image headers
-and writes it under its claim (see tasks/extract/claims.py: straight into `data/`, or staged when
-another shard owns the path). When the tar has been read to its end-of-archive marker,
-samples are decided (complete, or kept aside under `incomplete/<shard>/`) and committed
-in batches: each batch settles contested paths, moves what goes aside and records final
-rows in one write transaction. The shard is marked done last, so a killed run redoes
-the shard and nothing half-done counts as done.
+Reading (`read_shard`, in this process or a worker's: tasks/extract/pool.py) needs only
+the tar, the settings and the root's folders: each member is read once, hashed
+(XXH3-128), its JSON parsed or its image header read, and staged under
+`state/tmp/<shard>/` (see tasks/extract/claims.py); when the end-of-archive marker is
+reached, samples are decided (complete, or kept aside under `incomplete/<shard>/`) and
+the partition is written beside them. Committing is the manifest's one writer's: in
+batches, each settles contested paths (the shard that sorts first owns a path), renames
+members into place and records their rows in one write transaction. The shard is marked
+done last, so a killed run redoes the shard and nothing half-done counts as done.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from stat import S_ISDIR, S_ISREG
 
 from state import clashes, edits, files, meta, shards
 from state import quirks as quirk_rows
-from state.atomic import DiskFullError, atomic_write, move_file
+from state.atomic import DiskFullError, atomic_write, move_file, write_new
 from state.batching import batched
 from state.digests import digest_pairs, json_digest
 from state.hashing import file_matches, hash_bytes, hash_file, is_regular
@@ -42,12 +44,13 @@ from tasks.extract.tarstream import (
     printable,
 )
 from tasks.imagesize import image_size
-from tasks.partition import write_partition
+from tasks.partition import encode_partition, place_partition, write_partition
 from tasks.progress import Progress
 from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
-from tasks.settings import Settings, partition_path, shard_name
+from tasks.settings import PART_FILE, Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
+PLACING = "placing"  # in the staging folder: the paths a commit batch is filling
 IMAGE, JSON, CAPTION = FileKind.IMAGE, FileKind.JSON, FileKind.CAPTION
 ASIDE, PENDING = FileKind.ASIDE, FileKind.PENDING
 CAPTION_SUFFIX = ".txt"  # captions are `<image stem>.txt` (tasks/captions.py)
@@ -83,11 +86,15 @@ class ExtractResult:
     error: str | None = None
 
 
-def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
-    """Bring the manifest, `data/` and the partition of one shard up to date with its tar."""
+def extract_shard(settings: Settings, tar_path: Path, reader=None) -> ExtractResult:
+    """Bring the manifest, `data/` and the partition of one shard up to date with its tar.
+
+    `reader` reads the tar (`request(db, settings, tar)`, then `read(request)`); by
+    default in this process. This process is the manifest's one writer either way.
+    """
     db = open_manifest(settings.root)
     try:
-        return _extract_shard(db, settings, Path(tar_path))
+        return _extract_shard(db, settings, Path(tar_path), reader or _ReadHere)
     except (DiskFullError, ManifestError, sqlite3.OperationalError):
         raise  # the root's trouble, not this shard's: every shard would meet it
     except sqlite3.DatabaseError as exc:
@@ -112,7 +119,9 @@ def _shard_failed(db, settings: Settings, tar_path: Path, exc: Exception) -> Ext
     return ExtractResult(name, "failed", error=error)
 
 
-def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
+def _extract_shard(
+    db: sqlite3.Connection, settings: Settings, tar_path: Path, reader
+) -> ExtractResult:
     name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
@@ -130,7 +139,7 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
         return ExtractResult(
             name, "renamed", samples=(shards.get(db, name) or {}).get("samples", 0)
         )
-    return _extract(db, settings, name, tar_path, rel, st)
+    return _extract(db, settings, name, tar_path, rel, st, reader)
 
 
 def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
@@ -178,37 +187,90 @@ class _Job:
     quirks: list[dict] = field(default_factory=list)
 
 
-def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
+@dataclass
+class ShardRead:
+    """What reading a shard hands to the manifest's writer (picklable: it may come from a
+    worker process): where each member goes, the quirks found, and the partition of its
+    complete samples, written beside the staged members."""
+
+    placements: list[Placement]
+    samples: set[str]  # the complete samples: the partition's rows
+    partition: str  # the staged partition file
+    partition_xxh3: str
+    quirks: list[dict]
+    digest: str
+    written: int
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """Everything reading one shard needs: its tar, the settings, its staging folder and
+    what the shard's last extraction left in `data/` (no manifest connection)."""
+
+    settings: Settings
+    name: str
+    tar_path: Path
+    tmp_dir: Path
+    previous: dict[str, dict]
+    adopt: bool
+
+
+def read_request(db, settings: Settings, tar_path: Path) -> ReadRequest:
+    """A fresh staging folder and the manifest's view of a shard, for `read_shard`."""
+    name = shard_name(tar_path, settings)
     tmp_dir = settings.state_dir / "tmp" / name
+    _remove_unrecorded(db, settings, tmp_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files.of_shard(db, name)}
-    job = _Job(db, settings, name, tar_path, rel, st, previous)
-    quirks = job.quirks
-    _move_special_files(settings, name, previous, quirks)
-    edits_aside = _set_edits_aside(db, settings, name, previous)
+    return ReadRequest(settings, name, tar_path, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1")
+
+
+def _remove_unrecorded(db, settings: Settings, tmp_dir: Path) -> None:
+    """Remove what a killed commit moved into place without recording it (the paths of
+    its last batch, listed before they were filled, that have no row)."""
     try:
-        samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
+        listed = (tmp_dir / PLACING).read_bytes().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return
+    gone = [p for p in listed.split("\n") if p and files.get(db, p) is None]
+    for path in gone:
+        with contextlib.suppress(OSError):
+            (settings.root / path).unlink()
+    remove_empty_folders(settings.data_dir, gone)
+
+
+def _list_placing(settings: Settings, name: str, batch: list[Placement]) -> None:
+    """Name the paths this batch is about to fill, for `_remove_unrecorded` after a kill."""
+    paths = "\n".join(p.dest for p in batch if p.member.loc != p.dest)
+    write_new(settings.state_dir / "tmp" / name / PLACING, paths.encode("utf-8", "surrogateescape"))
+
+
+def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st, reader):
+    request = reader.request(db, settings, tar_path)
+    previous, tmp_dir = request.previous, request.tmp_dir
+    job = _Job(db, settings, name, tar_path, rel, st, previous)
+    try:
+        read = reader.read(request)
     except ShardReadError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         _drop_unfinished(db, settings, name, previous)
-        _put_edits_back(db, settings, previous, edits_aside)
         _record_failure(db, settings, name, rel, st, str(exc))
         return ExtractResult(name, "failed", error=str(exc))
-    except Exception:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        _drop_unfinished(db, settings, name, previous)
-        _put_edits_back(db, settings, previous, edits_aside)
-        raise
-    except BaseException:  # interrupted: the rerun finishes what the claims hold
+    except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    job.quirks = quirks = read.quirks
+    _move_special_files(settings, name, previous, quirks)
+    edits_aside = _set_edits_aside(db, settings, name, previous)
     try:
-        placements, rows = _decide(name, samples, duplicates, quirks)
-        _clear_stale_data(db, settings, name, previous, placements, quirks)
-        placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
+        _clear_stale_data(db, settings, name, previous, read.placements, quirks)
+        placed, dropped = _commit(db, settings, name, tar_path, read.placements, quirks)
         _settle_edits(db, settings, name, placed, edits_aside, quirks)
-        _finish(job, digest, placed, rows)
+        part_row = place_partition(
+            settings, name, read.partition, read.partition_xxh3, dropped & read.samples
+        )
+        _finish(job, read.digest, placed, part_row, len(read.samples - dropped))
     except Exception:
         _drop_unfinished(db, settings, name, previous)
         _put_edits_back(db, settings, previous, edits_aside)
@@ -216,67 +278,108 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     aside = sum(1 for p in placed.values() if p.kind == ASIDE)
-    return ExtractResult(
-        name, "extracted", samples=len(rows), aside=aside, written=streamed + written
-    )
+    samples = len(read.samples - dropped)
+    return ExtractResult(name, "extracted", samples=samples, aside=aside, written=read.written)
 
 
-def _read_shard(job: _Job, tmp_dir: Path):
-    """Stream the tar: write every regular member under the shard's claims, collect samples."""
-    db, settings, name, tar_path, quirks = job.db, job.settings, job.name, job.tar_path, job.quirks
-    previous, total = job.previous, job.st.st_size
-    writer = MemberWriter(
-        db, settings.root, name, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1"
-    )
-    samples: dict[str, Sample] = {}
-    seen: dict[str, Member] = {}
-    names = _Names()
-    duplicates: list[Member] = []
-    reader = HashingReader(tar_path)
-    progress = Progress(f"extract {name}", total)
+def read_shard(request: ReadRequest) -> ShardRead:
+    """Stream the tar: stage every regular member, then decide where each one goes."""
+    state = _ReadState(request)
+    reader = HashingReader(request.tar_path)
+    progress = Progress(f"extract {request.name}", os.stat(request.tar_path).st_size)
     try:
-        for tm, data in iter_members(reader, tar_path):
+        for tm, data in iter_members(reader, request.tar_path):
             progress.update(reader.tell())
-            if tm.kind == "dir":
-                continue
-            path = normalize_member_name(tm.name)
-            why = _refusal(path, tm.kind, names)
-            if why is not None:
-                quirks.append(
-                    _quirk(name, "refused", printable(tm.name), None, f"{why}: not written")
-                )
-                continue
-            if (other := names.case_twin(path)) is not None:
-                quirks.append(_case_collision(name, tm.name, other))
-            kind = member_kind(path)
-            m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
-            if kind == IMAGE:
-                m.header = image_size(data)
-            elif kind == JSON:
-                raw = bytes(data)  # a view when large (iter_members)
-                m.obj, m.json_error = parse_json(raw)
-                if m.obj is not None:
-                    m.raw = raw.decode("utf-8")
-            if path in seen:  # the later member wins, as with tar xf
-                _set_aside_earlier(job, writer, samples, seen[path], duplicates, tm.name)
-            seen[path] = m
-            writer.add(m, data)
-            key = sample_key(path)
-            sample = samples.get(key)
-            if sample is None:
-                sample = samples[key] = Sample(key)
-            if kind == JSON:
-                sample.json = m
-            elif kind == IMAGE:
-                sample.images.append(m)
-            else:
-                sample.others.append(m)
-        writer.flush()
+            if tm.kind != "dir":
+                state.add(tm, data)
         digest, _ = reader.finish()
     finally:
         reader.close()
         progress.close()
-    return samples, duplicates, digest, writer.written
+    placements, rows = _decide(request.name, state.samples, state.duplicates, state.quirks)
+    partition = str(request.tmp_dir / PART_FILE)
+    data = encode_partition(rows.values())
+    write_new(partition, data)
+    return ShardRead(
+        placements,
+        set(rows),
+        partition,
+        hash_bytes(data),
+        state.quirks,
+        digest,
+        state.writer.written,
+    )
+
+
+class _ReadState:
+    """The members of one shard read so far, grouped by sample."""
+
+    def __init__(self, request: ReadRequest) -> None:
+        self.name = request.name
+        self.writer = MemberWriter(
+            request.settings.root, self.name, request.tmp_dir, request.previous, request.adopt
+        )
+        self.samples: dict[str, Sample] = {}
+        self.seen: dict[str, Member] = {}
+        self.names = _Names()
+        self.duplicates: list[tuple[Member, str]] = []
+        self.quirks: list[dict] = []
+
+    def add(self, tm, data) -> None:
+        """Stage one non-folder member (or refuse it, with a quirk)."""
+        path = normalize_member_name(tm.name)
+        why = _refusal(path, tm.kind, self.names)
+        if why is not None:
+            self.quirks.append(
+                _quirk(self.name, "refused", printable(tm.name), None, f"{why}: not written")
+            )
+            return
+        if (other := self.names.case_twin(path)) is not None:
+            self.quirks.append(_case_collision(self.name, tm.name, other))
+        m = _member(path, tm, data)
+        if path in self.seen:  # the later member wins, as with tar xf
+            self._set_aside_earlier(self.seen[path], tm.name)
+        self.seen[path] = m
+        self.writer.add(m, data)
+        key = sample_key(path)
+        sample = self.samples.get(key)
+        if sample is None:
+            sample = self.samples[key] = Sample(key)
+        if m.kind == JSON:
+            sample.json = m
+        elif m.kind == IMAGE:
+            sample.images.append(m)
+        else:
+            sample.others.append(m)
+
+    def _set_aside_earlier(self, earlier: Member, tm_name: str) -> None:
+        """A later member of the same name replaces `earlier`, which is kept aside."""
+        earlier = _drop_member(self.samples, earlier)
+        dest = _duplicate_dest(self.name, earlier, len(self.duplicates))
+        self.duplicates.append((earlier, dest))
+        detail = "a later member of the same name replaces it (as tar xf)"
+        self.quirks.append(_quirk(self.name, "duplicate_member", tm_name, None, detail))
+
+
+class _ReadHere:
+    """Reads a shard in this process: the serial build's reader."""
+
+    request = staticmethod(read_request)
+    read = staticmethod(read_shard)
+
+
+def _member(path: str, tm, data) -> Member:
+    """A member with its hash and what its bytes say (image size, parsed JSON)."""
+    kind = member_kind(path)
+    m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
+    if kind == IMAGE:
+        m.header = image_size(data)
+    elif kind == JSON:
+        raw = bytes(data)  # a view when large (iter_members)
+        m.obj, m.json_error = parse_json(raw)
+        if m.obj is not None:
+            m.raw = raw.decode("utf-8")
+    return m
 
 
 def _case_collision(shard: str, member: str, other: str) -> dict:
@@ -287,25 +390,6 @@ def _case_collision(shard: str, member: str, other: str) -> dict:
         None,
         f"differs from member {other!r} only in case: both are built, but a "
         "case-insensitive file system (macOS, Windows) would hold only one",
-    )
-
-
-def _set_aside_earlier(
-    job: _Job, writer: MemberWriter, samples: dict, earlier: Member, duplicates: list, tm_name: str
-) -> None:
-    """A later member of the same name replaces `earlier`, which is kept aside."""
-    earlier = _drop_member(samples, earlier)
-    writer.flush()
-    writer.move(earlier, _duplicate_dest(job.name, earlier, len(duplicates)))
-    duplicates.append(earlier)
-    job.quirks.append(
-        _quirk(
-            job.name,
-            "duplicate_member",
-            tm_name,
-            None,
-            "a later member of the same name replaces it (as tar xf)",
-        )
     )
 
 
@@ -402,41 +486,19 @@ def _aside(shard: str, m: Member, sample: str, sub: str = "") -> Placement:
     return Placement(m, f"incomplete/{shard}/{sub}{m.path}", ASIDE, sample)
 
 
-def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], quirks: list[dict]):
+def _decide(name: str, samples: dict[str, Sample], duplicates: list, quirks: list[dict]):
     """Placements of every member and the partition row of every complete sample."""
-    placements: list[Placement] = []
+    placements = [Placement(m, dest, ASIDE, sample_key(m.path)) for m, dest in duplicates]
     rows: dict[str, dict] = {}
-    for m in duplicates:
-        placements.append(Placement(m, m.loc, ASIDE, sample_key(m.path)))
     for key, s in samples.items():
         for m in s.others:
-            quirks.append(
-                _quirk(
-                    name,
-                    "unexpected_member",
-                    m.member,
-                    None,
-                    "not an image (.png/.jpg/.jpeg) or .json: kept aside",
-                )
-            )
+            detail = "not an image (.png/.jpg/.jpeg) or .json: kept aside"
+            quirks.append(_quirk(name, "unexpected_member", m.member, None, detail))
             placements.append(_aside(name, m, key))
         members = ([s.json] if s.json else []) + s.images
         if not members:
             continue
-        problem = None
-        if s.json is None:
-            problem = ("image_without_json", "image has no JSON")
-        elif not s.images:
-            problem = ("json_without_image", "JSON has no image")
-        elif s.json.obj is None:
-            problem = ("invalid_json", s.json.json_error)
-        if problem is None:
-            image = _winner(s)
-            if image.header is None:
-                problem = (
-                    "bad_image",
-                    f"{image.member}: not a readable PNG/JPEG header ({image.size} bytes)",
-                )
+        problem, image = _problem(s)
         if problem:
             for m in members:
                 quirks.append(_quirk(name, problem[0], m.member, None, problem[1]))
@@ -444,21 +506,29 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
             continue
         for m in s.images:
             if m is not image:
-                quirks.append(
-                    _quirk(
-                        name,
-                        "second_image",
-                        m.member,
-                        None,
-                        f"another image of sample {key!r} was kept",
-                    )
-                )
+                detail = f"another image of sample {key!r} was kept"
+                quirks.append(_quirk(name, "second_image", m.member, None, detail))
                 placements.append(_aside(name, m, key))
         placements.append(Placement(s.json, f"data/{s.json.path}", JSON, key))
         placements.append(Placement(image, f"data/{image.path}", IMAGE, key))
         rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
-        s.json.obj = None  # the row holds what is needed now
+        s.json.obj = s.json.raw = None  # the row holds what is needed now
     return placements, rows
+
+
+def _problem(s: Sample) -> tuple[tuple[str, str] | None, Member | None]:
+    """Why a sample is incomplete ((quirk kind, detail) or None), and its image."""
+    if s.json is None:
+        return ("image_without_json", "image has no JSON"), None
+    if not s.images:
+        return ("json_without_image", "JSON has no image"), None
+    if s.json.obj is None:
+        return ("invalid_json", s.json.json_error or ""), None
+    image = _winner(s)
+    if image.header is None:
+        detail = f"{image.member}: not a readable PNG/JPEG header ({image.size} bytes)"
+        return ("bad_image", detail), image
+    return None, image
 
 
 def _commit(
@@ -467,41 +537,69 @@ def _commit(
     name: str,
     tar_path: Path,
     placements: list[Placement],
-    rows: dict,
     quirks: list[dict],
-):
-    """Settle contested paths, move members to their places and record them, batch by batch."""
+) -> tuple[dict[str, Placement], set[str]]:
+    """Settle contested paths, move members to their places and record them, batch by batch;
+    return the placements by destination and the samples that lost their place."""
     placed: dict[str, Placement] = {}
+    dropped: set[str] = set()
     made_dirs: set[str] = set()
-    written = 0
     blocked = _blocked(db, settings, name, placements, quirks)
     for batch in batched(placements, COMMIT_BATCH):
-        with write_transaction(db) as conn:
-            lost = _settle(conn, settings, name, batch, quirks) | blocked
-            files.drop_pending(
-                conn, name, [p.dest for p in batch if p.sample in lost and p.kind != ASIDE]
-            )
-            file_rows, vacated = [], []
-            for p in batch:
-                if p.sample in lost and p.kind != ASIDE:
-                    p = _aside(name, p.member, p.sample)
-                    rows.pop(p.sample, None)
-                m = p.member
-                if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
-                    vacated.append(m.loc)
-                try:
-                    written += _place(settings, tar_path, p, made_dirs)
-                except OSError as exc:
-                    if p.kind != ASIDE or exc.errno not in PATH_ERRNOS:
-                        raise
-                    p = _unplaced(name, p, len(placed), quirks)
-                    written += _place(settings, tar_path, p, made_dirs)
-                file_rows.append(_file_row(settings, name, p))
-                placed[p.dest] = p
-            files.drop_of_shard(conn, name, vacated)
-            remove_empty_folders(settings.data_dir, vacated)
-            files.upsert(conn, file_rows)
-    return placed, rows, written
+        fresh: list[str] = []  # placed by this batch, with no row until it commits
+        _list_placing(settings, name, batch)
+        try:
+            with write_transaction(db) as conn:
+                lost = _settle(conn, settings, name, batch, quirks) | blocked
+                files.drop_pending(
+                    conn, name, [p.dest for p in batch if p.sample in lost and p.kind != ASIDE]
+                )
+                file_rows, vacated = [], []
+                for p in batch:
+                    if p.sample in lost and p.kind != ASIDE:
+                        p = _aside(name, p.member, p.sample)
+                        dropped.add(p.sample)
+                    if p.member.loc and p.member.loc != p.dest:
+                        vacated.append(p.member.loc)
+                    p = _place_or_unplace(
+                        settings, tar_path, name, p, made_dirs, fresh, len(placed), quirks
+                    )
+                    file_rows.append(_file_row(settings, name, p))
+                    placed[p.dest] = p
+                vacated = [v for v in vacated if v.startswith("data/")]
+                files.drop_of_shard(conn, name, vacated)
+                remove_empty_folders(settings.data_dir, vacated)
+                files.upsert(conn, file_rows)
+        except BaseException:
+            for dest in fresh:  # nothing unrecorded stays in data/
+                if dest.startswith("data/"):
+                    Path(settings.root, dest).unlink(missing_ok=True)
+            raise
+    return placed, dropped
+
+
+def _place_or_unplace(
+    settings: Settings,
+    tar_path: Path,
+    name: str,
+    p: Placement,
+    made_dirs: set[str],
+    fresh: list[str],
+    index: int,
+    quirks: list[dict],
+) -> Placement:
+    """Place a member; one kept aside whose own path is blocked goes to `unplaced/`."""
+    new = p.member.loc != p.dest
+    try:
+        _place(settings, tar_path, p, made_dirs)
+    except OSError as exc:
+        if p.kind != ASIDE or exc.errno not in PATH_ERRNOS:
+            raise
+        p = _unplaced(name, p, index, quirks)
+        _place(settings, tar_path, p, made_dirs)
+    if new:
+        fresh.append(p.dest)
+    return p
 
 
 def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placement:
@@ -516,18 +614,20 @@ def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placem
 def _blocked(db, settings: Settings, name: str, placements: list[Placement], quirks: list[dict]):
     """Samples whose path in `data/` a file or folder of another shard stands in the way of.
 
-    Only members not yet at their place are looked at: a member written straight into
-    `data/` found its path free. What shards sorting later put in the way is moved aside
+    Only members not yet at their place are looked at. What shards sorting later put in
+    the way is moved aside
     (`_take_over`), so the outcome does not depend on which shard was built first.
     """
     blocked: set[str] = set()
     root = str(settings.root)
+    folders: dict[str, str | None] = {}
     for p in placements:
         if p.kind == ASIDE or p.member.loc == p.dest or p.sample in blocked:
             continue
-        why = path_blocked(root, p.dest)
+        why = path_blocked(root, p.dest, folders)
         if why is not None and _take_over(db, settings, name, p.dest, quirks):
-            why = path_blocked(root, p.dest)
+            folders.clear()  # the take-over moved files: what was learnt may be stale
+            why = path_blocked(root, p.dest, folders)
         if why is not None:
             blocked.add(p.sample)
             quirks.append(
@@ -684,7 +784,7 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> files.FileRow:
     )
 
 
-def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
+def _finish(job: _Job, digest: str, placed: dict, part_row: files.FileRow, samples: int) -> None:
     """Drop what this shard no longer holds, write its partition, mark it done."""
     db, settings, name, rel, st = job.db, job.settings, job.name, job.rel, job.st
     previous, quirks = job.previous, job.quirks
@@ -697,7 +797,6 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
         and not (r["kind"] == ASIDE and path.startswith(legacy))  # the user's: never deleted
     ]
     _drop_stale(settings, name, stale, quirks)
-    part_row = write_partition(settings, name, rows.values())
     with write_transaction(db) as conn:
         files.delete(conn, [r["path"] for r in stale])
         quirk_rows.replace(conn, name, quirks)
@@ -711,7 +810,7 @@ def _finish(job: _Job, digest: str, placed: dict, rows: dict) -> None:
             st,
             xxh3=digest,
             members=len(placed),
-            samples=len(rows),
+            samples=samples,
             aside=sum(1 for p in placed.values() if p.kind == ASIDE),
             part_xxh3=part_row["xxh3"],
             json_digest=current if current == expected else None,

@@ -53,6 +53,18 @@ class ShardReadError(RuntimeError):
             "the file, then run `doit`"
         )
 
+    def __reduce__(self):
+        # pickled by a worker process that read the shard (tasks/extract/pool.py)
+        state = (self.shard, self.detail, self.last_member)
+        return (_unpickle_read_error, (type(self), str(self), state))
+
+
+def _unpickle_read_error(cls: type, message: str, state: tuple) -> ShardReadError:
+    exc = cls.__new__(cls)
+    RuntimeError.__init__(exc, message)
+    exc.shard, exc.detail, exc.last_member = state
+    return exc
+
 
 class CompressedShardError(ShardReadError):
     """The shard is a compressed tar under a plain `.tar` name."""
@@ -252,6 +264,62 @@ def _extended_header(
     return {}
 
 
+def _apply_extended(
+    reader: HashingReader,
+    shard: Path,
+    block: bytes,
+    pending: dict[str, str],
+    member: tuple[str, int, str, int],
+    last: str | None,
+) -> tuple[str, int, str, int]:
+    """(name, size, kind, data offset) of a member after the extended header records
+    (`pending`) before it, and an old GNU sparse header's extension blocks."""
+    name, size, kind, offset_data = member
+    offset = offset_data - BLOCK
+    typeflag = block[156:157]
+    if "path" in pending:
+        name = pending["path"]
+    if "size" in pending:
+        if not pending["size"].isdigit():
+            raise ShardReadError(shard, f"a malformed pax size at byte {offset}", last)
+        size = int(pending["size"])
+    if typeflag == b"S" or any(k.startswith("GNU.sparse.") for k in pending):
+        kind = "sparse"  # its data is a sparse map, not the file: never written
+        name = pending.get("GNU.sparse.name", name)
+        if typeflag == b"S" and block[482]:
+            offset_data += _skip_sparse_extensions(reader, shard, offset, last)
+    return name, size, kind, offset_data
+
+
+def _member_data(
+    reader: HashingReader,
+    shard: Path,
+    name: str,
+    kind: str,
+    typeflag: bytes,
+    size: int,
+    padded: int,
+    last: str | None,
+) -> bytes | memoryview | None:
+    """A file member's bytes (None for other members, whose data is skipped)."""
+    if kind == "file":
+        data = reader.read(padded)
+        if len(data) < size:
+            raise ShardReadError(
+                shard, f"member {name!r} is cut short ({len(data)} of {size} bytes)", last
+            )
+        if len(data) != padded:
+            raise ShardReadError(shard, f"member {name!r} is cut short (padding)", last)
+        if padded != size:
+            return memoryview(data)[:size] if size >= VIEW_MIN else data[:size]
+        return data
+    if kind != "dir" and size and typeflag not in (b"1", b"2"):
+        skipped = reader.read(padded)  # data of a special member: read, never written
+        if len(skipped) != padded:
+            raise ShardReadError(shard, f"member {name!r} is cut short", last)
+    return None
+
+
 def iter_members(
     reader: HashingReader, shard: Path
 ) -> Iterator[tuple[TarMember, bytes | memoryview | None]]:
@@ -287,34 +355,13 @@ def iter_members(
             pending.update(_extended_header(reader, shard, typeflag, size, offset, last))
             offset = offset_data + padded
             continue
-        if "path" in pending:
-            name = pending["path"]
-        if "size" in pending:
-            if not pending["size"].isdigit():
-                raise ShardReadError(shard, f"a malformed pax size at byte {offset}", last)
-            size = int(pending["size"])
+        if pending or typeflag == b"S":
+            name, size, kind, offset_data = _apply_extended(
+                reader, shard, block, pending, (name, size, kind, offset_data), last
+            )
             padded = -(-size // BLOCK) * BLOCK
-        if typeflag == b"S" or any(k.startswith("GNU.sparse.") for k in pending):
-            kind = "sparse"  # its data is a sparse map, not the file: never written
-            name = pending.get("GNU.sparse.name", name)
-            if typeflag == b"S" and block[482]:
-                offset_data += _skip_sparse_extensions(reader, shard, offset, last)
-        pending = {}
-        data = None
-        if kind == "file":
-            data = reader.read(padded)
-            if len(data) < size:
-                raise ShardReadError(
-                    shard, f"member {name!r} is cut short ({len(data)} of {size} bytes)", last
-                )
-            if len(data) != padded:
-                raise ShardReadError(shard, f"member {name!r} is cut short (padding)", last)
-            if padded != size:
-                data = memoryview(data)[:size] if size >= VIEW_MIN else data[:size]
-        elif kind != "dir" and size and typeflag not in (b"1", b"2"):
-            skipped = reader.read(padded)  # data of a special member: read, never written
-            if len(skipped) != padded:
-                raise ShardReadError(shard, f"member {name!r} is cut short", last)
+            pending = {}
+        data = _member_data(reader, shard, name, kind, typeflag, size, padded, last)
         offset = offset_data + padded
         last = name
         yield TarMember(name, kind, offset_data, size), data
