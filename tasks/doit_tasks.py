@@ -35,6 +35,7 @@ from tasks.freshness import (
 )
 from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
 from tasks.steps import STEPS
+from tasks.tar_index import index_up_to_date
 
 DEFAULT_TASKS = list(STEPS)
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
@@ -213,6 +214,8 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
 
     @creator("Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.")
     def task_scan(s: Settings) -> dict:
+        if s.layout == "tars":  # no data/: the samples' JSON stays in the tars
+            return {"actions": [], "task_dep": ["extract"]}
         return {
             "actions": [(act.run_scan, [s])],
             "task_dep": ["extract"],
@@ -223,6 +226,9 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
     def task_captions(s: Settings) -> Iterator[dict]:
         present = shards(s)
         for name in all_shards(s):
+            if s.layout == "tars":
+                yield index_task(s, name, present)
+                continue
             yield {
                 "name": name,
                 "actions": [(act.run_captions, [s, name])],
@@ -286,6 +292,18 @@ def _creators(settings: Settings | None, error: str | None, dep_file: Path) -> d
         return {"actions": [(act.run_repair, [s])], "uptodate": [False]}
 
     return {name: value for name, value in locals().items() if name.startswith("task_")}
+
+
+def index_task(s: Settings, name: str, present: dict[str, str]) -> dict:
+    """`captions:<shard>` under `layout = "tars"`: the shard's webshart index."""
+    return {
+        "name": name,
+        "doc": f"webshart index of shard {name}",
+        "actions": [(act.run_index, [s, name])],
+        "file_dep": [str(partition_path(s, name))] if name in present else [],
+        "task_dep": ["scan"],
+        "uptodate": [(index_up_to_date, [s, name])],
+    }
 
 
 def _known_shards(settings: Settings) -> list[str]:

@@ -61,7 +61,10 @@ def table_shards(db) -> list[tuple[str, str]]:
 
 def table_key(settings: Settings, shards: list[tuple[str, str]]) -> str:
     """What the table is made from: partitions and the caption settings."""
-    return json.dumps([shards, list(settings.caption_field), settings.join_caption_lines])
+    key = [shards, list(settings.caption_field), settings.join_caption_lines]
+    if settings.layout == "tars":  # its table has the `shard` and `member` columns
+        key.append(settings.layout)
+    return json.dumps(key)
 
 
 def table_matches(db, settings: Settings, key: str) -> bool:

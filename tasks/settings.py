@@ -11,6 +11,7 @@ from typing import Any
 DEFAULT_CONFIG = "dataset.toml"
 DALLE3_REPO = "ProGamerGov/synthetic-dataset-1m-dalle3-high-quality-captions"
 CAPTION_STRATEGIES = ("textfile", "parquet")
+LAYOUTS = ("folder", "tars")
 
 
 class SettingsError(ValueError):
@@ -32,6 +33,7 @@ class Settings:
     caption_strategy: str = "textfile"
     join_caption_lines: bool = False
     expected_samples: int | None = None
+    layout: str = "folder"
     dataloader: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -147,6 +149,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "caption_strategy": ((str,), '"textfile" or "parquet"'),
     "join_caption_lines": ((bool,), "true or false"),
     "expected_samples": ((int,), "an integer"),
+    "layout": ((str,), '"folder" or "tars"'),
     "dataloader": ((dict,), "a table"),
 }
 SETTING_KEYS = tuple(_SCHEMA)
@@ -231,6 +234,8 @@ def _check(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: `{key}` must not be empty")
     if key == "caption_strategy" and value not in CAPTION_STRATEGIES:
         raise SettingsError(f"{source}: `caption_strategy` must be {what}, got {value!r}")
+    if key == "layout" and value not in LAYOUTS:
+        raise SettingsError(f"{source}: `layout` must be {what}, got {value!r}")
     if key in ("id", "shards", "caption_field") and value == "":
         raise SettingsError(f"{source}: `{key}` must not be empty")
     if key == "root" and value == "":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from state import files, meta
+from state import files, meta, tar_layout
 from state.atomic import TMP_SUFFIX
 from state.counts import shards_in_build
 from state.hashing import hash_file
@@ -32,6 +32,21 @@ TABLE_SCHEMA = pa.schema(
         ("filename", pa.string()),
     ]
 )
+
+
+# layout = "tars": where each sample's image lies (shard name, member name in its tar)
+TARS_TABLE_SCHEMA = TABLE_SCHEMA.append(pa.field("shard", pa.string())).append(
+    pa.field("member", pa.string())
+)
+
+
+def sample_locations(db, shard: str, table: pa.Table) -> list[pa.Array]:
+    """The `shard` and `member` columns of a partition's rows (from the manifest)."""
+    members = tar_layout.member_rows(db, shard)
+    names = [
+        (members.get(f"data/{f}") or {}).get("member") for f in table.column("filename").to_pylist()
+    ]
+    return [pa.array([shard] * len(names), pa.string()), pa.array(names, pa.string())]
 
 
 @dataclass
@@ -54,7 +69,7 @@ def build_table(settings: Settings) -> TableResult:
             rows = int(meta.get(db, meta.table_rows(rel)) or 0)
             return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
-        rows = _write(settings, [name for name, _ in shards])
+        rows = _write(settings, [name for name, _ in shards], db)
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
             files.upsert(
@@ -76,16 +91,19 @@ def build_table(settings: Settings) -> TableResult:
         db.close()
 
 
-def _write(settings: Settings, shards: list[str]) -> int:
+def _write(settings: Settings, shards: list[str], db=None) -> int:
     tmp = settings.table_path.with_name(f".{settings.table_path.name}{TMP_SUFFIX}")
     rows = 0
     columns = partition_columns(settings) + ["width", "height"]
-    with pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer:
+    tars = settings.layout == "tars"
+    schema = TARS_TABLE_SCHEMA if tars else TABLE_SCHEMA
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for shard in shards:
             if not partition_path(settings, shard).exists():
                 continue
             table = read_partition(settings, shard, columns)
             captions = pa.array(caption_texts(table, settings), type=pa.string())
+            located = sample_locations(db, shard, table) if tars else []
             writer.write_table(
                 pa.table(
                     [
@@ -93,8 +111,9 @@ def _write(settings: Settings, shards: list[str]) -> int:
                         table.column("height"),
                         captions,
                         table.column("filename"),
+                        *located,
                     ],
-                    schema=TABLE_SCHEMA,
+                    schema=schema,
                 )
             )
             rows += table.num_rows

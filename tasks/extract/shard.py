@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from state import files, meta, shards
+from state import files, meta, shards, tar_layout
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file
 from state.batching import batched
@@ -80,11 +80,21 @@ class ExtractResult:
     error: str | None = None
 
 
-def extract_shard(settings: Settings, tar_path: Path) -> ExtractResult:
-    """Bring the manifest, `data/` and the partition of one shard up to date with its tar."""
+UNPLACED = tar_layout.UNPLACED
+
+
+def extract_shard(settings: Settings, tar_path: Path, place: bool | None = None) -> ExtractResult:
+    """Bring the manifest, `data/` and the partition of one shard up to date with its tar.
+
+    `place=False` (default: `layout = "tars"`) reads and decides the same way but writes
+    no sample into `data/`: their rows keep member, offset and size (mtime_ns UNPLACED),
+    which is all the webshart indexes need. Members kept aside are still copied aside.
+    """
+    if place is None:
+        place = settings.layout != "tars"
     db = open_manifest(settings.root)
     try:
-        return _extract_shard(db, settings, Path(tar_path))
+        return _extract_shard(db, settings, Path(tar_path), place)
     except (DiskFullError, ManifestError, sqlite3.OperationalError):
         raise  # the root's trouble, not this shard's: every shard would meet it
     except sqlite3.DatabaseError as exc:
@@ -109,12 +119,15 @@ def _shard_failed(db, settings: Settings, tar_path: Path, exc: Exception) -> Ext
     return ExtractResult(name, "failed", error=error)
 
 
-def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -> ExtractResult:
+def _extract_shard(
+    db: sqlite3.Connection, settings: Settings, tar_path: Path, place: bool = True
+) -> ExtractResult:
     name = shard_name(tar_path, settings)
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
     row = shards.get(db, name)
-    if row and row["status"] == "done" and row["size"] == st.st_size:
+    placed_as_asked = not place or not tar_layout.has_unplaced(db, name)
+    if row and row["status"] == "done" and row["size"] == st.st_size and placed_as_asked:
         same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
         if same_stat or hash_file(tar_path) == row["xxh3"]:
             if not same_stat:
@@ -127,7 +140,7 @@ def _extract_shard(db: sqlite3.Connection, settings: Settings, tar_path: Path) -
         return ExtractResult(
             name, "renamed", samples=(shards.get(db, name) or {}).get("samples", 0)
         )
-    return _extract(db, settings, name, tar_path, rel, st)
+    return _extract(db, settings, name, tar_path, rel, st, place)
 
 
 def _find_renamed(db, settings: Settings, name: str, tar_path: Path, st) -> str | None:
@@ -173,14 +186,17 @@ class _Job:
     st: os.stat_result  # the tar's
     previous: dict[str, dict]  # path -> `files` row, as the last extraction left them
     quirks: list[dict] = field(default_factory=list)
+    place: bool = True  # False: samples stay in the tar (layout = "tars")
 
 
-def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) -> ExtractResult:
+def _extract(
+    db, settings: Settings, name: str, tar_path: Path, rel: str, st, place: bool = True
+) -> ExtractResult:
     tmp_dir = settings.state_dir / "tmp" / name
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files.of_shard(db, name)}
-    job = _Job(db, settings, name, tar_path, rel, st, previous)
+    job = _Job(db, settings, name, tar_path, rel, st, previous, place=place)
     quirks = job.quirks
     try:
         samples, duplicates, digest, streamed = _read_shard(job, tmp_dir)
@@ -199,7 +215,9 @@ def _extract(db, settings: Settings, name: str, tar_path: Path, rel: str, st) ->
     try:
         placements, rows = _decide(name, samples, duplicates, quirks)
         kept = _clear_stale_data(db, settings, name, previous, placements, quirks)
-        placed, rows, written = _commit(db, settings, name, tar_path, placements, rows, quirks)
+        placed, rows, written = _commit(
+            db, settings, name, tar_path, placements, rows, quirks, place
+        )
         _finish(job, digest, placed, rows, kept)
     except Exception:
         _drop_unfinished(db, settings, name, previous)
@@ -251,7 +269,8 @@ def _read_shard(job: _Job, tmp_dir: Path):
             if path in seen:  # the later member wins, as with tar xf
                 _set_aside_earlier(job, writer, samples, seen[path], duplicates, tm.name)
             seen[path] = m
-            writer.add(m, data)
+            if job.place:
+                writer.add(m, data)
             key = sample_key(path)
             sample = samples.get(key)
             if sample is None:
@@ -286,8 +305,9 @@ def _set_aside_earlier(
 ) -> None:
     """A later member of the same name replaces `earlier`, which is kept aside."""
     earlier = _drop_member(samples, earlier)
-    writer.flush()
-    writer.move(earlier, _duplicate_dest(job.name, earlier, len(duplicates)))
+    if job.place:  # else its bytes stay in the tar: the commit copies them aside
+        writer.flush()
+        writer.move(earlier, _duplicate_dest(job.name, earlier, len(duplicates)))
     duplicates.append(earlier)
     job.quirks.append(
         _quirk(
@@ -397,8 +417,9 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list[Member], qui
     """Placements of every member and the partition row of every complete sample."""
     placements: list[Placement] = []
     rows: dict[str, dict] = {}
-    for m in duplicates:
-        placements.append(Placement(m, m.loc, ASIDE, sample_key(m.path)))
+    for i, m in enumerate(duplicates):  # loc None: still in the tar (place=False)
+        dest = m.loc or _duplicate_dest(name, m, i)
+        placements.append(Placement(m, dest, ASIDE, sample_key(m.path)))
     for key, s in samples.items():
         for m in s.others:
             quirks.append(
@@ -460,8 +481,12 @@ def _commit(
     placements: list[Placement],
     rows: dict,
     quirks: list[dict],
+    place: bool = True,
 ):
-    """Settle contested paths, move members to their places and record them, batch by batch."""
+    """Settle contested paths, move members to their places and record them, batch by batch.
+
+    With `place=False` a sample's members are recorded, not written (see extract_shard).
+    """
     placed: dict[str, Placement] = {}
     made_dirs: set[str] = set()
     written = 0
@@ -480,6 +505,10 @@ def _commit(
                 m = p.member
                 if m.loc and m.loc != p.dest and m.loc.startswith("data/"):
                     vacated.append(m.loc)
+                if not place and p.kind != ASIDE:
+                    file_rows.append(_unplaced_row(name, p))
+                    placed[p.dest] = p
+                    continue
                 try:
                     written += _place(settings, tar_path, p, made_dirs)
                 except OSError as exc:
@@ -493,6 +522,25 @@ def _commit(
             remove_empty_folders(settings.data_dir, vacated)
             files.upsert(conn, file_rows)
     return placed, rows, written
+
+
+def _unplaced_row(shard: str, p: Placement) -> dict:
+    """The `files` row of a sample member left in its tar (nothing on disk)."""
+    m = p.member
+    width, height = m.header if m.header else (None, None)
+    return {
+        "path": p.dest,
+        "shard": shard,
+        "kind": p.kind,
+        "sample": p.sample,
+        "member": m.member,
+        "offset": m.offset,
+        "size": m.size,
+        "mtime_ns": UNPLACED,
+        "xxh3": m.xxh3,
+        "width": width,
+        "height": height,
+    }
 
 
 def _unplaced(name: str, p: Placement, index: int, quirks: list[dict]) -> Placement:
