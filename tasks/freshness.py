@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from functools import wraps
 
-from state import files, meta, shards
+from state import files, meta, shards, tar_layout
 from state.hashing import file_matches, hash_file
 from state.manifest import connect_if_present
 from tasks.settings import Settings, partition_path
@@ -124,7 +124,10 @@ def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
 
 @_reading_manifest
 def shard_is_done(db, settings: Settings, name: str) -> bool:
-    """`extract:<shard>`: done in the manifest, its partition intact."""
+    """`extract:<shard>`: done in the manifest, its partition intact (and, for the folder
+    layout, its samples in data/ rather than left in the tar by `layout = "tars"`)."""
+    if settings.layout != "tars" and tar_layout.has_unplaced(db, name):
+        return False
     return shards.status(db, name) == shards.DONE and _partition_intact(db, settings, name)
 
 
