@@ -123,6 +123,18 @@ def run_index(settings: Settings, shard: str) -> TaskFailed | None:
         print(f"{shard}: webshart index written ({r.samples} samples)", flush=True)
     elif r.removed:
         print(f"{shard}: webshart index removed (the shard does not read to its end)")
+    if r.unseen:
+        print(
+            f"warning: {r.unseen} is a symlink (or lies in a symlinked folder): webshart "
+            "ignores it, so SimpleTuner will not train on this shard; copy or hard-link it",
+            flush=True,
+        )
+    if r.forgotten:
+        print(
+            f"{shard}: {len(r.forgotten)} stale SimpleTuner/webshart cache file(s) of the old "
+            "index removed (rebuilt at the next training start)",
+            flush=True,
+        )
     return None
 
 

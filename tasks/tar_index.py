@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from state import shards, tar_layout
@@ -36,6 +36,8 @@ class IndexResult:
     samples: int = 0
     written: bool = False
     removed: bool = False
+    forgotten: list[str] = field(default_factory=list)  # trainer caches of the old index
+    unseen: str | None = None  # the tar, when webshart will not see it (a symlink)
 
 
 def source_dir(settings: Settings) -> Path:
@@ -53,6 +55,18 @@ def index_rel(settings: Settings, tar_rel: str) -> str:
     under = os.path.relpath(settings.root / tar_rel, source_dir(settings))
     stem = under[:-4] if under.endswith(".tar") else under
     return f"{INDEX_DIR}/{stem}.json"
+
+
+def webshart_skips(settings: Settings, tar_rel: str) -> bool:
+    """Whether webshart cannot see this tar: it ignores symlinked tars and folders when it
+    walks a local source."""
+    source = source_dir(settings)
+    path = settings.root / tar_rel
+    while path != source and source in path.parents:
+        if path.is_symlink():
+            return True
+        path = path.parent
+    return False
 
 
 def index_key(settings: Settings, row: dict) -> str:
@@ -142,12 +156,18 @@ def index_bytes(index: dict) -> bytes:
     return (json.dumps(index, sort_keys=True) + "\n").encode("ascii")
 
 
+def _webshart_name(rel: str) -> str:
+    """webshart's name of a shard, from its index path: the tar's path under the source."""
+    return rel.removeprefix(f"{INDEX_DIR}/").removesuffix(".json")
+
+
 def write_index(settings: Settings, shard: str) -> IndexResult:
     """Write (atomically) or remove the index of one shard; record it in the manifest."""
     from state.atomic import atomic_write
     from state.hashing import hash_bytes
     from state.manifest import open_manifest, write_transaction
     from tasks.caption_fields import check_caption_fields
+    from tasks.webshart_entry import forget_cached
 
     result = IndexResult(shard)
     db = open_manifest(settings.root)
@@ -161,10 +181,13 @@ def write_index(settings: Settings, shard: str) -> IndexResult:
                 result.removed = True
                 with write_transaction(db) as conn:
                     tar_layout.drop_index_record(conn, shard)
+                result.forgotten = forget_cached(settings, _webshart_name(record["path"]))
             return result
         check_caption_fields(db, settings)
         index = expected_index(db, settings, row)
         result.samples = len(index["files"])
+        if webshart_skips(settings, row["path"]):
+            result.unseen = row["path"]
         rel = index_rel(settings, row["path"])
         data = index_bytes(index)
         target = settings.root / rel
@@ -182,6 +205,8 @@ def write_index(settings: Settings, shard: str) -> IndexResult:
         result.written = record is None or record.get("xxh3") != new["xxh3"]
         with write_transaction(db) as conn:
             tar_layout.set_index_record(conn, shard, new)
+        if result.written:  # sample ids or captions may have moved: stale trainer caches go
+            result.forgotten = forget_cached(settings, _webshart_name(rel))
     finally:
         db.close()
     return result

@@ -255,6 +255,49 @@ def test_index_write_is_atomic_and_manifest_records_it(tars_built: Path) -> None
     assert not list((tars_built / "webshart").rglob("*.tmp*"))
 
 
+def test_rewritten_index_clears_stale_trainer_caches(tars_built: Path) -> None:
+    root = tars_built
+    cache = root / "cache" / "webshart" / "dalle3"
+    meta_cache = cache / "metadata_cache" / str(root / "hub" / "data").replace("/", "_")
+    meta_cache.mkdir(parents=True)
+    for name in ("data-000000.json", "data-000001.json"):
+        (meta_cache / name).write_text("{}")
+    buckets = cache / "aspect_ratio_bucket_indices_dalle3.json"
+    buckets.write_text("{}")
+    other = cache / "aspect_ratio_bucket_indices_other.json"
+    other.write_text("{}")
+    proc = run_doit(root, "caption_field=long_caption")
+    assert "stale SimpleTuner/webshart cache file(s)" in proc.stdout
+    assert not buckets.exists() and not list(meta_cache.iterdir())
+    assert other.exists()  # another dataset's cache stays
+
+
+def test_unreadable_shard_has_no_index(tars_built: Path) -> None:
+    root = tars_built
+    tar = root / "hub" / "data" / "data-000001.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])  # its old offsets no longer hold
+    proc = run_doit(root, check=False)
+    assert proc.returncode != 0
+    assert not (root / "webshart" / "data-000001.json").exists()
+    assert (root / "webshart" / "data-000000.json").exists()
+    tar.write_bytes(data)
+    run_doit(root)
+    assert (root / "webshart" / "data-000001.json").exists()
+
+
+def test_symlinked_tar_is_named(tmp_path: Path) -> None:
+    root = _tars_dataset(tmp_path / "ds", shards=1)
+    elsewhere = tmp_path / "elsewhere.tar"
+    tar = root / "hub" / "data" / "data-000000.tar"
+    tar.rename(elsewhere)
+    tar.symlink_to(elsewhere)
+    proc = run_doit(root)
+    assert "webshart ignores it" in proc.stdout
+    audit = run_doit(root, "audit", check=False)
+    assert audit.returncode == 1 and "symlinked_tar" in audit.stdout
+
+
 # ------------------------------------------------------------------ the real reader
 
 READER = r"""

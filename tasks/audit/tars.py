@@ -21,7 +21,7 @@ from state.manifest import manifest_path, open_manifest, open_readonly
 from tasks.audit.dataloader import check_dataloader
 from tasks.audit.report import DAMAGE, KINDS, NOTE, AuditReport
 from tasks.settings import Settings, shard_name
-from tasks.tar_index import expected_index, index_bytes, index_rel, write_index
+from tasks.tar_index import expected_index, index_bytes, index_rel, webshart_skips, write_index
 
 KINDS.update(
     {
@@ -31,6 +31,7 @@ KINDS.update(
         "missing_index": (DAMAGE, "{n} webshart index(es) are missing"),
         "corrupt_index": (DAMAGE, "{n} webshart index(es) differ from the manifest"),
         "stale_index": (DAMAGE, "{n} webshart index(es) of shards that no longer build"),
+        "symlinked_tar": (DAMAGE, "{n} tar(s) are symlinks webshart will not read"),
         "touched_tar": (NOTE, "{n} tar(s) have a new mtime but the same bytes"),
     }
 )
@@ -107,6 +108,9 @@ def _check_tars(conn, settings: Settings, report: AuditReport, deep: bool) -> No
         if status != shards.DONE:
             report.add("shard_failed", path, name, error or "not read to its end")
             continue
+        if webshart_skips(settings, path):
+            detail = "webshart ignores symlinked tars and folders: copy or hard-link it"
+            report.add("symlinked_tar", path, name, detail)
         if deep:
             _check_members(conn, settings, report, name, tar)
             continue
