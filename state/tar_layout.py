@@ -27,6 +27,12 @@ def has_unplaced(db: sqlite3.Connection, shard: str) -> bool:
     return row is not None
 
 
+def reread(conn: sqlite3.Connection, shard: str) -> None:
+    """Have the next extraction of `shard` read its tar again (inside the caller's
+    transaction): a shard sorting first took one of its sample paths."""
+    conn.execute("UPDATE shards SET status = NULL WHERE name = ?", (shard,))
+
+
 def member_rows(db: sqlite3.Connection, shard: str) -> dict[str, dict]:
     """path (`data/...`) -> {kind, sample, member, offset, size, xxh3} of a shard's samples."""
     out = {}

@@ -298,6 +298,28 @@ def test_symlinked_tar_is_named(tmp_path: Path) -> None:
     assert audit.returncode == 1 and "symlinked_tar" in audit.stdout
 
 
+def test_shard_sorting_first_takes_a_path_from_an_indexed_one(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    data = root / "hub" / "data"
+    write_tar(data / "b.tar", [*_pair("x", 1), *_pair("y", 2)])
+    write_config(root)
+    with open(root / "dataset.toml", "a", encoding="utf-8") as f:
+        f.write('layout = "tars"\n')
+    run_doit(root)
+    write_tar(data / "a.tar", _pair("x", 3))
+    run_doit(root, check=False)
+    rows = table_rows(root)
+    assert [(r["shard"], r["member"]) for r in rows] == [("a", "x.png"), ("b", "y.png")]
+    assert list(_index(root, "a")["files"]) == ["x.png"]
+    assert list(_index(root, "b")["files"]) == ["y.png"]
+    audit = run_doit(root, "audit", check=False)
+    assert audit.returncode == 0, audit.stdout
+
+
+def _pair(key: str, seed: int) -> list[M]:
+    return [M(f"{key}.json", sample_json(key)), M(f"{key}.png", png(seed))]
+
+
 # ------------------------------------------------------------------ the real reader
 
 READER = r"""

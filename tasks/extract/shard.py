@@ -625,6 +625,10 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
 def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     """Move another shard's copy of `dest` aside so that this shard can own the path."""
     row = files.get(conn, dest)
+    if row["mtime_ns"] == UNPLACED:  # left in its tar: that shard is read again, and decides anew
+        files.delete(conn, [dest])
+        tar_layout.reread(conn, other)
+        return
     aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
