@@ -465,6 +465,12 @@ def test_webshart_sees_a_caption_switch_and_quirky_members(tmp_path: Path) -> No
             M(f"{long_name}.json", sample_json(long_name)),  # a pax/GNU long-name header
             M(f"{long_name}.png", png(2)),
             M("alone.png", png(3)),
+            M("empty.json", sample_json("empty", short_caption="")),
+            M("empty.png", png(4)),
+            M("list.json", sample_json("list", short_caption=["", "second"])),
+            M("list.png", png(5)),
+            M("lines.json", sample_json("lines", short_caption="one\ntwo")),
+            M("lines.png", png(6)),
         ],
     )
     write_config(root)
@@ -477,7 +483,13 @@ def test_webshart_sees_a_caption_switch_and_quirky_members(tmp_path: Path) -> No
     assert {(s["member"], s["captions"], s["sha256"]) for s in got["samples"]} == {
         ("./dot.png", "short dot", _sha(members["./dot.png"])),
         (f"{long_name}.png", f"short {long_name}", _sha(members[f"{long_name}.png"])),
+        # the .txt files' rule: "" stays "", a list gives its first non-blank item
+        ("empty.png", "", _sha(members["empty.png"])),
+        ("list.png", "second", _sha(members["list.png"])),
+        ("lines.png", "one\ntwo", _sha(members["lines.png"])),
     }
     run_doit(root, "caption_field=long_caption", check=False)
     got = read_with_webshart(source, metadata)
-    assert sorted(s["captions"] for s in got["samples"]) == ["long dot", f"long {long_name}"]
+    assert sorted(s["captions"] for s in got["samples"]) == sorted(
+        ["long dot", f"long {long_name}", "long empty", "long list", "long lines"]
+    )
