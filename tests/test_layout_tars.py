@@ -213,6 +213,19 @@ def test_audit_checks_indexes_and_tars(tars_built: Path) -> None:
     assert (root / "webshart" / "data-000002.json").is_file()
 
 
+def test_repair_rebuilds_a_lost_partition_from_the_tar(tars_built: Path) -> None:
+    root = tars_built
+    part = root / "state" / "parts" / "shard=data-000002" / "part.parquet"
+    before = table_rows(root)
+    part.unlink()
+    audit = run_doit(root, "audit", check=False)
+    assert audit.returncode == 1 and "missing_partition" in audit.stdout
+    repair = run_doit(root, "repair", check=False)
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert part.is_file() and table_rows(root) == before
+    assert run_doit(root, "audit", check=False).returncode == 0
+
+
 def test_audit_deep_finds_changed_member_bytes(tars_built: Path) -> None:
     root = tars_built
     tar = root / "hub" / "data" / "data-000000.tar"

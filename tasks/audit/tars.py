@@ -202,17 +202,44 @@ def repair_tars(settings: Settings):
     if before.of("no_manifest"):
         result.failed.append(f"{before.findings[0].detail}: run `doit` to build first")
         return result
-    damaged = sorted({f.shard for f in before.of("missing_index", "corrupt_index", "stale_index")})
+    lost = before.of("missing_partition", "corrupt_partition")
+    parts = sorted({f.shard for f in lost if f.shard})
+    for name in parts:
+        _reread(settings, name, result)
+    index_kinds = ("missing_index", "corrupt_index", "stale_index")
+    damaged = sorted({f.shard for f in before.of(*index_kinds)} | set(result.partitions))
     for name in damaged:
         write_index(settings, name)
         result.restored.append(index_rel_of(settings, name))
-    if before.of("missing_table", "corrupt_table"):
+    if before.of("missing_table", "corrupt_table") or result.partitions:
         _rebuild_table(settings, result)
     result.after = audit_tars(settings)
     for f in result.after.findings:
         if f.severity == DAMAGE:
             result.failed.append(f"still {f.kind}: {f.path or ''} {f.detail}".strip())
     return result
+
+
+def _reread(settings: Settings, name: str, result) -> None:
+    """Rebuild a shard's partition by reading its tar again (there is no data/ to read)."""
+    from state.manifest import write_transaction
+    from tasks.extract.shard import extract_shard
+
+    db = open_manifest(settings.root)
+    try:
+        row = shards.get(db, name)
+        with write_transaction(db) as conn:
+            tar_layout.reread(conn, name)
+    finally:
+        db.close()
+    if row is None or not (settings.root / row["path"]).is_file():
+        result.failed.append(f"partition of {name}: its tar is gone, so it cannot be rebuilt")
+        return
+    r = extract_shard(settings, settings.root / row["path"], place=False)
+    if r.status == "failed":
+        result.failed.append(f"partition of {name}: {r.error}")
+    else:
+        result.partitions.append(name)
 
 
 def index_rel_of(settings: Settings, shard: str) -> str:
