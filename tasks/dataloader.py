@@ -63,6 +63,10 @@ def merge_dicts(base: dict, extra: dict) -> dict:
 
 def dataloader_entry(settings: Settings) -> dict[str, Any]:
     """The preset's entry with absolute paths, our caption strategy and `[dataloader]` merged."""
+    if settings.layout == "tars":
+        from tasks.webshart_entry import webshart_entry
+
+        return merge_dicts(webshart_entry(settings), settings.dataloader)
     entry: dict[str, Any] = {
         "id": settings.id,
         "type": "local",

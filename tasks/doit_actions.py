@@ -119,6 +119,36 @@ def run_captions(settings: Settings, shard: str) -> TaskFailed | None:
     return None
 
 
+def run_index(settings: Settings, shard: str) -> TaskFailed | None:
+    """Write (or remove) the webshart index of one shard (`layout = "tars"`)."""
+    from tasks.caption_fields import CaptionFieldError
+    from tasks.tar_index import write_index
+
+    try:
+        r = write_index(settings, shard)
+    except CaptionFieldError as exc:
+        return TaskFailed(str(exc))
+    except KNOWN_FAILURES as exc:
+        return TaskFailed(f"webshart index of {shard}: {describe_failure(exc, settings)}")
+    if r.written:
+        print(f"{shard}: webshart index written ({r.samples} samples)", flush=True)
+    elif r.removed:
+        print(f"{shard}: webshart index removed (the shard does not read to its end)")
+    if r.unseen:
+        print(
+            f"warning: {r.unseen} is a symlink (or lies in a symlinked folder): webshart "
+            "ignores it, so SimpleTuner will not train on this shard; copy or hard-link it",
+            flush=True,
+        )
+    if r.forgotten:
+        print(
+            f"{shard}: {len(r.forgotten)} stale SimpleTuner/webshart cache file(s) of the old "
+            "index removed (rebuilt at the next training start)",
+            flush=True,
+        )
+    return None
+
+
 def describe_caption_edits(r) -> list[str]:
     """Lines naming the caption files edited by hand that a captions run kept or moved."""
     lines = []

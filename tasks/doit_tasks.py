@@ -42,6 +42,7 @@ from tasks.freshness import (
 )
 from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
 from tasks.steps import STEPS
+from tasks.tar_index import index_up_to_date
 
 DEFAULT_TASKS = list(STEPS)
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
@@ -274,6 +275,8 @@ def task_extract(s: Settings) -> Iterator[dict]:
 
 @creator("Pick up JSON files edited in data/ (stat-level); rewrite only their partitions.")
 def task_scan(s: Settings) -> dict:
+    if s.layout == "tars":  # no data/: the samples' JSON stays in the tars
+        return {"actions": [], "task_dep": ["extract"]}
     return {
         "actions": [(act.run_scan, [s])],
         "task_dep": ["extract"],
@@ -287,6 +290,9 @@ def task_scan(s: Settings) -> dict:
 def task_captions(s: Settings) -> Iterator[dict]:
     present = _present_shards(s)
     for name in _all_shards(s):
+        if s.layout == "tars":
+            yield index_task(s, name, present)
+            continue
         yield {
             "name": task_name(name),
             "actions": [(act.run_captions, [s, name])],
@@ -392,6 +398,18 @@ def _creator(
 
     task_creator.__doc__ = doc
     return task_creator
+
+
+def index_task(s: Settings, name: str, present: dict[str, str]) -> dict:
+    """`captions:<shard>` under `layout = "tars"`: the shard's webshart index."""
+    return {
+        "name": task_name(name),
+        "doc": f"webshart index of shard {name}",
+        "actions": [(act.run_index, [s, name])],
+        "file_dep": [str(partition_path(s, name))] if name in present else [],
+        "task_dep": ["scan"],
+        "uptodate": [(index_up_to_date, [s, name])],
+    }
 
 
 def _known_shards(settings: Settings) -> list[str]:

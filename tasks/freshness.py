@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import NamedTuple
 
-from state import files, meta, shards
+from state import files, meta, shards, tar_layout
 from state.hashing import NotRegularFileError, file_matches, hash_file
 from state.manifest import connect_if_present
 from tasks.dataloader import DataloaderFileError, plan_dataloader, read_record
@@ -64,7 +64,10 @@ def table_shards(db) -> list[tuple[str, str]]:
 
 def table_key(settings: Settings, shards: list[tuple[str, str]]) -> str:
     """What the table is made from: partitions and the caption settings."""
-    return json.dumps([shards, list(settings.caption_field), settings.join_caption_lines])
+    key = [shards, list(settings.caption_field), settings.join_caption_lines]
+    if settings.layout == "tars":  # its table has the `shard` and `member` columns
+        key.append(settings.layout)
+    return json.dumps(key)
 
 
 def table_matches(db, settings: Settings, key: str) -> bool:
@@ -136,7 +139,10 @@ def partitions_needing_rebuild(db, settings: Settings) -> list[str]:
 
 @_reading_manifest
 def shard_is_done(db, settings: Settings, name: str) -> bool:
-    """`extract:<shard>`: done in the manifest, its partition intact."""
+    """`extract:<shard>`: done in the manifest, its partition intact (and, for the folder
+    layout, its samples in data/ rather than left in the tar by `layout = "tars"`)."""
+    if settings.layout != "tars" and tar_layout.has_unplaced(db, name):
+        return False
     return shards.status(db, name) == shards.DONE and _partition_intact(db, settings, name)
 
 

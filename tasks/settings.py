@@ -13,6 +13,7 @@ from typing import Any
 DEFAULT_CONFIG = "dataset.toml"
 DALLE3_REPO = "ProGamerGov/synthetic-dataset-1m-dalle3-high-quality-captions"
 CAPTION_STRATEGIES = ("textfile", "parquet")
+LAYOUTS = ("folder", "tars")
 
 
 class SettingsError(ValueError):
@@ -36,6 +37,7 @@ class Settings:
     expected_samples: int | None = None
     keep_tars: bool = True  # `doit pull`: keep each tar after its shard is built
     workers: int | None = None  # processes reading shards at once; None: the cores
+    layout: str = "folder"
     dataloader: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,6 +200,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "join_caption_lines": ((bool,), "true or false"),
     "expected_samples": ((int,), "an integer"),
     "workers": ((int,), "a whole number of processes, 1 or more"),
+    "layout": ((str,), '"folder" or "tars"'),
     "dataloader": ((dict,), "a table"),
     "keep_tars": ((bool,), "true or false"),
 }
@@ -289,6 +292,8 @@ def _check(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: `{key}` must not be empty")
     if key == "caption_strategy" and value not in CAPTION_STRATEGIES:
         raise SettingsError(f"{source}: `caption_strategy` must be {what}, got {value!r}")
+    if key == "layout" and value not in LAYOUTS:
+        raise SettingsError(f"{source}: `layout` must be {what}, got {value!r}")
     if key in ("id", "shards", "caption_field", "repo_id", "revision") and value == "":
         raise SettingsError(f"{source}: `{key}` must not be empty")
     if key in ("id", "shards", "repo_id", "revision") and not value.strip():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from state import files, meta
+from state import files, meta, tar_layout
 from state.counts import shards_in_build
 from state.hashing import hash_file
 from state.kinds import FileKind
@@ -33,6 +33,21 @@ TABLE_SCHEMA = pa.schema(
         ("filename", pa.string()),
     ]
 )
+
+
+# layout = "tars": where each sample's image lies (shard name, member name in its tar)
+TARS_TABLE_SCHEMA = TABLE_SCHEMA.append(pa.field("shard", pa.string())).append(
+    pa.field("member", pa.string())
+)
+
+
+def sample_locations(db, shard: str, table: pa.Table) -> list[pa.Array]:
+    """The `shard` and `member` columns of a partition's rows (from the manifest)."""
+    members = tar_layout.member_rows(db, shard)
+    names = [
+        (members.get(f"data/{f}") or {}).get("member") for f in table.column("filename").to_pylist()
+    ]
+    return [pa.array([shard] * len(names), pa.string()), pa.array(names, pa.string())]
 
 
 @dataclass
@@ -56,7 +71,7 @@ def build_table(settings: Settings) -> TableResult:
             return TableResult(rows, shards_in_build(db), True)
         check_caption_fields(db, settings)
         check_id(settings)  # a table named after an id the dataloader file refuses is no use
-        rows = _write(settings, [name for name, _ in shards])
+        rows = _write(settings, [name for name, _ in shards], db)
         st = os.stat(settings.table_path)
         with write_transaction(db) as conn:
             row = files.file_row(
@@ -74,19 +89,22 @@ def build_table(settings: Settings) -> TableResult:
         db.close()
 
 
-def _write(settings: Settings, shards: list[str]) -> int:
+def _write(settings: Settings, shards: list[str], db=None) -> int:
     """Stream the partitions into the table; a symlinked table is written through."""
     rows = 0
     columns = caption_columns(settings) + ["width", "height"]
+    tars = settings.layout == "tars"
+    schema = TARS_TABLE_SCHEMA if tars else TABLE_SCHEMA
     with (
         replacing_through(settings.table_path) as tmp,
-        pq.ParquetWriter(tmp, TABLE_SCHEMA, compression="zstd") as writer,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
     ):
         for shard in shards:
             if not partition_path(settings, shard).exists():
                 continue
             table = read_partition(settings, shard, columns)
             captions = pa.array(caption_texts(table, settings), type=pa.string())
+            located = sample_locations(db, shard, table) if tars else []
             writer.write_table(
                 pa.table(
                     [
@@ -94,8 +112,9 @@ def _write(settings: Settings, shards: list[str]) -> int:
                         table.column("height"),
                         captions,
                         table.column("filename"),
+                        *located,
                     ],
-                    schema=TABLE_SCHEMA,
+                    schema=schema,
                 )
             )
             rows += table.num_rows

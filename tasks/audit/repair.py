@@ -92,6 +92,10 @@ class RepairResult:
 
 def repair(settings: Settings) -> RepairResult:
     """Restore what a fresh audit (plus the last deep report, re-checked) finds damaged."""
+    if settings.layout == "tars":
+        from tasks.audit.tars import repair_tars
+
+        return repair_tars(settings)
     result = RepairResult()
     before = audit(settings, deep=False)
     result.before = before

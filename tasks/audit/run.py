@@ -71,6 +71,10 @@ EDITED_CAPTION_WORDS = (
 
 def audit(settings: Settings, deep: bool = False) -> AuditReport:
     """Check `data/`, `incomplete/`, the partitions and the table against the manifest."""
+    if settings.layout == "tars":  # no data/: the tars and their indexes instead
+        from tasks.audit.tars import audit_tars
+
+        return audit_tars(settings, deep)
     began = time.monotonic()
     report = AuditReport(
         root=str(settings.root),

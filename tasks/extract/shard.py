@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
-from state import clashes, edits, files, meta, shards
+from state import clashes, edits, files, meta, shards, tar_layout
 from state import quirks as quirk_rows
 from state.atomic import DiskFullError, atomic_write, move_file, write_new
 from state.batching import batched
@@ -91,6 +91,7 @@ def extract_shard(settings: Settings, tar_path: Path, reader=None) -> ExtractRes
 
     `reader` reads the tar (`request(db, settings, tar)`, then `read(request)`); by
     default in this process. This process is the manifest's one writer either way.
+    Under `layout = "tars"` the samples are recorded, not written (`places_samples`).
     """
     db = open_manifest(settings.root)
     try:
@@ -126,7 +127,8 @@ def _extract_shard(
     st = os.stat(tar_path)
     rel = os.path.relpath(tar_path, settings.root)
     row = shards.get(db, name)
-    if row and row["status"] == "done" and row["size"] == st.st_size:
+    placed_as_asked = not places_samples(settings) or not tar_layout.has_unplaced(db, name)
+    if row and row["status"] == "done" and row["size"] == st.st_size and placed_as_asked:
         same_stat = (row["mtime_ns"], row["path"]) == (st.st_mtime_ns, rel)
         if same_stat or hash_file(tar_path) == row["xxh3"]:
             if not same_stat:
@@ -213,6 +215,7 @@ class ReadRequest:
     tmp_dir: Path
     previous: dict[str, dict]
     adopt: bool
+    place: bool  # False: the samples stay in the tar (`places_samples`)
 
 
 def read_request(db, settings: Settings, tar_path: Path) -> ReadRequest:
@@ -223,7 +226,17 @@ def read_request(db, settings: Settings, tar_path: Path) -> ReadRequest:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files.of_shard(db, name)}
-    return ReadRequest(settings, name, tar_path, tmp_dir, previous, meta.get(db, ADOPT_KEY) == "1")
+    adopt = meta.get(db, ADOPT_KEY) == "1"
+    return ReadRequest(
+        settings, name, tar_path, tmp_dir, previous, adopt, places_samples(settings)
+    )
+
+
+def places_samples(settings: Settings) -> bool:
+    """Whether the build writes samples into `data/`: not under `layout = "tars"`, where
+    their rows keep member, offset and size (mtime_ns `UNPLACED`) for the webshart index.
+    Members kept aside are written either way (read again from the tar)."""
+    return settings.layout != "tars"
 
 
 def _remove_unrecorded(db, settings: Settings, tmp_dir: Path) -> None:
@@ -316,6 +329,7 @@ class _ReadState:
 
     def __init__(self, request: ReadRequest) -> None:
         self.name = request.name
+        self.place = request.place
         self.writer = MemberWriter(
             request.settings.root, self.name, request.tmp_dir, request.previous, request.adopt
         )
@@ -340,7 +354,8 @@ class _ReadState:
         if path in self.seen:  # the later member wins, as with tar xf
             self._set_aside_earlier(self.seen[path], tm.name)
         self.seen[path] = m
-        self.writer.add(m, data)
+        if self.place:  # else its bytes stay in the tar; one kept aside is read again
+            self.writer.add(m, data)
         key = sample_key(path)
         sample = self.samples.get(key)
         if sample is None:
@@ -545,6 +560,7 @@ def _commit(
     dropped: set[str] = set()
     made_dirs: set[str] = set()
     blocked = _blocked(db, settings, name, placements, quirks)
+    places = places_samples(settings)
     for batch in batched(placements, COMMIT_BATCH):
         fresh: list[str] = []  # placed by this batch, with no row until it commits
         _list_placing(settings, name, batch)
@@ -561,10 +577,13 @@ def _commit(
                         dropped.add(p.sample)
                     if p.member.loc and p.member.loc != p.dest:
                         vacated.append(p.member.loc)
-                    p = _place_or_unplace(
-                        settings, tar_path, name, p, made_dirs, fresh, len(placed), quirks
-                    )
-                    file_rows.append(_file_row(settings, name, p))
+                    if not places and p.kind != ASIDE:
+                        file_rows.append(_unplaced_row(name, p))
+                    else:
+                        p = _place_or_unplace(
+                            settings, tar_path, name, p, made_dirs, fresh, len(placed), quirks
+                        )
+                        file_rows.append(_file_row(settings, name, p))
                     placed[p.dest] = p
                 vacated = [v for v in vacated if v.startswith("data/")]
                 files.drop_of_shard(conn, name, vacated)
@@ -576,6 +595,25 @@ def _commit(
                     Path(settings.root, dest).unlink(missing_ok=True)
             raise
     return placed, dropped
+
+
+def _unplaced_row(shard: str, p: Placement) -> files.FileRow:
+    """The `files` row of a sample member left in its tar (nothing on disk)."""
+    m = p.member
+    width, height = m.header if m.header else (None, None)
+    return files.file_row(
+        p.dest,
+        p.kind,
+        shard=shard,
+        sample=p.sample,
+        member=m.member,
+        offset=m.offset,
+        size=m.size,
+        mtime_ns=tar_layout.UNPLACED,
+        xxh3=m.xxh3,
+        width=width,
+        height=height,
+    )
 
 
 def _place_or_unplace(
@@ -724,6 +762,10 @@ def _settle(conn, settings: Settings, name: str, batch: list[Placement], quirks:
 def _displace(conn, settings: Settings, other: str, dest: str) -> None:
     """Move another shard's copy of `dest` aside so that this shard can own the path."""
     row = files.get(conn, dest)
+    if row["mtime_ns"] == tar_layout.UNPLACED:  # left in its tar: that shard is read again
+        files.delete(conn, [dest])
+        tar_layout.reread(conn, other)
+        return
     aside = f"incomplete/{other}/{dest.removeprefix('data/')}"
     src = settings.root / dest
     if file_matches(src, row["size"], row["mtime_ns"], row["xxh3"]):
