@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
+import multiprocessing
 import os
 import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from doit import Globals
@@ -159,16 +163,38 @@ def _on_interrupt_say_one_line() -> None:
         signal.signal(signal.SIGTERM, _interrupted)
 
 
-def _interrupted(signum: int, frame: object) -> None:
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    if _in_fork_hook(frame):  # an exception there is printed and ignored: deliver it again
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     # a second signal must not cut the exit short
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.getpid() == _MAIN_PID:
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        _pass_on(signum)
     code = 128 + signum  # the shell's code for a run ended by this signal
     if sys.is_finalizing():  # too late for an exception: it would be printed, then ignored
         os._exit(code)
     raise SystemExit(code)
+
+
+def _in_fork_hook(frame: FrameType | None) -> bool:
+    """Whether the signal arrived in logging's at-fork lock handling (`os.fork` of a doit
+    worker), where Python ignores what a handler raises."""
+    while frame is not None:
+        if frame.f_code.co_filename == logging.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _pass_on(signum: int) -> None:
+    """Send the signal on to this run's worker processes (`doit -n N -P process`): one
+    forked while the signal was pending never gets it, and doit would wait for it forever."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signum)
 
 
 class _ClosedPipeSafe:

@@ -93,7 +93,7 @@ class Settings:
 
 PART_FILE = "part.parquet"
 # folders under root that the build (or the trainer, `cache/`) writes: never shards
-OWN_FOLDERS = frozenset({"data", "incomplete", "strays", "state", "cache"})
+OWN_FOLDERS = frozenset({"data", "incomplete", "strays", "edited", "webshart", "state", "cache"})
 
 
 def _is_wildcard(part: str) -> bool:
