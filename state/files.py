@@ -103,6 +103,11 @@ def of_shard(db: sqlite3.Connection, shard: str, kind: FileKind | None = None) -
     return _rows(db, "shard = ? AND kind = ?", [shard, kind])
 
 
+def of_kind(db: sqlite3.Connection, kind: FileKind | str) -> list[FileRow]:
+    """Every row of one kind."""
+    return _rows(db, "kind = ?", [kind])
+
+
 def stat_of(db: sqlite3.Connection, path: str) -> tuple[int, int, str] | None:
     """(size, mtime_ns, xxh3) recorded for `path`, or None."""
     return db.execute("SELECT size, mtime_ns, xxh3 FROM files WHERE path = ?", [path]).fetchone()

@@ -14,7 +14,7 @@ import os
 import time
 from datetime import UTC, datetime
 
-from state import shards, tar_layout
+from state import files, shards, tar_layout
 from state.hashing import file_matches, hash_bytes, hash_file
 from state.kinds import FileKind
 from state.manifest import manifest_path, open_manifest, open_readonly
@@ -70,7 +70,7 @@ def audit_tars(settings: Settings, deep: bool = False) -> AuditReport:
 def _check_build_files(conn, settings: Settings, report: AuditReport, deep: bool) -> None:
     """Partitions, the table and kept-aside files as the manifest recorded them."""
     for kind in _CHECKED_KINDS:
-        for row in _of_kind(conn, kind):
+        for row in files.of_kind(conn, kind):
             path = settings.root / row["path"]
             report.files_checked += 1
             if not path.is_file():
@@ -80,12 +80,6 @@ def _check_build_files(conn, settings: Settings, report: AuditReport, deep: bool
             if not file_matches(path, row["size"], mtime, row["xxh3"]):
                 detail = "differs from what the build wrote: run `doit repair`"
                 report.add(f"corrupt_{_word(kind)}", row["path"], row["shard"], detail)
-
-
-def _of_kind(conn, kind: str) -> list[dict]:
-    cur = conn.execute("SELECT path, shard, size, mtime_ns, xxh3 FROM files WHERE kind = ?", [kind])
-    names = [c[0] for c in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur]
 
 
 def _word(kind: str) -> str:
