@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from sample.generate import make_dataset, write_config
+from state.lock import lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -56,6 +58,25 @@ def snapshot(root: Path, *subdirs: str) -> dict[str, tuple[int, int]]:
                 st = p.stat()
                 out[str(p.relative_to(root))] = (st.st_ino, st.st_mtime_ns)
     return out
+
+
+def wait_for_lock_of(root: Path, proc: subprocess.Popen) -> None:
+    """Until the lock file names `proc` (it took the lock), or `proc` ended."""
+    while proc.poll() is None:
+        try:
+            if lock_path(root).read_text().split("\n", 1)[0] == str(proc.pid):
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"doit ended before taking the lock:\n{proc.communicate()}")
+
+
+def files_under(root: Path, *subdirs: str) -> list[str]:
+    """The files under `root`'s `subdirs`, relative to root, sorted."""
+    return sorted(
+        str(p.relative_to(root)) for sub in subdirs for p in (root / sub).rglob("*") if p.is_file()
+    )
 
 
 @pytest.fixture

@@ -7,11 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_doit, table_rows
+from conftest import REPO, files_under, run_doit, table_rows, wait_for_lock_of
 
 from sample.generate import make_dataset, write_config
 from state.lock import LockHeld, acquire, lock_path, release, running_writer
@@ -22,6 +21,7 @@ REFUSAL = "another shardprep run (pid {pid}: "
 # doit -n 2 -P process: a signal that lands while doit forks a worker is sometimes printed as
 # an ignored-exception traceback (about 1 run in 5 here); known and open, see the closing note
 RACY = pytest.mark.xfail(strict=False, reason="signal during a doit worker's fork")
+
 
 def _start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen(
@@ -35,28 +35,10 @@ def _start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
     )
 
 
-def _wait_for_lock_of(root: Path, proc: subprocess.Popen) -> None:
-    """Until the lock file names `proc` (it took the lock), or `proc` ended."""
-    while proc.poll() is None:
-        try:
-            if lock_path(root).read_text().split("\n", 1)[0] == str(proc.pid):
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise AssertionError(f"doit ended before taking the lock:\n{proc.communicate()}")
-
-
-def _listing(root: Path, *subdirs: str) -> list[str]:
-    return sorted(
-        str(p.relative_to(root)) for sub in subdirs for p in (root / sub).rglob("*") if p.is_file()
-    )
-
-
 def _same_as_clean_build(root: Path, reference: Path) -> None:
     run_doit(reference)
     assert table_rows(root) == table_rows(reference)
-    assert _listing(root, "data", "incomplete") == _listing(reference, "data", "incomplete")
+    assert files_under(root, "data", "incomplete") == files_under(reference, "data", "incomplete")
     audit = run_doit(root, "audit", check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
@@ -76,7 +58,7 @@ def test_a_second_run_refuses_in_one_line_naming_the_holder(two_roots):
     root, reference = two_roots
     first = _start_doit(root)
     try:
-        _wait_for_lock_of(root, first)
+        wait_for_lock_of(root, first)
         os.kill(first.pid, signal.SIGSTOP)  # provably still holding the lock below
         second = run_doit(root, check=False)
         audit = run_doit(root, "audit", check=False)
@@ -119,7 +101,7 @@ def test_two_runs_at_once_leave_what_a_clean_build_leaves(two_roots):
 def test_the_lock_of_a_killed_run_is_taken_over(two_roots):
     root, reference = two_roots
     first = _start_doit(root)
-    _wait_for_lock_of(root, first)
+    wait_for_lock_of(root, first)
     first.kill()
     first.communicate(timeout=60)
     assert lock_path(root).read_text().startswith(f"{first.pid}\n")  # left behind
@@ -168,7 +150,7 @@ def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
     root, reference = two_roots
     # a session of its own: Ctrl-C reaches every process of the terminal's group
     run = _start_doit(root, *parallel, start_new_session=True)
-    _wait_for_lock_of(root, run)
+    wait_for_lock_of(root, run)
     os.killpg(run.pid, signal.SIGINT)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 130, out + err

@@ -8,15 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, images_in, run_doit, table_rows
+from conftest import REPO, files_under, images_in, run_doit, table_rows, wait_for_lock_of
 from tarbuild import M, png, sample_json, write_tar
 
 from sample.generate import make_dataset, write_config
-from state.lock import lock_path
 from tasks.settings import load_settings, partition_path
 
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
@@ -25,6 +23,7 @@ INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
 # doit -n 2 -P process: a signal that lands while doit forks a worker is sometimes printed as
 # an ignored-exception traceback (about 1 run in 5 here); known and open, see the closing note
 RACY = pytest.mark.xfail(strict=False, reason="signal during a doit worker's fork")
+
 
 def _shard(path: Path, keys: list[str]) -> Path:
     members = []
@@ -98,24 +97,6 @@ def test_a_blank_id_in_the_settings_file_is_refused(dataset: Path):
 # ------------------------------------------------------------------- SIGTERM
 
 
-def _wait_for_lock_of(root: Path, proc: subprocess.Popen) -> None:
-    """Until the lock file names `proc` (it took the lock), or `proc` ended."""
-    while proc.poll() is None:
-        try:
-            if lock_path(root).read_text().split("\n", 1)[0] == str(proc.pid):
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise AssertionError(f"doit ended before taking the lock:\n{proc.communicate()}")
-
-
-def _files(root: Path, *subdirs: str) -> list[str]:
-    return sorted(
-        str(p.relative_to(root)) for sub in subdirs for p in (root / sub).rglob("*") if p.is_file()
-    )
-
-
 @pytest.mark.parametrize("parallel", [(), pytest.param(("-n", "2", "-P", "process"), marks=RACY)])
 def test_sigterm_is_one_line_and_the_next_run_finishes(tmp_path: Path, parallel):
     root = tmp_path / "ds"
@@ -131,7 +112,7 @@ def test_sigterm_is_one_line_and_the_next_run_finishes(tmp_path: Path, parallel)
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    _wait_for_lock_of(root, run)
+    wait_for_lock_of(root, run)
     run.send_signal(signal.SIGTERM)  # to the run alone, as `kill PID` does
     out, err = run.communicate(timeout=300)
     assert run.returncode == 128 + signal.SIGTERM, out + err
@@ -139,7 +120,7 @@ def test_sigterm_is_one_line_and_the_next_run_finishes(tmp_path: Path, parallel)
     run_doit(root)
     run_doit(reference)
     assert table_rows(root) == table_rows(reference)
-    assert _files(root, "data", "incomplete") == _files(reference, "data", "incomplete")
+    assert files_under(root, "data", "incomplete") == files_under(reference, "data", "incomplete")
     audit = run_doit(root, "audit", check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from state.atomic import atomic_write
@@ -178,6 +179,12 @@ class AuditReport:
     samples: int | None = None
     seconds: float = 0.0
     context: dict[str, str] = field(default_factory=dict)  # extra words per kind
+
+    @classmethod
+    def begin(cls, root: object, deep: bool) -> AuditReport:
+        """An empty report of an audit starting now."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return cls(root=str(root), deep=deep, generated_at=now)
 
     @property
     def ok(self) -> bool:

@@ -25,7 +25,6 @@ import posixpath
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from stat import S_ISDIR, S_ISREG
 
 import pyarrow as pa
@@ -76,11 +75,7 @@ def audit(settings: Settings, deep: bool = False) -> AuditReport:
 
         return audit_tars(settings, deep)
     began = time.monotonic()
-    report = AuditReport(
-        root=str(settings.root),
-        deep=deep,
-        generated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
+    report = AuditReport.begin(settings.root, deep)
     conn = open_readonly(settings.root)
     if conn is None:
         report.add("no_manifest", None, None, f"{manifest_path(settings.root)} does not exist")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime
 
 from state import files, shards, tar_layout
 from state.hashing import file_matches, hash_bytes, hash_file
@@ -43,11 +42,7 @@ def audit_tars(settings: Settings, deep: bool = False) -> AuditReport:
     from tasks.audit import run
 
     began = time.monotonic()
-    report = AuditReport(
-        root=str(settings.root),
-        deep=deep,
-        generated_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
+    report = AuditReport.begin(settings.root, deep)
     conn = open_readonly(settings.root)
     if conn is None:
         report.add("no_manifest", None, None, f"{manifest_path(settings.root)} does not exist")

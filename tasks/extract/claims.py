@@ -126,16 +126,3 @@ def _folder_state(root: str, folder: str, known: dict[str, str | None]) -> str |
 def owners_of(conn, paths: list[str]) -> dict[str, str]:
     """path -> owning shard, for the member paths (images, JSON, pending) among `paths`."""
     return files.owners(conn, paths)
-
-
-def pending_row(shard: str, dest: str, m: Member) -> files.FileRow:
-    """A provisional claim: the path is this shard's, the file not yet complete."""
-    return files.file_row(
-        dest,
-        FileKind.PENDING,
-        shard=shard,
-        member=m.member,
-        offset=m.offset,
-        size=m.size,
-        xxh3=m.xxh3,
-    )

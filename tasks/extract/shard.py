@@ -227,9 +227,7 @@ def read_request(db, settings: Settings, tar_path: Path) -> ReadRequest:
     tmp_dir.mkdir(parents=True)
     previous = {r["path"]: r for r in files.of_shard(db, name)}
     adopt = meta.get(db, ADOPT_KEY) == "1"
-    return ReadRequest(
-        settings, name, tar_path, tmp_dir, previous, adopt, places_samples(settings)
-    )
+    return ReadRequest(settings, name, tar_path, tmp_dir, previous, adopt, places_samples(settings))
 
 
 def places_samples(settings: Settings) -> bool:
@@ -599,21 +597,7 @@ def _commit(
 
 def _unplaced_row(shard: str, p: Placement) -> files.FileRow:
     """The `files` row of a sample member left in its tar (nothing on disk)."""
-    m = p.member
-    width, height = m.header if m.header else (None, None)
-    return files.file_row(
-        p.dest,
-        p.kind,
-        shard=shard,
-        sample=p.sample,
-        member=m.member,
-        offset=m.offset,
-        size=m.size,
-        mtime_ns=tar_layout.UNPLACED,
-        xxh3=m.xxh3,
-        width=width,
-        height=height,
-    )
+    return _member_row(shard, p, p.member.size, tar_layout.UNPLACED)
 
 
 def _place_or_unplace(
@@ -807,9 +791,13 @@ def _file_row(settings: Settings, shard: str, p: Placement) -> files.FileRow:
     m = p.member
     if m.mtime_ns is None or m.stale_stat:
         st = os.stat(f"{settings.root}/{p.dest}")
-        size, mtime_ns = st.st_size, (-1 if m.stale_stat else st.st_mtime_ns)
-    else:
-        size, mtime_ns = m.size, m.mtime_ns
+        return _member_row(shard, p, st.st_size, -1 if m.stale_stat else st.st_mtime_ns)
+    return _member_row(shard, p, m.size, m.mtime_ns)
+
+
+def _member_row(shard: str, p: Placement, size: int, mtime_ns: int) -> files.FileRow:
+    """The `files` row of a member at its placement, with the given stat."""
+    m = p.member
     width, height = m.header if m.header else (None, None)
     return files.file_row(
         p.dest,
