@@ -1,8 +1,8 @@
 """shardprep: `doit` turns tar shards into a SimpleTuner-ready folder (see README.md).
 
-Settings in (dataset.toml, config=FILE, KEY=VALUE), task dicts out: tasks/doit_tasks.py
+Settings in (dataset.toml, config=FILE, KEY=VALUE), task dicts out: tasks/build/doit_tasks.py
 builds them, the plain functions in tasks/ and state/ do the work. The `shardprep`
-command (tasks/cli.py) runs the same tasks from any folder.
+command (tasks/build/cli.py) runs the same tasks from any folder.
 """
 
 import os
@@ -10,7 +10,7 @@ import sys
 
 from doit import get_initial_workdir
 
-from tasks.doit_tasks import dodo_namespace
+from tasks.build.doit_tasks import dodo_namespace
 
 # doit chdirs to this file's folder before importing it: paths given on the command
 # line resolve against the folder doit was started from

@@ -74,8 +74,7 @@ def acquire(root: Path, command: list[str] | None = None) -> None:
         if os.environ.get(HOLDER_ENV) == f"{_holder_pid(root)} {root}":
             return
         raise LockHeld(
-            f"another shardprep run ({holder_text(root)}) is writing {root}; "
-            "wait for it or stop it"
+            f"another shardprep run ({holder_text(root)}) is writing {root}; wait for it or stop it"
         ) from None
     argv = command if command is not None else sys.argv
     text = f"{os.getpid()}\n{socket.gethostname()}\n{shlex.join(argv)}\n"

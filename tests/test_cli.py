@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_doit, table_rows
 
 from sample.generate import make_dataset, write_config
-from tasks.cli import parse_command_line
+from tasks.build.cli import parse_command_line
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -29,9 +29,9 @@ def _doit_f(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _shardprep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """The console script's entry point (`tasks.cli:main`), run as a module."""
+    """The console script's entry point (`tasks.build.cli:main`), run as a module."""
     return subprocess.run(
-        [sys.executable, "-m", "tasks.cli", *args],
+        [sys.executable, "-m", "tasks.build.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -124,5 +124,5 @@ def test_the_command_line_is_read_as_doit_reads_it(argv, command, tasks, writes)
 
 
 def test_variables_are_every_key_value_word():
-    line = parse_command_line(["config=a.toml", "-n", "2", "caption_field=[\"a\",\"b\"]", "table"])
+    line = parse_command_line(["config=a.toml", "-n", "2", 'caption_field=["a","b"]', "table"])
     assert line.variables == {"config": "a.toml", "caption_field": '["a","b"]'}

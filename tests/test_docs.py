@@ -61,7 +61,7 @@ def code_tasks() -> list[str]:
 
 
 def _is_creator(decorator: ast.expr) -> bool:
-    """`@creator(...)`: how tasks/doit_tasks.py marks a task."""
+    """`@creator(...)`: how tasks/build/doit_tasks.py marks a task."""
     return isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "creator"
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tarbuild import M, jpeg, png, sample_json, write_tar
 
-from tasks.pipeline import build
+from tasks.build.pipeline import build
 from tasks.settings import load_settings
 
 UNSAFE = ["../up.png", "/abs.json", "a/../../b.json"]

@@ -264,9 +264,7 @@ def wanted_checksums(obj: dict | None) -> dict[str, str]:
     return want
 
 
-def _read_hash(
-    path: str, want: dict[str, str], image: bool = False
-) -> tuple | str | None:
+def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | str | None:
     """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None, problem).
 
     A small file is read in one call (its bytes are returned); a big one in chunks.

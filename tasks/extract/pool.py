@@ -24,7 +24,7 @@ from pathlib import Path
 
 from state import shards
 from state.atomic import DiskFullError, raise_if_disk_full
-from tasks.cli import parse_command_line, shard_of_task_name
+from tasks.build.cli import parse_command_line, shard_of_task_name
 from tasks.extract.shard import ReadRequest, ShardRead, read_request, read_shard
 from tasks.settings import Settings, shard_name, shard_names
 

@@ -30,8 +30,8 @@ def run_pull(settings: Settings) -> TaskFailed | None:
 def _later_steps(settings: Settings) -> TaskFailed | None:
     """scan (when not up to date), captions of every shard, table, dataloader, summary:
     what plain `doit` runs after extracting (each of them skips what is current)."""
-    from tasks import doit_actions as act
-    from tasks.doit_tasks import _known_shards
+    from tasks.build import actions as act
+    from tasks.build.doit_tasks import _known_shards
     from tasks.freshness import scan_is_up_to_date
     from tasks.settings import shard_names
 

@@ -224,14 +224,14 @@ def _end_with_parent(parent: int) -> None:
 
 def _warm_up() -> None:
     """Import the extractor in the worker while the first shard downloads."""
-    import tasks.doit_actions  # noqa: F401
+    import tasks.build.actions  # noqa: F401
     import tasks.extract.shard  # noqa: F401
 
 
 def _extract_in_worker(settings: Settings, tar: str) -> str | None:
     """Extract one shard as plain `doit` does (printing the same lines); a failure of
     the root as one line, else None."""
-    from tasks.doit_actions import run_extract
+    from tasks.build.actions import run_extract
 
     failed = run_extract(settings, tar)
     return None if failed is None else str(getattr(failed, "message", failed))
@@ -239,7 +239,7 @@ def _extract_in_worker(settings: Settings, tar: str) -> str | None:
 
 def _captions_in_worker(settings: Settings, tar: str) -> str | None:
     """Write one shard's captions as plain `doit` does, while the next shard downloads."""
-    from tasks.doit_actions import run_captions
+    from tasks.build.actions import run_captions
 
     failed = run_captions(settings, shard_name(Path(tar), settings))
     return None if failed is None else str(getattr(failed, "message", failed))

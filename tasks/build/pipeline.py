@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+from tasks.build.steps import STEPS
 from tasks.captions import write_captions
 from tasks.dataloader import entry_before_captions_go, write_dataloader
 from tasks.extract.pool import reader_for
 from tasks.extract.shard import extract_shard
 from tasks.scan import scan_edits
 from tasks.settings import Settings, shard_names
-from tasks.steps import STEPS
 from tasks.summary import BuildSummary, summarize
 from tasks.table import build_table
 

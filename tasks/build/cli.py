@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     """`shardprep [TASK ...] [KEY=VALUE ...]`: the tasks of dodo.py, from any folder."""
     from doit.cmd_base import ModuleTaskLoader
 
-    from tasks.doit_tasks import RunRefused, dodo_namespace
+    from tasks.build.doit_tasks import RunRefused, dodo_namespace
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:

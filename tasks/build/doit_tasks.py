@@ -1,6 +1,6 @@
 """The task dicts doit runs, built from the settings and the command line.
 
-dodo.py (for `doit`) and tasks/cli.py (for `shardprep`) both call `dodo_namespace`; the
+dodo.py (for `doit`) and tasks/build/cli.py (for `shardprep`) both call `dodo_namespace`; the
 work itself is done by the plain functions in tasks/ and state/ (via tasks/doit_actions).
 """
 
@@ -28,8 +28,8 @@ from state import lock, shards
 from state.checker import checker_for
 from state.manifest import open_readonly
 from state.recovery import DEP_SUFFIXES, quarantine_dep_file
-from tasks import doit_actions as act
-from tasks.cli import (
+from tasks.build import actions as act
+from tasks.build.cli import (
     READ_ONLY_COMMANDS,
     CommandLine,
     guard_doit_commands,
@@ -37,6 +37,7 @@ from tasks.cli import (
     parse_command_line,
     task_name,
 )
+from tasks.build.steps import STEPS
 from tasks.freshness import (
     captions_are_current,
     dataloader_is_current,
@@ -45,7 +46,6 @@ from tasks.freshness import (
     table_is_current,
 )
 from tasks.settings import Settings, SettingsError, load_settings, partition_path, shard_names
-from tasks.steps import STEPS
 from tasks.tar_index import index_up_to_date
 
 DEFAULT_TASKS = list(STEPS)
