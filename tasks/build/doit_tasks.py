@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
-import multiprocessing
 import os
-import signal
 import sqlite3
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from doit import Globals
@@ -37,6 +32,7 @@ from tasks.build.cli import (
     parse_command_line,
     task_name,
 )
+from tasks.build.signals import on_interrupt_say_one_line
 from tasks.build.steps import STEPS
 from tasks.freshness import (
     captions_are_current,
@@ -49,7 +45,6 @@ from tasks.settings import Settings, SettingsError, load_settings, partition_pat
 from tasks.tar_index import index_up_to_date
 
 DEFAULT_TASKS = list(STEPS)
-INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
 
 
 class RunRefused(InvalidDodoFile):
@@ -60,7 +55,7 @@ class RunRefused(InvalidDodoFile):
 def dodo_namespace(argv: list[str], cwd: Path, program: str = "doit") -> dict:
     """DOIT_CONFIG and the task creators for a run given `argv` from the folder `cwd`."""
     line = parse_command_line(argv)
-    _on_interrupt_say_one_line()
+    on_interrupt_say_one_line()
     _survive_a_closed_pipe()
     guard_doit_commands()
     settings, error = _load(line, cwd)
@@ -147,54 +142,6 @@ def _remove_dep_files(path: Path) -> None:
             Globals.dep_manager.close()
     for suffix in DEP_SUFFIXES:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-_MAIN_PID = os.getpid()
-
-
-def _on_interrupt_say_one_line() -> None:
-    """Ctrl-C or SIGTERM (`kill`, a job scheduler) ends the run with one line instead of a
-    traceback or silence (doit saves its state; the manifest knows what is done)."""
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupted)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupted)
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    if _in_fork_hook(frame):  # an exception there is printed and ignored: deliver it again
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-        return
-    # a second signal must not cut the exit short
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if os.getpid() == _MAIN_PID:
-        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
-        _pass_on(signum)
-    code = 128 + signum  # the shell's code for a run ended by this signal
-    if sys.is_finalizing():  # too late for an exception: it would be printed, then ignored
-        os._exit(code)
-    raise SystemExit(code)
-
-
-def _in_fork_hook(frame: FrameType | None) -> bool:
-    """Whether the signal arrived in logging's at-fork lock handling (`os.fork` of a doit
-    worker), where Python ignores what a handler raises."""
-    while frame is not None:
-        if frame.f_code.co_filename == logging.__file__:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _pass_on(signum: int) -> None:
-    """Send the signal on to this run's worker processes (`doit -n N -P process`): one
-    forked while the signal was pending never gets it, and doit would wait for it forever."""
-    for child in multiprocessing.active_children():
-        with contextlib.suppress(OSError):
-            os.kill(child.pid, signum)
 
 
 class _ClosedPipeSafe:
