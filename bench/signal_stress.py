@@ -5,8 +5,9 @@
 Each run builds a fresh copy of one generated dataset, sends SIGINT (to the run's process
 group, as Ctrl-C does) or SIGTERM (to the run alone, as `kill` does) after a random delay,
 and classifies the outcome ("early-" when the signal came before the dodo file took the
-root's lock: Python's own handling then, which no dodo file can change). With --verify N, every Nth interrupted run is finished by a
-second `doit` and its table compared with an unbroken build.
+root's lock: Python's own handling then, which no dodo file can change). With --verify N,
+every Nth interrupted run is finished by a second `doit` and its table compared with an
+unbroken build.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from state.lock import lock_path  # noqa: E402
 
 ONE_LINE = "interrupted; run doit again (nothing half-done counts as done)"
 HANG_S = 60
+LATENCIES: list[float] = []  # seconds from the signal to the run's exit
 
 
 def _doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
@@ -65,6 +67,7 @@ def one_run(base: Path, work: Path, delay: float, signum: int, verify: bool) -> 
     run = _doit(root, "-n", "2", "-P", "process", start_new_session=True)
     time.sleep(delay)
     prefix = "" if _holds_lock(root, run.pid) else "early-"  # before the dodo file ran
+    sent = time.monotonic()
     if run.poll() is None:
         if signum == signal.SIGINT:
             os.killpg(run.pid, signum)
@@ -76,6 +79,7 @@ def one_run(base: Path, work: Path, delay: float, signum: int, verify: bool) -> 
         os.killpg(run.pid, signal.SIGKILL)
         run.communicate()
         return prefix + "hang"
+    LATENCIES.append(time.monotonic() - sent)
     if "Traceback" in err or "Exception ignored" in err:
         print(f"--- delay {delay:.3f} sig {signum} rc {run.returncode}\n{err}", file=sys.stderr)
         return prefix + "traceback"
@@ -131,6 +135,8 @@ def main() -> None:
             counts[outcome] += 1
             print(f"{i:3d} {delay:.3f}s {signal.Signals(signum).name:7s} {outcome}", flush=True)
         print(f"{runs} runs in {time.monotonic() - start:.0f} s: {dict(counts)}")
+        median = sorted(LATENCIES)[len(LATENCIES) // 2]
+        print(f"signal to exit: max {max(LATENCIES):.2f} s, median {median:.2f} s")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,6 @@ from state.lock import LockHeld, acquire, lock_path, release, running_writer
 REFUSAL = "another shardprep run (pid {pid}: "
 
 
-# doit -n 2 -P process: a signal that lands while doit forks a worker is sometimes printed as
-# an ignored-exception traceback (about 1 run in 5 here); known and open, see the closing note
-RACY = pytest.mark.xfail(strict=False, reason="signal during a doit worker's fork")
-
-
 def _start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *args],
@@ -145,7 +140,7 @@ def test_a_lock_held_by_another_process_names_it(tmp_path: Path):
         release(tmp_path)
 
 
-@pytest.mark.parametrize("parallel", [(), pytest.param(("-n", "2", "-P", "process"), marks=RACY)])
+@pytest.mark.parametrize("parallel", [(), ("-n", "2", "-P", "process")])
 def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
     root, reference = two_roots
     # a session of its own: Ctrl-C reaches every process of the terminal's group

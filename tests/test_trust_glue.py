@@ -20,11 +20,6 @@ from tasks.settings import load_settings, partition_path
 INTERRUPTED = "interrupted; run doit again (nothing half-done counts as done)"
 
 
-# doit -n 2 -P process: a signal that lands while doit forks a worker is sometimes printed as
-# an ignored-exception traceback (about 1 run in 5 here); known and open, see the closing note
-RACY = pytest.mark.xfail(strict=False, reason="signal during a doit worker's fork")
-
-
 def _shard(path: Path, keys: list[str]) -> Path:
     members = []
     for i, key in enumerate(keys):
@@ -97,7 +92,7 @@ def test_a_blank_id_in_the_settings_file_is_refused(dataset: Path):
 # ------------------------------------------------------------------- SIGTERM
 
 
-@pytest.mark.parametrize("parallel", [(), pytest.param(("-n", "2", "-P", "process"), marks=RACY)])
+@pytest.mark.parametrize("parallel", [(), ("-n", "2", "-P", "process")])
 def test_sigterm_is_one_line_and_the_next_run_finishes(tmp_path: Path, parallel):
     root = tmp_path / "ds"
     make_dataset(root, shards=4, samples_per_shard=20)
