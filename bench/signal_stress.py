@@ -131,8 +131,11 @@ def main() -> None:
             delay = rng.uniform(0, max_delay)
             signum = signal.SIGINT if i % 2 == 0 else signal.SIGTERM
             verify = bool(verify_every) and i % verify_every == 0
+            before = len(LATENCIES)
             outcome = one_run(base, Path(tmp) / "w", delay, signum, verify)
-            counts[outcome] += 1
+            if len(LATENCIES) > before:
+                outcome += f" (exit {LATENCIES[-1]:.2f} s after the signal)"
+            counts[outcome.split(" (")[0]] += 1
             print(f"{i:3d} {delay:.3f}s {signal.Signals(signum).name:7s} {outcome}", flush=True)
         print(f"{runs} runs in {time.monotonic() - start:.0f} s: {dict(counts)}")
         median = sorted(LATENCIES)[len(LATENCIES) // 2]

@@ -5,7 +5,8 @@ The run's main process prints the line, stops doit's workers with SIGTERM and ex
 done). A handler may raise only where the exception unwinds cleanly, so a signal is deferred
 while the process forks (Python prints what a fork's hooks raise, and goes on), while doit
 starts a worker (until the worker is registered, so that it is stopped too) and while a
-queue takes a job or result (a lock taken and never released hangs the exit). A worker
+queue takes a job or result (a lock taken and never released hangs the exit); one that
+Python swallows all the same (a `__del__`, a weakref callback) is raised again. A worker
 starts with the signals held, ignores Ctrl-C (the main process decides), and stops at
 SIGTERM, telling the main process through doit's result queue, so that doit never waits for
 a result that will not come.
@@ -38,6 +39,7 @@ _interrupted_by: int | None = None
 _exiting = False
 _defer_depth = 0  # > 0: a handler records its signal instead of acting on it
 _deferred: int | None = None
+_raise_again = False  # our exception was raised where Python prints it and goes on
 
 
 class WorkerStopped(KeyboardInterrupt):
@@ -60,6 +62,7 @@ def on_interrupt_say_one_line() -> None:
             after_in_child=_after_fork_in_child,
         )
         atexit.register(_hold_signals_for_good)
+        sys.unraisablehook = _unraisable
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +75,8 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
         _interrupted_by = signum
         print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
         _stop_workers()
+    elif not _taking_up_a_swallowed_raise():
+        return  # a second signal must not cut the exit short
     code = 128 + _interrupted_by  # the shell's code for a run ended by this signal
     if _exiting or sys.is_finalizing():  # an exception now would be printed, then ignored
         with contextlib.suppress(Exception):
@@ -133,17 +138,33 @@ def _after_fork_in_child() -> None:
     _defer_depth, _deferred = 0, None  # the signal was the parent's
 
 
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """A handler that does nothing: unlike SIG_IGN, it cannot race with a signal Python has
-    noted but not yet handled ("Signal N ignored due to race condition")."""
+def _taking_up_a_swallowed_raise() -> bool:
+    global _raise_again
+    again, _raise_again = _raise_again, False
+    return again
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Python swallowed what a handler of ours raised (it ran in a fork hook, a `__del__`, a
+    weakref callback): say nothing and raise it again at the main thread's next step."""
+    global _raise_again
+    if not isinstance(unraisable.exc_value, SystemExit | WorkerStopped):
+        _previous_unraisable(unraisable)
+        return
+    ours = _interrupted_by if os.getpid() == _main_pid else signal.SIGTERM
+    if ours is None:
+        _previous_unraisable(unraisable)
+        return
+    _raise_again = True
+    _thread.interrupt_main(ours)
+
+
+_previous_unraisable = sys.unraisablehook
 
 
 def _stop_workers() -> None:
     """SIGTERM to doit's workers; at exit, kill those that outlive a grace period, so that
     the exit (which joins them) cannot hang."""
-    # a second signal must not cut the exit short
-    signal.signal(signal.SIGINT, _ignore)
-    signal.signal(signal.SIGTERM, _ignore)
     for child in multiprocessing.active_children():
         with contextlib.suppress(OSError):
             os.kill(child.pid, signal.SIGTERM)
@@ -188,10 +209,16 @@ class _Worker(runner.Process):
             result_q.put({"exit": WorkerStopped, "exception": ""})
 
 
+_worker_stopping = False
+
+
 def _stop_worker(signum: int, frame: FrameType | None) -> None:
+    global _worker_stopping
     if _defer(signum):
         return
-    signal.signal(signal.SIGTERM, _ignore)
+    if _worker_stopping and not _taking_up_a_swallowed_raise():
+        return  # doit's own SIGTERM after ours: the worker is stopping already
+    _worker_stopping = True
     raise WorkerStopped
 
 
