@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import shutil
 from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISREG
@@ -61,8 +60,15 @@ class CaptionResult:
 
 
 def caption_path(filename: str) -> str:
-    """`data/<stem>.txt` for an image path relative to `data/`."""
-    return f"data/{posixpath.splitext(filename)[0]}.txt"
+    """`data/<stem>.txt` for an image path relative to `data/` (the stem as
+    `posixpath.splitext` gives it, without its call cost per file)."""
+    sep, dot = filename.rfind("/"), filename.rfind(".")
+    if dot > sep:
+        # splitext's rule: a name's leading dots start no extension (`.png` has none)
+        for i in range(sep + 1, dot):
+            if filename[i] != ".":
+                return f"data/{filename[:dot]}.txt"
+    return f"data/{filename}.txt"
 
 
 def write_captions(settings: Settings, shard: str) -> CaptionResult:

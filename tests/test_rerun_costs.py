@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import sqlite3
 from pathlib import Path
 
 from conftest import run_doit
+from hypothesis import given
+from hypothesis import strategies as st
 from tarbuild import M, png, sample_json, write_tar
 
 from sample.generate import write_config
 from state.caption_state import begin_rewrites
 from state.recovery import reset_state
+from tasks.captions import caption_path
 from tasks.freshness import captions_are_current, shard_is_done
 from tasks.settings import load_settings
 
@@ -133,3 +137,8 @@ def test_a_writer_adds_the_partial_index_to_a_manifest_made_before_it(tmp_path: 
     finally:
         conn.close()
     assert "files_unplaced" in names
+
+
+@given(st.text(alphabet="ab./é", max_size=12))
+def test_caption_path_takes_the_stem_as_splitext_does(filename: str):
+    assert caption_path(filename) == f"data/{posixpath.splitext(filename)[0]}.txt"
