@@ -85,8 +85,13 @@ def file_matches(
         st = os.stat(path)
     except FileNotFoundError:
         return False
-    if not S_ISREG(st.st_mode):
-        return False
+    return S_ISREG(st.st_mode) and stat_matches(path, st, size, mtime_ns, xxh3)
+
+
+def stat_matches(
+    path: str | Path, st: os.stat_result, size: int | None, mtime_ns: int | None, xxh3: str | None
+) -> bool:
+    """`file_matches` given the regular file's stat `st`, taken by the caller."""
     key = st.st_size, st.st_mtime_ns
     if key == (size, mtime_ns):
         return True

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from state.meta import set as set_meta
+from state.tar_layout import UNPLACED
 
 MANIFEST_NAME = "manifest.sqlite"
 WAL_SWITCH_WAIT_S = 60  # how long a first open retries a WAL switch another process holds up
@@ -149,7 +150,26 @@ def open_manifest(root: Path) -> sqlite3.Connection:
             ) from exc
         raise unreadable_manifest(path, exc) from exc
     _ensure_schema(conn, Path(root))
+    _ensure_indexes(conn)
     return conn
+
+
+# Partial indexes, added to a manifest made before them by its next writer (readers do
+# without: their queries are the same, only slower).
+INDEXES = (
+    # samples left in their tar (`layout = "tars"`): asked for every shard on every run
+    f"CREATE INDEX IF NOT EXISTS files_unplaced ON files (shard) WHERE mtime_ns = {UNPLACED}",
+)
+
+
+def _ensure_indexes(conn: sqlite3.Connection) -> None:
+    """Create the partial indexes of `INDEXES` that the manifest lacks."""
+    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = [sql for sql in INDEXES if sql.split()[5] not in names]
+    if missing:
+        with write_transaction(conn):
+            for sql in missing:
+                conn.execute(sql)
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:

@@ -21,8 +21,9 @@ _MEMBERS = (
 
 def has_unplaced(db: sqlite3.Connection, shard: str) -> bool:
     """Whether any sample member of `shard` was left in its tar."""
+    # the literal matches the partial index files_unplaced (state/manifest.py)
     row = db.execute(
-        "SELECT 1 FROM files WHERE shard = ? AND mtime_ns = ? LIMIT 1", (shard, UNPLACED)
+        f"SELECT 1 FROM files WHERE shard = ? AND mtime_ns = {UNPLACED} LIMIT 1", (shard,)
     ).fetchone()
     return row is not None
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from state import meta, shards
@@ -114,6 +113,8 @@ def first_caption(values: Iterable[str | None]) -> str:
 
 def blank_captions(captions: pa.Array) -> pa.Array:
     """`is_blank` of each caption of a string column (null stays null)."""
+    import pyarrow.compute as pc  # slow to import; a caption switch never needs it
+
     return pc.or_(pc.equal(captions, ""), pc.utf8_is_space(captions))
 
 
@@ -216,6 +217,8 @@ def _has_field(settings: Settings, shard: str, field: str) -> bool:
                 return nulls < pf.metadata.num_rows
             return pf.read(columns=[column]).column(0).null_count < pf.metadata.num_rows
         raw = pf.read(columns=["json"]).column(0)
+    import pyarrow.compute as pc  # slow to import; only a field outside the common ones
+
     quoted = json.dumps(field, ensure_ascii=False)
     return pc.any(pc.match_substring(raw, quoted)).as_py() or (
         quoted != json.dumps(field) and pc.any(pc.match_substring(raw, json.dumps(field))).as_py()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import shutil
 from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISREG
@@ -25,12 +24,15 @@ from state import files, shards
 from state.atomic import DiskFullError, InPlaceRewriter, write_if_absent, write_in_place
 from state.caption_state import (
     WRITING,
+    begin_rewrites,
     caption_rows,
-    mark_writing,
+    end_rewrites,
     record_written,
+    rewrites_under_way,
     set_caption_failure,
+    settle_rewrites,
 )
-from state.hashing import file_matches, hash_bytes
+from state.hashing import file_matches, hash_bytes, stat_matches
 from state.kinds import EDITED_CAPTIONS, FileKind
 from state.manifest import open_manifest, write_transaction
 from tasks.caption_fields import caption_columns, caption_texts, check_caption_fields
@@ -58,8 +60,15 @@ class CaptionResult:
 
 
 def caption_path(filename: str) -> str:
-    """`data/<stem>.txt` for an image path relative to `data/`."""
-    return f"data/{posixpath.splitext(filename)[0]}.txt"
+    """`data/<stem>.txt` for an image path relative to `data/` (the stem as
+    `posixpath.splitext` gives it, without its call cost per file)."""
+    sep, dot = filename.rfind("/"), filename.rfind(".")
+    if dot > sep:
+        # splitext's rule: a name's leading dots start no extension (`.png` has none)
+        for i in range(sep + 1, dot):
+            if filename[i] != ".":
+                return f"data/{filename[:dot]}.txt"
+    return f"data/{filename}.txt"
 
 
 def write_captions(settings: Settings, shard: str) -> CaptionResult:
@@ -78,6 +87,9 @@ def write_captions(settings: Settings, shard: str) -> CaptionResult:
             result.up_to_date = True
             return result
         check_caption_fields(db, settings)  # before anything is written
+        if rewrites_under_way(db):  # a killed run's batch: its rows become WRITING rows
+            with write_transaction(db) as conn:
+                settle_rewrites(conn)
         existing = caption_rows(db, shard)
         wanted: dict[str, tuple[str, str]] = {}
         if settings.caption_strategy == "textfile":
@@ -137,21 +149,20 @@ class _Writer:
     def _one(self, path: str, sample: str, data: bytes, digest: str, old) -> None:
         target = self.root + path
         result = self.result
-        if _special(target):  # never opened: a FIFO would block the build
-            result.failed.append(
-                f"{path} is a FIFO, device or socket where the caption file goes: remove it "
-                "(or run `doit repair`), then run doit again"
-            )
-        elif old is None:
+        if old is None:  # O_EXCL opens nothing that exists: no stat needed first
             self._create(path, sample, target, data, digest)
+            return
+        st = _stat(target)  # one stat answers every question below
+        if st is not None and _special_mode(st.st_mode):  # never opened: a FIFO would block
+            result.failed.append(_special_line(path))
         elif old[1] == WRITING:  # a rewrite a killed run may have cut short
             self.rewrites.append((target, data, digest, path))
-        elif file_matches(target, *old):  # what the build last wrote
-            if old[2] == digest:
+        elif st is not None and S_ISREG(st.st_mode) and stat_matches(target, st, *old):
+            if old[2] == digest:  # what the build last wrote, and its text stays
                 result.unchanged += 1
             else:
                 self.rewrites.append((target, data, digest, path))
-        elif not _is_file(target):  # gone (a folder there fails when written)
+        elif st is None or not S_ISREG(st.st_mode):  # gone (a folder there fails when written)
             self.rewrites.append((target, data, digest, path))
         elif _holds(target, data):
             st = os.stat(target)
@@ -167,6 +178,9 @@ class _Writer:
         result = self.result
         st = write_if_absent(target, data)
         if st is None:
+            if _special(target):  # never opened: a FIFO would block the build
+                result.failed.append(_special_line(path))
+                return
             if _holds(target, data):  # written before the state was reset
                 st = os.stat(target)
                 result.unchanged += 1
@@ -217,7 +231,7 @@ class _Writer:
         self.result.failed.append(f"{line}, then run doit again")
 
     def _flush(self) -> None:
-        """Record the new rows, then rewrite the changed files (marked as being written
+        """Record the new rows, then rewrite the changed files (recorded as being written
         first, so a killed rewrite is never taken for a hand edit)."""
         if self.new:
             with write_transaction(self.db) as conn:
@@ -227,7 +241,7 @@ class _Writer:
             return
         jobs, self.rewrites = self.rewrites, []
         with write_transaction(self.db) as conn:
-            mark_writing(conn, [path for _, _, _, path in jobs])
+            begin_rewrites(conn, self.shard, [path for _, _, _, path in jobs])
         try:
             stats = self.rewriter.rewrite([(target, data) for target, data, _, _ in jobs])
         except DiskFullError:
@@ -247,8 +261,11 @@ class _Writer:
             for st, (_, _, digest, path) in zip(stats, jobs, strict=True)
             if st is not None
         ]
+        unfinished = [path for st, (_, _, _, path) in zip(stats, jobs, strict=True) if st is None]
         self.result.written += len(rows)
-        self._flush_rows(rows)
+        with write_transaction(self.db) as conn:
+            record_written(conn, rows)
+            end_rewrites(conn, self.shard, unfinished)
 
     def _flush_rows(self, rows: list[tuple[int, int, str, str]]) -> None:
         if rows:
@@ -277,13 +294,30 @@ def move_edited_caption(settings: Settings, path: str) -> str:
     return os.path.relpath(dest, settings.root)
 
 
+def _special_line(path: str) -> str:
+    return (
+        f"{path} is a FIFO, device or socket where the caption file goes: remove it "
+        "(or run `doit repair`), then run doit again"
+    )
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """The stat of `path` (symlinks followed), or None when nothing is there."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _special_mode(mode: int) -> bool:
+    """Whether a mode is neither a regular file's nor a folder's."""
+    return not S_ISREG(mode) and not S_ISDIR(mode)
+
+
 def _special(path: str) -> bool:
     """Whether `path` is neither a regular file, nor a folder, nor absent."""
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return not S_ISREG(mode) and not S_ISDIR(mode)
+    st = _stat(path)
+    return st is not None and _special_mode(st.st_mode)
 
 
 def _is_file(path: str) -> bool:

@@ -9,18 +9,61 @@ date"; the task then runs and names the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
+from stat import S_ISREG
 from typing import NamedTuple
 
 from state import files, meta, shards, tar_layout
 from state.hashing import NotRegularFileError, file_matches, hash_file
-from state.manifest import connect_if_present
+from state.manifest import connect_if_present, manifest_path
 from tasks.dataloader import DataloaderFileError, plan_dataloader, read_record
 from tasks.settings import Settings, partition_path
+
+_reader: tuple[tuple, sqlite3.Connection] | None = None  # (whose, which file) -> connection
+
+
+def _read_connection(root: Path) -> sqlite3.Connection | None:
+    """A read connection to the manifest of `root`, shared by the checks of one run (one
+    open per run, not one per task); None when there is no manifest.
+
+    Kept per process, thread and manifest file (a manifest moved aside and made again is
+    another file), so a forked doit worker or a reset never uses a stale one.
+    """
+    global _reader
+    path = manifest_path(root)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not S_ISREG(st.st_mode):
+        return None
+    whose = (os.getpid(), threading.get_ident(), st.st_dev, st.st_ino, str(path))
+    if _reader is not None:
+        if _reader[0] == whose:
+            return _reader[1]
+        if _reader[0][:2] == whose[:2]:
+            _reader[1].close()
+        _reader = None
+    conn = connect_if_present(root)
+    if conn is not None:
+        _reader = (whose, conn)
+    return conn
+
+
+def _forget_reader() -> None:
+    """Drop the shared connection (it gave an error)."""
+    global _reader
+    if _reader is not None:
+        with contextlib.suppress(sqlite3.Error):
+            _reader[1].close()
+        _reader = None
 
 
 def _reading_manifest(check: Callable[..., bool]) -> Callable[..., bool]:
@@ -29,15 +72,14 @@ def _reading_manifest(check: Callable[..., bool]) -> Callable[..., bool]:
 
     @wraps(check)
     def run(settings: Settings, *args) -> bool:
-        conn = connect_if_present(settings.root)
+        conn = _read_connection(settings.root)
         if conn is None:
             return False
         try:
             return check(conn, settings, *args)
         except sqlite3.Error:
+            _forget_reader()
             return False
-        finally:
-            conn.close()
 
     return run
 
@@ -108,14 +150,22 @@ def changed_json_rows(db, settings: Settings) -> list[ChangedJson]:
     changed = []
     root = str(settings.root)
     stat = os.stat
-    # only what the stat needs: shard and hash are looked up for changed rows only
-    for path, size, mtime_ns in files.json_stats(db):
-        try:
-            st = stat(f"{root}/{path}")
-        except FileNotFoundError:
-            continue
-        if st.st_mtime_ns == mtime_ns and st.st_size == size:
-            continue
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return changed
+    try:
+        # only what the stat needs: shard and hash are looked up for changed rows only;
+        # paths relative to the root's descriptor, so each stat walks only its own path
+        moved = [
+            (path, st)
+            for path, size, mtime_ns in files.json_stats(db)
+            if (st := _stat_at(stat, path, root_fd)) is not None
+            and (st.st_mtime_ns != mtime_ns or st.st_size != size)
+        ]
+    finally:
+        os.close(root_fd)
+    for path, st in moved:
         shard, xxh3 = files.shard_and_hash(db, path)
         try:
             new = hash_file(f"{root}/{path}")
@@ -123,6 +173,14 @@ def changed_json_rows(db, settings: Settings) -> list[ChangedJson]:
             new = None
         changed.append(ChangedJson(path, shard, st.st_size, st.st_mtime_ns, new, new != xxh3))
     return changed
+
+
+def _stat_at(stat, path: str, root_fd: int) -> os.stat_result | None:
+    """The stat of `path` (relative to the root), or None when nothing is there."""
+    try:
+        return stat(path, dir_fd=root_fd)
+    except FileNotFoundError:
+        return None
 
 
 def partitions_needing_rebuild(db, settings: Settings) -> list[str]:

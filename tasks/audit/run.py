@@ -34,7 +34,7 @@ import xxhash
 
 from state import files, meta, quirks, shards
 from state.batching import batched
-from state.caption_state import WRITING
+from state.caption_state import WRITING, rewrites_under_way
 from state.hashing import hash_file, read_regular
 from state.kinds import EDITED_CAPTIONS, EDITED_SHARD_FILES, FileKind
 from state.manifest import manifest_path, open_readonly
@@ -215,6 +215,7 @@ def _check_files(conn, settings: Settings, report: AuditReport, deep: bool) -> _
     """Every manifest row against the disk (stat-level, or read in full with `deep`)."""
     root = str(settings.root) + os.sep
     judge = _Judge(settings, report)
+    judge.rewriting = rewrites_under_way(conn)
     if deep:
         deep_files(conn, root, report, judge)
     else:
@@ -273,12 +274,13 @@ class _Judge:
         self.tally = self.tallies.add
         self.present_in_data = 0  # manifest rows in data/ found on disk (trainer files aside)
         self.missing: set[str] = set()
+        self.rewriting: set[str] = set()  # caption rewrites a killed run left (by batch)
 
     def __call__(self, row: tuple, seen: Seen) -> None:
         path, shard, kind, _sample, size, mtime_ns, xxh3 = row
         report = self.report
         report.files_checked += 1
-        if kind == PENDING or (kind == CAPTION and mtime_ns == WRITING):
+        if kind == PENDING or (kind == CAPTION and (mtime_ns == WRITING or path in self.rewriting)):
             self._unfinished(path, shard, seen)  # claimed or rewritten by an unfinished run
             return
         if not seen.exists:
