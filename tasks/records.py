@@ -41,6 +41,12 @@ def member_kind(path: str) -> str:
     return kind_of_extension(posixpath.splitext(path)[1])
 
 
+def key_and_kind(path: str) -> tuple[str, str]:
+    """`sample_key(path)` and `member_kind(path)` from one split of the path."""
+    key, ext = posixpath.splitext(path)
+    return key, kind_of_extension(ext)
+
+
 def kind_of_extension(ext: str) -> str:
     """`member_kind` from the extension alone (as `posixpath.splitext` gives it)."""
     ext = ext.lower()

@@ -48,7 +48,7 @@ from tasks.partition import encode_partition, place_partition, write_partition
 from tasks.progress import Progress
 from tasks.records import (
     IMAGE_EXTENSIONS,
-    kind_of_extension,
+    key_and_kind,
     parse_json,
     partition_row,
     sample_key,
@@ -354,8 +354,8 @@ class _ReadState:
             return
         if (other := self.names.case_twin(path)) is not None:
             self.quirks.append(_case_collision(self.name, tm.name, other))
-        key, ext = posixpath.splitext(path)
-        m = _member(path, tm, data, kind_of_extension(ext))
+        key, kind = key_and_kind(path)
+        m = _member(path, tm, data, kind)
         if path in self.seen:  # the later member wins, as with tar xf
             self._set_aside_earlier(self.seen[path], tm.name)
         self.seen[path] = m
