@@ -28,9 +28,11 @@ def open_creating(path: str | os.PathLike, flags: int) -> int:
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write every byte of `data` to `fd` (os.write may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)  # nearly always all of it: no view for the common case
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def write_new(path: str | os.PathLike, data: bytes | memoryview) -> os.stat_result:

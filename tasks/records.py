@@ -38,7 +38,18 @@ PARTITION_SCHEMA = pa.schema(
 
 def member_kind(path: str) -> str:
     """`image`, `json` or `other`, from a member path's extension (case-insensitive)."""
-    ext = posixpath.splitext(path)[1].lower()
+    return kind_of_extension(posixpath.splitext(path)[1])
+
+
+def key_and_kind(path: str) -> tuple[str, str]:
+    """`sample_key(path)` and `member_kind(path)` from one split of the path."""
+    key, ext = posixpath.splitext(path)
+    return key, kind_of_extension(ext)
+
+
+def kind_of_extension(ext: str) -> str:
+    """`member_kind` from the extension alone (as `posixpath.splitext` gives it)."""
+    ext = ext.lower()
     if ext in IMAGE_EXTENSIONS:
         return IMAGE
     if ext == ".json":
@@ -99,9 +110,15 @@ def _side(value: Any) -> int | None:
 
 
 def partition_row(
-    image_path: str, json_path: str, obj: dict, raw: str, header: tuple[int, int]
+    image_path: str,
+    json_path: str,
+    obj: dict,
+    raw: str,
+    header: tuple[int, int],
+    sample: str | None = None,
 ) -> dict:
-    """The partition row of a complete sample (paths relative to `data/`)."""
+    """The partition row of a complete sample (paths relative to `data/`); `sample`, when
+    the caller knows it, is `sample_key(image_path)`."""
     size = json_size(obj)
     width, height = size if size is not None else header
     image_name = obj.get("image_name")
@@ -113,7 +130,7 @@ def partition_row(
         "header_width": header[0],
         "header_height": header[1],
         "image_name": clean_text(image_name) if isinstance(image_name, str) else None,
-        "sample": sample_key(image_path),
+        "sample": sample_key(image_path) if sample is None else sample,
         "json_path": json_path,
         "json": clean_text(raw),
     }

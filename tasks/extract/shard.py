@@ -46,7 +46,13 @@ from tasks.extract.tarstream import (
 from tasks.imagesize import image_size
 from tasks.partition import encode_partition, place_partition, write_partition
 from tasks.progress import Progress
-from tasks.records import IMAGE_EXTENSIONS, member_kind, parse_json, partition_row, sample_key
+from tasks.records import (
+    IMAGE_EXTENSIONS,
+    key_and_kind,
+    parse_json,
+    partition_row,
+    sample_key,
+)
 from tasks.settings import PART_FILE, Settings, partition_path, shard_name
 
 COMMIT_BATCH = 1000
@@ -348,13 +354,13 @@ class _ReadState:
             return
         if (other := self.names.case_twin(path)) is not None:
             self.quirks.append(_case_collision(self.name, tm.name, other))
-        m = _member(path, tm, data)
+        key, kind = key_and_kind(path)
+        m = _member(path, tm, data, kind)
         if path in self.seen:  # the later member wins, as with tar xf
             self._set_aside_earlier(self.seen[path], tm.name)
         self.seen[path] = m
         if self.place:  # else its bytes stay in the tar; one kept aside is read again
             self.writer.add(m, data)
-        key = sample_key(path)
         sample = self.samples.get(key)
         if sample is None:
             sample = self.samples[key] = Sample(key)
@@ -381,9 +387,8 @@ class _ReadHere:
     read = staticmethod(read_shard)
 
 
-def _member(path: str, tm, data) -> Member:
+def _member(path: str, tm, data, kind: str) -> Member:
     """A member with its hash and what its bytes say (image size, parsed JSON)."""
-    kind = member_kind(path)
     m = Member(path, tm.name, tm.offset_data, tm.size, hash_bytes(data), kind)
     if kind == IMAGE:
         m.header = image_size(data)
@@ -524,7 +529,9 @@ def _decide(name: str, samples: dict[str, Sample], duplicates: list, quirks: lis
                 placements.append(_aside(name, m, key))
         placements.append(Placement(s.json, f"data/{s.json.path}", JSON, key))
         placements.append(Placement(image, f"data/{image.path}", IMAGE, key))
-        rows[key] = partition_row(image.path, s.json.path, s.json.obj, s.json.raw, image.header)
+        rows[key] = partition_row(
+            image.path, s.json.path, s.json.obj, s.json.raw, image.header, key
+        )
         s.json.obj = s.json.raw = None  # the row holds what is needed now
     return placements, rows
 

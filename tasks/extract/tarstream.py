@@ -7,7 +7,9 @@ marker (a zero block) was really reached.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import posixpath
 import re
 import tarfile
@@ -121,6 +123,8 @@ class HashingReader(io.RawIOBase):
 
     def __init__(self, path: Path):
         self._f = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115
+        with contextlib.suppress(OSError, AttributeError):  # a larger read-ahead; Linux only
+            os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self._hash = xxhash.xxh3_128()
         self._pos = 0
         self.name = str(path)
@@ -213,9 +217,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 def parse_header(block: bytes) -> tuple[str, int, bytes] | None:
     """(name, size, typeflag) of one 512-byte header block, or None when its checksum is wrong."""
-    stored = block[148:156].split(b"\0", 1)[0].strip()
+    stored = block[148:156]
     try:
-        if int(stored, 8) != sum(block[:148]) + sum(block[156:]) + 256:
+        # the checksum field counts as eight spaces (8 * 32 = 256)
+        if int(stored.split(b"\0", 1)[0].strip(), 8) != sum(block) - sum(stored) + 256:
             return None
         size = _octal(block[124:136])
     except ValueError:
