@@ -10,7 +10,11 @@ import sys
 
 from doit import get_initial_workdir
 
-from tasks.build.doit_tasks import dodo_namespace
+from tasks.build.signals import on_interrupt_say_one_line
+
+on_interrupt_say_one_line()  # before the heavier imports: a Ctrl-C while they load is one line
+
+from tasks.build.doit_tasks import dodo_namespace  # noqa: E402
 
 # doit chdirs to this file's folder before importing it: paths given on the command
 # line resolve against the folder doit was started from

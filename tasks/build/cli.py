@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     """`shardprep [TASK ...] [KEY=VALUE ...]`: the tasks of dodo.py, from any folder."""
     from doit.cmd_base import ModuleTaskLoader
 
+    from tasks.build.signals import on_interrupt_say_one_line
+
+    on_interrupt_say_one_line()  # before the heavier imports: a Ctrl-C meanwhile is one line
     from tasks.build.doit_tasks import RunRefused, dodo_namespace
 
     args = list(sys.argv[1:] if argv is None else argv)
