@@ -187,19 +187,15 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
         if path.startswith("data/"):
             if kind == JSON:
                 got = _read_hash(root + path, {})
-                if got is None or got is NOT_REGULAR:
+                if not isinstance(got, Read):
                     append(got)
                     continue
-                data = got[3]
-                want, want_of = wanted_from_bytes(data), (row[SHARD], row[SAMPLE])
-                append(Read(got[0], got[1], got[2], data if got[2] != row[XXH3] else None))
+                want, want_of = wanted_from_bytes(got.data), (row[SHARD], row[SAMPLE])
+                append(got if got.xxh3 != row[XXH3] else got._replace(data=None))
                 continue
             if kind == IMAGE and want and want_of == (row[SHARD], row[SAMPLE]):
                 got = _read_hash(root + path, want, True)
-                if got is None or got is NOT_REGULAR:
-                    append(got)
-                    continue
-                append(Read(got[0], got[1], got[2], None, got[4], got[5]))
+                append(got._replace(data=None) if isinstance(got, Read) else got)
                 continue
         try:
             fd = os.open(root + path, READ_FLAGS)
@@ -220,10 +216,7 @@ def _read_batch(root: str, batch: list[tuple]) -> list:
         finally:
             os.close(fd)
         got = _read_hash(root + path, {}, kind == IMAGE)
-        if got is None or got is NOT_REGULAR:
-            append(got)
-        else:
-            append(Read(got[0], got[1], got[2], None, None, got[5]))
+        append(got._replace(data=None) if isinstance(got, Read) else got)
     return out
 
 
@@ -264,10 +257,10 @@ def wanted_checksums(obj: dict | None) -> dict[str, str]:
     return want
 
 
-def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | str | None:
-    """Read a file once: (size, mtime_ns, xxh3, bytes or None, (want, got) or None, problem).
+def _read_hash(path: str, want: dict[str, str], image: bool = False) -> Read | str | None:
+    """Read a file once and hash it (a `Read`).
 
-    A small file is read in one call (its bytes are returned); a big one in chunks.
+    A small file is read in one call (its bytes are in `data`); a big one in chunks.
     `want` names md5/sha512 digests to compute as well; `image`: check the bytes are a
     whole image (`problem` says why not, else None). None: the file is not there;
     NOT_REGULAR: a FIFO, device or socket is (never read).
@@ -287,7 +280,7 @@ def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | 
             checks = (want, got) if want else None
             problem = image_problem(data) if image else None
             digest = xxhash.xxh3_128_hexdigest(data)
-            return len(data), st.st_mtime_ns, digest, data, checks, problem
+            return Read(len(data), st.st_mtime_ns, digest, data, checks, problem)
         h = xxhash.xxh3_128()
         extra = {algo: hashlib.new(algo) for algo in want}
         check = ImageCheck() if image else None
@@ -304,7 +297,7 @@ def _read_hash(path: str, want: dict[str, str], image: bool = False) -> tuple | 
         os.close(fd)
     got = {algo: e.hexdigest() for algo, e in extra.items()}
     problem = check.result() if check is not None else None
-    return size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None, problem
+    return Read(size, st.st_mtime_ns, h.hexdigest(), None, (want, got) if want else None, problem)
 
 
 def _same_sample(a: tuple, b: tuple) -> bool:

@@ -305,7 +305,15 @@ class _Judge:
         if seen.xxh3 is not None and seen.xxh3 == xxh3:
             if not same_stat:
                 report.add("touched", path, shard, "mtime or size changed, content did not")
-        elif kind == JSON:
+        else:
+            self._changed(path, shard, kind, size, seen, same_stat)
+
+    def _changed(
+        self, path: str, shard: str | None, kind: str, size: int, seen: Seen, same_stat: bool
+    ) -> None:
+        """Content differs from the manifest: a hand edit we pick up, or damage."""
+        report = self.report
+        if kind == JSON:
             error = parse_json(seen.data)[1] if seen.data is not None else None
             if error:
                 report.add(
