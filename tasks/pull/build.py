@@ -4,8 +4,11 @@
 It has the shape of the build's read-ahead pool (tasks/extract/pool.py) and uses its very
 parts (`read_request`, `read_to_file`, `extract_shard`), so the folder is the same as
 plain `doit`'s. The writer is the manifest's one writer while the pipeline runs (the
-Hub rows of fetched shards included). Both kinds of process are spawned (the pull's
-fetcher thread must not be forked) and end with the pull, even on kill -9.
+Hub rows of fetched shards included). A shard that arrives while the writer is idle is
+read by the writer itself (as plain `doit` with `workers = 1` reads it); one that arrives
+while the writer is busy is read meanwhile by one of `workers - 1` readers. Both kinds of
+process are spawned (the pull's fetcher thread must not be forked) and end with the pull,
+even on kill -9.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class _Shard:
     t0: float
     request: object = None  # its ReadRequest, when a reader reads it
     read: Future | None = None
+    read_checked: bool = False  # whether a read ahead was considered
     commit: Future | None = None
     committed: bool = False
 
@@ -65,30 +69,42 @@ class Builder:
             "initializer": _end_with_parent,
             "initargs": (os.getpid(),),
         }
-        self.readers = ProcessPoolExecutor(max_workers=self.workers, **spawn)
+        self.ahead = None
+        if self.workers > 1:
+            self.ahead = ProcessPoolExecutor(max_workers=self.workers - 1, **spawn)
         self.writer = ProcessPoolExecutor(max_workers=1, **spawn)
         self.shards: list[_Shard] = []
         self.captions: list[Future] = []
+        self.writer_jobs: list[Future] = []  # its jobs not known to be done
         self._db = None
 
     def warm_up(self) -> None:
         """Start the processes and import the extractor while the first shard downloads."""
         self.writer.submit(_warm_up)
-        for _ in range(self.workers):
-            self.readers.submit(_warm_up)
+        for _ in range(self.workers - 1):
+            self.ahead.submit(_warm_up)
 
     def run(self, count: int, release: Callable[[object], None]) -> None:
         """Build the `count` shards the fetcher puts on the queue, in their order; `release`
         each one once committed (its tar may go)."""
-        reading = committing = done = 0
+        committing = done = 0
         while done < count:
             self._wait(count)
-            while reading < len(self.shards) and self._busy_readers() < self.workers:
-                self._start_read(self.shards[reading])
-                reading += 1
-            while committing < reading and _finished(self.shards[committing].read):
-                self._submit_commit(self.shards[committing])
-                committing += 1
+            more = True
+            while more:  # again when a shard turned out to need no read
+                while committing < len(self.shards):
+                    s = self.shards[committing]
+                    if not _finished(s.read) or not (s.read_checked or self._writer_idle()):
+                        break  # read ahead still running, or the writer busy: read it ahead
+                    self._submit_commit(s)
+                    committing += 1
+                more = False
+                for s in self.shards[committing:]:
+                    if self.ahead is None or self._busy_readers() >= self.workers - 1:
+                        break
+                    if not s.read_checked:
+                        self._start_read(s)
+                        more = more or s.read is None
             while done < committing and _finished(self.shards[done].commit):
                 self._after_commit(self.shards[done])
                 release(self.shards[done].item)
@@ -99,8 +115,9 @@ class Builder:
 
     def close(self, wait: bool) -> None:
         """Stop the processes (not waited for after a failure: they end with the pull)."""
-        for pool in (self.readers, self.writer):
-            pool.shutdown(wait=wait, cancel_futures=not wait)
+        for pool in (self.ahead, self.writer):
+            if pool is not None:
+                pool.shutdown(wait=wait, cancel_futures=not wait)
         if self._db is not None:
             self._db.close()
 
@@ -125,15 +142,19 @@ class Builder:
     def _busy_readers(self) -> int:
         return sum(1 for s in self.shards if not _finished(s.read))
 
+    def _writer_idle(self) -> bool:
+        return all(f.done() for f in self.writer_jobs)
+
     def _start_read(self, s: _Shard) -> None:
+        """Read a shard ahead in a reader, unless there is nothing to read."""
         from tasks.extract.pool import _needs_read, read_to_file
         from tasks.extract.shard import read_request
 
-        s.t0 = time.monotonic()
+        s.read_checked, s.t0 = True, time.monotonic()
         if not s.builds or not _needs_read(self._manifest(), self.settings, s.item.tar):
             return  # nothing to read ahead: the writer sees at once that it is up to date
         s.request = read_request(self._manifest(), self.settings, s.item.tar)
-        s.read = self.readers.submit(read_to_file, s.request)
+        s.read = self.ahead.submit(read_to_file, s.request)
         s.read.add_done_callback(self._wake)
 
     def _submit_commit(self, s: _Shard) -> None:
@@ -159,8 +180,11 @@ class Builder:
                 s.request,
                 result,
             )
+        if not s.read_checked:
+            s.t0 = time.monotonic()  # read by the writer itself
         s.commit = self.writer.submit(*job)
         s.commit.add_done_callback(self._wake)
+        self.writer_jobs = [f for f in self.writer_jobs if not f.done()] + [s.commit]
 
     def _after_commit(self, s: _Shard) -> None:
         if s.commit is None:
@@ -181,9 +205,10 @@ class Builder:
             if s.item.fetch
             else f"  {s.item.remote.path} checked: {human_bytes(size)} in {dt:.1f} s"
         )
-        self.captions.append(
-            self.writer.submit(_captions_in_writer, self.settings, str(s.item.tar))
-        )
+        captions = self.writer.submit(_captions_in_writer, self.settings, str(s.item.tar))
+        captions.add_done_callback(self._wake)
+        self.captions.append(captions)
+        self.writer_jobs.append(captions)
 
     def _wake(self, _future: Future) -> None:
         self.events.put(WAKE)
