@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path)
     p.add_argument("--out", type=Path)
     p.add_argument("--keep", action="store_true", help="keep the work folder and its logs")
+    p.add_argument("--workers", type=int, help="the pull's `workers` setting (default: cores)")
     a = p.parse_args(argv)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="shardprep-pull-bench-"))
     shutil.rmtree(work, ignore_errors=True)
@@ -133,6 +134,7 @@ def run(a: argparse.Namespace, work: Path, env: dict) -> int:
         "tar_bytes": total,
         "build_alone_s": build,
         "rate_bytes_per_s": rate,
+        "pull_workers": a.workers,
     }
     with running_hub(files, repo_id=HUB_REPO) as server:
         server.rate = rate
@@ -141,7 +143,8 @@ def run(a: argparse.Namespace, work: Path, env: dict) -> int:
         write_config(down, repo_id=HUB_REPO)
         r["download_alone_s"] = doit(down, env, "download")
         pulled = work / "pulled"
-        write_config(pulled, repo_id=HUB_REPO, keep_tars=False)
+        extra = {"workers": a.workers} if a.workers else {}
+        write_config(pulled, repo_id=HUB_REPO, keep_tars=False, **extra)
         peak = [0]
         server.watch = lambda path: peak.__setitem__(0, max(peak[0], tar_bytes(pulled)))
         r["pull_s"] = doit(pulled, env, "pull")

@@ -27,3 +27,8 @@ def record_source(conn: sqlite3.Connection, commit: str, repo_id: str, revision:
     meta.set(conn, meta.HUB_COMMIT, commit)
     meta.set(conn, meta.HUB_REPO_ID, repo_id)
     meta.set(conn, meta.HUB_REVISION, revision)
+
+
+def forget(conn: sqlite3.Connection, path: str) -> None:
+    """Drop the row of a Hub file that no longer counts as fetched."""
+    conn.execute("DELETE FROM hub_files WHERE path = ?", (path,))

@@ -191,3 +191,8 @@ def invalidate(
             conn.executemany(
                 f"UPDATE shards SET {column} = NULL WHERE name = ?", [(n,) for n in names]
             )
+
+
+def forget(conn: sqlite3.Connection, name: str) -> None:
+    """Drop the shard's row: nothing of it counts as built (its files are dropped apart)."""
+    conn.execute("DELETE FROM shards WHERE name = ?", (name,))

@@ -61,3 +61,9 @@ def _rows(db: sqlite3.Connection, sql: str, params: list) -> list[dict]:
         if "no such table" in str(exc):
             return []
         raise
+
+
+def forget(conn: sqlite3.Connection, local_path: str) -> None:
+    """Drop where the tar at `local_path` came from (inside the caller's transaction)."""
+    conn.execute(_SCHEMA)
+    conn.execute("DELETE FROM hub_sources WHERE local_path = ?", (local_path,))

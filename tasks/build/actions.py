@@ -40,14 +40,14 @@ def fail_settings(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
-def run_extract(settings: Settings, tar: str) -> TaskFailed | None:
-    """Extract one shard (read by a worker process ahead of time when `workers` allows);
-    a shard that cannot be read is reported by `summary` at the end."""
+def run_extract(settings: Settings, tar: str, reader=None) -> TaskFailed | None:
+    """Extract one shard (read by a worker process ahead of time when `workers` allows, or
+    by `reader`: `doit pull`'s); a shard that cannot be read is reported by `summary`."""
     from tasks.extract.pool import reader_for
     from tasks.extract.shard import extract_shard
 
     try:
-        r = extract_shard(settings, Path(tar), reader_for(settings))
+        r = extract_shard(settings, Path(tar), reader or reader_for(settings))
     except KNOWN_FAILURES as exc:
         return TaskFailed(f"{tar}: {describe_failure(exc, settings)}")
     if r.status == "failed":

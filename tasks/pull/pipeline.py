@@ -2,25 +2,22 @@
 
 A fetcher thread streams each shard into its partial file (sha256 while streaming,
 resumed with Range after a drop), checks it against the listing and moves it into
-`hub/`; meanwhile the main thread extracts the shard fetched before it, with the very
-`extract_shard` plain `doit` runs, so the result is the same. With `keep_tars = false`
-each tar is deleted once its shard is committed, and the fetcher waits for a free slot:
-at most two shards' tar bytes are ever on disk (one being built, one being fetched).
+`hub/`; meanwhile the shards fetched before it are read by up to `workers` processes and
+committed in order by one writer (tasks/pull/build.py), with the very `extract_shard`
+plain `doit` runs, so the result is the same. With `keep_tars = false` each tar is
+deleted once its shard is committed, and the fetcher waits for a free slot: at most two
+shards' tar bytes are ever on disk (two being built, or one built and one fetched).
+A shard whose bytes do not match the listing counts as not done: its earlier build
+leaves `data/` (tasks/pull/forget.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import queue
-import signal
-import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from state import hub as hub_files
@@ -28,16 +25,20 @@ from state import shards
 from state.manifest import open_manifest, write_transaction
 from tasks import download as dl
 from tasks.progress import human_bytes
+from tasks.pull.build import Builder
 from tasks.pull.stream import PullStopped, Source, stream_to_part
 from tasks.settings import Settings, shard_name
 
 SLOTS_WITHOUT_TARS = 2
-PR_SET_PDEATHSIG = 1  # prctl(2)
 REPORT_EVERY_S = 5.0
 
 
 class PullError(dl.DownloadError):
     """`doit pull` stopped; the message is one line that says what to do."""
+
+
+class Mismatch(dl.DownloadError):
+    """A shard's bytes are not what the Hub lists: nothing of that shard counts as done."""
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Item:
     tar: Path
     fetch: bool
     state: str  # new | changed | present
+    sha256: str | None = None  # of the bytes fetched
+    mismatch: bool = False  # fetched, but not what the listing says
 
 
 @dataclass
@@ -139,13 +142,15 @@ def _plan(settings: Settings, ctx, db, listing, wanted, summary: PullSummary) ->
         if tar.exists():
             state, sha256 = dl._local_state(ctx, remote, recorded.get(remote.path))
             items.append(Item(remote, tar, state != "ok", "present" if state == "ok" else state))
+            if state == "ok":  # as `doit download` records it (also a tar a kill left unrecorded)
+                unchanged.append(dl._row(ctx, remote, sha256))
             continue
         if _built_from(settings, db, tar, remote, recorded.get(remote.path)):
             unchanged.append(dl._row(ctx, remote, remote.sha256))
             continue
         state = "changed" if remote.path in recorded else "new"
         items.append(Item(remote, tar, True, state))
-    summary.up_to_date = len(unchanged)
+    summary.up_to_date = len(unchanged) - sum(1 for i in items if not i.fetch)
     with write_transaction(db) as conn:
         for row in unchanged:
             dl._upsert_hub_file(conn, row)
@@ -162,108 +167,43 @@ def _built_from(settings: Settings, db, tar: Path, remote, row: dict | None) -> 
 
 
 def _pipeline(settings: Settings, ctx, items: list[Item], summary: PullSummary) -> None:
-    """Fetch in a thread, build in a worker process one shard behind (the extraction holds
-    the GIL, which would starve the fetcher); at most two tars without keep_tars."""
+    """Fetch in a thread, build in processes (the extraction holds the GIL, which would
+    starve the fetcher): each shard read once its tar is there, up to `workers` at once,
+    committed in order by one writer; at most two tars on disk without keep_tars."""
     present = sum(i.tar.stat().st_size for i in items if not i.fetch and i.tar.exists())
     disk = _Disk(present)
     limit = len(items) + 1 if settings.keep_tars else SLOTS_WITHOUT_TARS
     slots = threading.Semaphore(limit)
-    ready: queue.Queue = queue.Queue()
+    events: queue.Queue = queue.Queue()
     stop = threading.Event()
     fetcher = threading.Thread(
-        target=_fetch_all, args=(ctx, items, slots, ready, stop, disk, summary), daemon=True
+        target=_fetch_all, args=(ctx, items, slots, events, stop, disk, summary), daemon=True
     )
-    builder = ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=get_context("spawn"),
-        initializer=_end_with_parent,
-        initargs=(os.getpid(),),
-    )
+
+    def release(item: Item) -> None:
+        """A shard committed (or given up): its tar may go, the next download may start."""
+        if not settings.keep_tars and item.tar.exists():
+            size = item.tar.stat().st_size
+            item.tar.unlink()
+            disk.add(-size)
+        slots.release()  # the captions need no tar
+
+    builder = Builder(settings, ctx, summary, events)
     try:
         fetcher.start()
         if items:
-            builder.submit(_warm_up)  # while the first shard downloads
-        captions = []
-        for _ in items:
-            item, error = ready.get()
-            if isinstance(error, BaseException):
-                raise error
-            if error is None and _build(settings, item, summary, builder):
-                captions.append(builder.submit(_captions_in_worker, settings, str(item.tar)))
-            if not settings.keep_tars and item.tar.exists():
-                size = item.tar.stat().st_size
-                item.tar.unlink()
-                disk.add(-size)
-            slots.release()  # the captions need no tar: the next download may start
-        for done in captions:
-            if (failed := done.result()) is not None:
-                raise PullError(failed)
+            builder.warm_up()  # while the first shard downloads
+        builder.run(len(items), release)
     except BaseException:
-        stop.set()  # Ctrl-C or a failure: the worker is not waited for (it ends with us)
-        builder.shutdown(wait=False, cancel_futures=True)
+        stop.set()  # Ctrl-C or a failure: the workers are not waited for (they end with us)
+        builder.close(wait=False)
         raise
     else:
-        builder.shutdown(wait=True)
+        builder.close(wait=True)
         fetcher.join(timeout=60)
     finally:
         stop.set()
         summary.peak_tar_bytes = disk.peak
-
-
-def _end_with_parent(parent: int) -> None:
-    """The worker ends when the pull is killed (kill -9): never writes behind the next run;
-    Ctrl-C is the pull's to handle (one line, no traceback from the worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the pull died before the line above ran
-        os._exit(1)
-
-
-def _warm_up() -> None:
-    """Import the extractor in the worker while the first shard downloads."""
-    import tasks.build.actions  # noqa: F401
-    import tasks.extract.shard  # noqa: F401
-
-
-def _extract_in_worker(settings: Settings, tar: str) -> str | None:
-    """Extract one shard as plain `doit` does (printing the same lines); a failure of
-    the root as one line, else None."""
-    from tasks.build.actions import run_extract
-
-    failed = run_extract(settings, tar)
-    return None if failed is None else str(getattr(failed, "message", failed))
-
-
-def _captions_in_worker(settings: Settings, tar: str) -> str | None:
-    """Write one shard's captions as plain `doit` does, while the next shard downloads."""
-    from tasks.build.actions import run_captions
-
-    failed = run_captions(settings, shard_name(Path(tar), settings))
-    return None if failed is None else str(getattr(failed, "message", failed))
-
-
-def _build(settings: Settings, item: Item, summary: PullSummary, builder) -> bool:
-    """Extract one shard in the worker (False: outside the `shards` glob, not built);
-    a failure of the root stops the pull."""
-    if item.tar not in settings.shard_paths():
-        return False  # plain `doit` would not build it either
-    t0 = time.monotonic()
-    failed = builder.submit(_extract_in_worker, settings, str(item.tar)).result()
-    if failed is not None:
-        raise PullError(failed)
-    summary.built += 1
-    dt = max(time.monotonic() - t0, 1e-6)
-    size = item.tar.stat().st_size
-    dl._progress(
-        f"  {item.remote.path} extracted: {human_bytes(size)} in {dt:.1f} s "
-        f"({human_bytes(size / dt)}/s)"
-        if item.fetch
-        else f"  {item.remote.path} checked: {human_bytes(size)} in {dt:.1f} s"
-    )
-    return True
 
 
 def _fetch_all(ctx, items, slots, ready, stop, disk: _Disk, summary: PullSummary) -> None:
@@ -290,6 +230,7 @@ def _fetch_each(ctx, items, slots, ready, stop, disk: _Disk, summary: PullSummar
             except PullStopped:
                 return
             except Exception as exc:  # noqa: BLE001 - this shard's own failure, or fatal
+                item.mismatch = isinstance(exc, Mismatch)
                 error = _shard_failure(ctx, item, exc, summary)
                 if isinstance(error, str):
                     summary.failed.append(error)
@@ -301,7 +242,7 @@ def _fetch_each(ctx, items, slots, ready, stop, disk: _Disk, summary: PullSummar
 
 
 def _fetch_one(ctx, item: Item, disk: _Disk, report, stop, summary, counter: str) -> None:
-    """Stream one shard into its partial file, verify it, move it into `hub/`, record it."""
+    """Stream one shard into its partial file, verify it, move it into `hub/`."""
     remote = item.remote
     part = dl._partial_path(ctx, remote)
     had = dl._resumable_bytes(remote, part)
@@ -327,16 +268,12 @@ def _fetch_one(ctx, item: Item, disk: _Disk, report, stop, summary, counter: str
     )
     summary.nbytes += sent
     (summary.fetched_new if item.state == "new" else summary.fetched_changed).append(remote.path)
-    db = open_manifest(ctx.root)
-    try:
-        with write_transaction(db) as conn:
-            dl._upsert_hub_file(conn, dl._row(ctx, remote, sha256))
-    finally:
-        db.close()
+    item.sha256 = sha256  # recorded by the writer, with the shard
 
 
 def _verify(ctx, item: Item, part: Path, sha256: str, disk: _Disk) -> None:
-    """Size and sha256 as the listing says, else the partial file goes and the shard fails."""
+    """Size and sha256 as the listing says, else the partial file goes and the shard fails
+    (its earlier build leaves `data/`: tasks/pull/forget.py)."""
     remote = item.remote
     size = part.stat().st_size
     problem = None
@@ -348,10 +285,10 @@ def _verify(ctx, item: Item, part: Path, sha256: str, disk: _Disk) -> None:
         return
     part.unlink(missing_ok=True)
     disk.add(-size)
-    raise dl.DownloadError(
+    raise Mismatch(
         f"{remote.path}: the bytes fetched do not match the Hub listing ({problem}): "
-        f"nothing of shard {item.tar.stem} was built from them and they were removed; "
-        "rerun `doit pull` to fetch it again"
+        f"nothing of shard {item.tar.stem} counts as done (the bytes and any earlier build "
+        "of it in data/ were removed); rerun `doit pull` to fetch it again"
     )
 
 
