@@ -79,7 +79,7 @@ class ReadAhead:
             named = _named_shards()
             tars = shard_names(settings)[0].items()
             self.queue = [
-                p for n, p in tars if (named is None or n in named) and _needs_read(db, settings, p)
+                p for n, p in tars if (named is None or n in named) and needs_read(db, settings, p)
             ]
         alone = self.pool is None and len(self.queue) <= 1  # nothing to overlap with
         self.queue = [p for p in self.queue if str(p) != str(tar_path)]
@@ -138,7 +138,7 @@ def _named_shards() -> set[str] | None:
     return named if words and len(named) == len(words) else None
 
 
-def _needs_read(db, settings: Settings, tar_path: Path) -> bool:
+def needs_read(db, settings: Settings, tar_path: Path) -> bool:
     """Whether the manifest has not recorded this very tar (same stat) as done."""
     row = shards.get(db, shard_name(tar_path, settings))
     if row is None or row["status"] != "done":

@@ -698,7 +698,7 @@ def _take_over(db, settings: Settings, name: str, dest: str, quirks: list[dict])
 def _drop_caption(conn, settings: Settings, r: dict) -> None:
     """Remove the caption file of a sample moved aside; a hand edit goes to edited/."""
     target = settings.root / r["path"]
-    if _left_as_built(target, r):
+    if left_as_built(target, r):
         target.unlink()
     elif is_regular(target):
         move_edited_caption(settings, r["path"])
@@ -872,7 +872,7 @@ def _clear_stale_data(
             continue
         caption = files.get(db, caption_path(r["path"].removeprefix("data/")))
         ours = caption is not None and caption["kind"] == CAPTION and caption["shard"] == name
-        if ours and _left_as_built(settings.root / caption["path"], caption):
+        if ours and left_as_built(settings.root / caption["path"], caption):
             (settings.root / caption["path"]).unlink()
             dropped.append(caption["path"])
     with write_transaction(db) as conn:
@@ -885,10 +885,10 @@ def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) 
     `data/` that were changed by hand to `edited/` (named in a quirk)."""
     for r in stale:
         target = settings.root / r["path"]
-        if _left_as_built(target, r):
+        if left_as_built(target, r):
             target.unlink(missing_ok=True)
         elif r["path"].startswith("data/") and r["kind"] in MEMBER_KINDS and is_regular(target):
-            dest = _keep_edited(settings, name, r)
+            dest = keep_edited(settings, name, r)
             detail = (
                 f"{r['path']} was changed by hand, but the shard's new tar no longer holds "
                 f"its sample: your version is kept as {dest}"
@@ -897,7 +897,7 @@ def _drop_stale(settings: Settings, name: str, stale: list[dict], quirks: list) 
     remove_empty_folders(settings.data_dir, [r["path"] for r in stale])
 
 
-def _left_as_built(target: Path, r: dict) -> bool:
+def left_as_built(target: Path, r: dict) -> bool:
     """Whether `target` is the file its row describes (False when its folder is gone
     or has become a file)."""
     try:
@@ -906,7 +906,7 @@ def _left_as_built(target: Path, r: dict) -> bool:
         return False
 
 
-def _keep_edited(settings: Settings, name: str, r: dict) -> str:
+def keep_edited(settings: Settings, name: str, r: dict) -> str:
     """Move a file of this shard in `data/` changed by hand to
     `edited/{json,images}/<shard>/<its path under data/>` (a new name if an earlier edit is
     there); its new path relative to the root. Not a manifest row: the user's file."""
@@ -975,11 +975,11 @@ def _set_edits_aside(db, settings: Settings, name: str, previous: dict) -> list[
             continue
         target = settings.root / path
         original = originals.get(path, r["xxh3"])
-        if not is_regular(target) or (_left_as_built(target, r) and r["xxh3"] == original):
+        if not is_regular(target) or (left_as_built(target, r) and r["xxh3"] == original):
             continue  # gone, not a file, or as the tar held it
         if hash_file(target) == original:
             continue  # touched, or edited back to the tar's bytes
-        out.append(_EditAside(path, _keep_edited(settings, name, r), original))
+        out.append(_EditAside(path, keep_edited(settings, name, r), original))
     return out
 
 
@@ -1069,7 +1069,7 @@ def _drop_unfinished(db, settings: Settings, name: str, previous: dict) -> None:
     ]
     for r in rows:
         target = settings.root / r["path"]
-        if _left_as_built(target, r):
+        if left_as_built(target, r):
             target.unlink()
     with write_transaction(db) as conn:
         files.delete(conn, [r["path"] for r in rows])

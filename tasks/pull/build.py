@@ -147,11 +147,11 @@ class Builder:
 
     def _start_read(self, s: _Shard) -> None:
         """Read a shard ahead in a reader, unless there is nothing to read."""
-        from tasks.extract.pool import _needs_read, read_to_file
+        from tasks.extract.pool import needs_read, read_to_file
         from tasks.extract.shard import read_request
 
         s.read_checked, s.t0 = True, time.monotonic()
-        if not s.builds or not _needs_read(self._manifest(), self.settings, s.item.tar):
+        if not s.builds or not needs_read(self._manifest(), self.settings, s.item.tar):
             return  # nothing to read ahead: the writer sees at once that it is up to date
         s.request = read_request(self._manifest(), self.settings, s.item.tar)
         s.read = self.ahead.submit(read_to_file, s.request)

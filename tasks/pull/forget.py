@@ -18,7 +18,7 @@ from state import quirks as quirk_rows
 from state.hashing import hash_file, is_regular
 from state.kinds import EDITED_SHARD_FILES
 from state.manifest import open_manifest, write_transaction
-from tasks.extract.shard import _keep_edited, _left_as_built, remove_empty_folders
+from tasks.extract.shard import keep_edited, left_as_built, remove_empty_folders
 from tasks.settings import Settings, shard_name
 
 LEGACY_EDITS = "incomplete/{name}/edited-by-hand/"  # the user's files: never deleted
@@ -88,8 +88,8 @@ def _remove(settings: Settings, name: str, r: dict, original: str) -> str | None
     if not is_regular(target):
         return None
     if r["kind"] in EDITED_SHARD_FILES and r["path"].startswith("data/"):
-        content = r["xxh3"] if _left_as_built(target, r) else hash_file(target)
+        content = r["xxh3"] if left_as_built(target, r) else hash_file(target)
         if content != original:
-            return _keep_edited(settings, name, r)
+            return keep_edited(settings, name, r)
     target.unlink()
     return REMOVED
