@@ -2,7 +2,8 @@
 
 One run: the build alone (`doit` on local tars), then the stand-in throttled so that the
 download alone takes about as long (rate = tar bytes / build seconds, unless --rate),
-`doit download` alone, and `doit pull` into an empty root with `keep_tars = false`; then
+`doit download` alone, `doit pull` into an empty root (keep_tars, the default: the time
+target), and again with `keep_tars = false` (peak tar bytes, the repair); then
 5 images of the pulled folder are removed and `doit repair` fetches them from the Hub.
 Prints the issue-17 targets with PASS/FAIL and writes a JSON result.
 
@@ -142,8 +143,13 @@ def run(a: argparse.Namespace, work: Path, env: dict) -> int:
         down = work / "download"
         write_config(down, repo_id=HUB_REPO)
         r["download_alone_s"] = doit(down, env, "download")
-        pulled = work / "pulled"
         extra = {"workers": a.workers} if a.workers else {}
+        kept = work / "pulled-keep-tars"
+        write_config(kept, repo_id=HUB_REPO, **extra)
+        r["pull_keep_tars_s"] = doit(kept, env, "pull")
+        r["same_data_keep_tars"] = tree_hash(kept) == tree_hash(local)
+        shutil.rmtree(kept)
+        pulled = work / "pulled"
         write_config(pulled, repo_id=HUB_REPO, keep_tars=False, **extra)
         peak = [0]
         server.watch = lambda path: peak.__setitem__(0, max(peak[0], tar_bytes(pulled)))
@@ -162,10 +168,10 @@ def run(a: argparse.Namespace, work: Path, env: dict) -> int:
 
 def report(r: dict) -> None:
     slowest = max(r["download_alone_s"], r["build_alone_s"])
-    ratio = r["pull_s"] / slowest
+    ratio = r["pull_keep_tars_s"] / slowest
     rep = r["repair"]
     r["targets"] = targets = [
-        ("pull <= 1.15 x max(download, build)", f"{ratio:.2f}x", ratio <= 1.15),
+        ("pull (keep_tars) <= 1.15 x max(download, build)", f"{ratio:.2f}x", ratio <= 1.15),
         (
             "peak tar bytes <= 2 shards",
             f"{r['peak_tar_bytes']} <= {r['two_largest_shards']}",
@@ -177,9 +183,9 @@ def report(r: dict) -> None:
             rep["fetched"] <= rep["limit"],
         ),
         (
-            "data/ equal to the local build",
-            str(r["same_data_as_local_build"]),
-            r["same_data_as_local_build"],
+            "data/ equal to the local build (both pulls)",
+            str(r["same_data_as_local_build"] and r["same_data_keep_tars"]),
+            r["same_data_as_local_build"] and r["same_data_keep_tars"],
         ),
     ]
     print(
@@ -188,7 +194,10 @@ def report(r: dict) -> None:
     )
     print(
         f"build alone {r['build_alone_s']:.1f} s, download alone {r['download_alone_s']:.1f} s, "
-        f"sum {r['build_alone_s'] + r['download_alone_s']:.1f} s; pull {r['pull_s']:.1f} s"
+        f"sum {r['build_alone_s'] + r['download_alone_s']:.1f} s; "
+        f"pull {r['pull_keep_tars_s']:.1f} s"
+        f" (keep_tars = false: {r['pull_s']:.1f} s = {r['pull_s'] / slowest:.2f}x, bounded by the"
+        " two-tar rule)"
     )
     for name, value, ok in targets:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
