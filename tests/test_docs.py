@@ -46,7 +46,8 @@ def code_tasks() -> list[str]:
         (
             node.module
             for node in dodo.body
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks")
+            if isinstance(node, ast.ImportFrom)
+            and any(alias.name == "dodo_namespace" for alias in node.names)
         ),
         "dodo",
     )
