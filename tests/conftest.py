@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
+def start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
+    """Start `python -m doit config=<root>/dataset.toml ARGS` from the repository root, in
+    the background (output piped as text unless `popen` says otherwise)."""
+    options: dict = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen(
+        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        **options,
+    )
+
+
 def run_doit(
     root: Path, *args: str, check: bool = True, config: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:

@@ -10,24 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, files_under, run_doit, table_rows, wait_for_lock_of
+from conftest import REPO, files_under, run_doit, start_doit, table_rows, wait_for_lock_of
 
 from sample.generate import make_dataset, write_config
 from state.lock import LockHeld, acquire, lock_path, release, running_writer
 
 REFUSAL = "another shardprep run (pid {pid}: "
-
-
-def _start_doit(root: Path, *args: str, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        **popen,
-    )
 
 
 def _same_as_clean_build(root: Path, reference: Path) -> None:
@@ -51,7 +39,7 @@ def two_roots(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_a_second_run_refuses_in_one_line_naming_the_holder(two_roots):
     root, reference = two_roots
-    first = _start_doit(root)
+    first = start_doit(root)
     try:
         wait_for_lock_of(root, first)
         os.kill(first.pid, signal.SIGSTOP)  # provably still holding the lock below
@@ -77,7 +65,7 @@ def test_a_second_run_refuses_in_one_line_naming_the_holder(two_roots):
 
 def test_two_runs_at_once_leave_what_a_clean_build_leaves(two_roots):
     root, reference = two_roots
-    runs = [_start_doit(root, "-n", "2", "-P", "process"), _start_doit(root)]
+    runs = [start_doit(root, "-n", "2", "-P", "process"), start_doit(root)]
     results = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in runs]
     finished = 0
     for pid, out, err, code in results:
@@ -95,7 +83,7 @@ def test_two_runs_at_once_leave_what_a_clean_build_leaves(two_roots):
 
 def test_the_lock_of_a_killed_run_is_taken_over(two_roots):
     root, reference = two_roots
-    first = _start_doit(root)
+    first = start_doit(root)
     wait_for_lock_of(root, first)
     first.kill()
     first.communicate(timeout=60)
@@ -144,7 +132,7 @@ def test_a_lock_held_by_another_process_names_it(tmp_path: Path):
 def test_ctrl_c_is_one_line_and_the_next_run_finishes(two_roots, parallel):
     root, reference = two_roots
     # a session of its own: Ctrl-C reaches every process of the terminal's group
-    run = _start_doit(root, *parallel, start_new_session=True)
+    run = start_doit(root, *parallel, start_new_session=True)
     wait_for_lock_of(root, run)
     os.killpg(run.pid, signal.SIGINT)
     out, err = run.communicate(timeout=300)

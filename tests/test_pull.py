@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO as CODE
-from conftest import run_doit
+from conftest import run_doit, start_doit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_download  # noqa: E402
@@ -285,13 +284,7 @@ def test_kill_9_then_pull_again_gives_the_same_result(
 ) -> None:
     root = new_root(tmp_path, "pulled", keep_tars=keep_tars)
     hub.rate = 20_000  # bytes/s: a shard takes about 1.5 s
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", "pull"],
-        cwd=CODE,
-        env={**os.environ, "PYTHONPATH": str(CODE)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_doit(root, "pull", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while sum(hub.bytes_served.values()) < 45_000 and proc.poll() is None:
             time.sleep(0.05)  # killed inside the second shard's transfer

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO as CODE
-from conftest import run_doit
+from conftest import run_doit, start_doit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_download  # noqa: E402
@@ -104,13 +103,7 @@ def test_a_pull_into_an_empty_root_equals_the_local_build(
 
 def kill_when(root: Path, hub: HubServer, ready) -> None:
     """Start `doit pull` on `root`, kill -9 it once `ready()` holds (or it ended)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", "pull"],
-        cwd=CODE,
-        env={**os.environ, "PYTHONPATH": str(CODE)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_doit(root, "pull", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not ready() and proc.poll() is None and time.monotonic() < deadline:

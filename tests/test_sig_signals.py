@@ -8,13 +8,11 @@ import functools
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, files_under, run_doit, table_rows
+from conftest import files_under, run_doit, start_doit, table_rows
 
 from sample.generate import make_dataset, write_config
 from state.lock import lock_path
@@ -79,15 +77,7 @@ def test_a_signal_at_any_moment_is_one_line_and_the_next_run_finishes(
 ):
     root = tmp_path / "ds"
     shutil.copytree(reference / "base", root)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *PARALLEL],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True,
-    )
+    run = start_doit(root, *PARALLEL, start_new_session=True)
     reached = MOMENTS[moment]
     while run.poll() is None and not reached(root, run.pid):
         pass  # no sleep: the worker start-up lasts milliseconds

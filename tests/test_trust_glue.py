@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, files_under, images_in, run_doit, table_rows, wait_for_lock_of
+from conftest import (
+    REPO,
+    files_under,
+    images_in,
+    run_doit,
+    start_doit,
+    table_rows,
+    wait_for_lock_of,
+)
 from tarbuild import M, png, sample_json, write_tar
 
 from sample.generate import make_dataset, write_config
@@ -99,14 +107,7 @@ def test_sigterm_is_one_line_and_the_next_run_finishes(tmp_path: Path, parallel)
     write_config(root)
     reference = tmp_path / "ref"
     shutil.copytree(root, reference)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "doit", f"config={root / 'dataset.toml'}", *parallel],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    run = start_doit(root, *parallel)
     wait_for_lock_of(root, run)
     run.send_signal(signal.SIGTERM)  # to the run alone, as `kill PID` does
     out, err = run.communicate(timeout=300)
