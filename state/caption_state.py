@@ -21,6 +21,7 @@ from state import meta
 WRITING = -1
 FAILED_PREFIX = "caption_failed:"
 WRITING_PREFIX = "caption_writing:"
+_WRITING_KEYS = (WRITING_PREFIX, WRITING_PREFIX[:-1] + ";")  # every key with the prefix
 
 
 def caption_rows(db: sqlite3.Connection, shard: str) -> dict[str, tuple[int, int, str]]:
@@ -54,7 +55,7 @@ def rewrites_under_way(db: sqlite3.Connection) -> set[str]:
     """Paths of every batch of caption rewrites recorded and not ended (a killed run's)."""
     rows = db.execute(
         "SELECT value FROM meta WHERE key >= ? AND key < ?",
-        (WRITING_PREFIX, WRITING_PREFIX[:-1] + chr(ord(":") + 1)),
+        _WRITING_KEYS,
     )
     return {path for (value,) in rows for path in json.loads(value)}
 
@@ -65,7 +66,7 @@ def settle_rewrites(conn: sqlite3.Connection) -> None:
     mark_writing(conn, sorted(rewrites_under_way(conn)))
     conn.execute(
         "DELETE FROM meta WHERE key >= ? AND key < ?",
-        (WRITING_PREFIX, WRITING_PREFIX[:-1] + chr(ord(":") + 1)),
+        _WRITING_KEYS,
     )
 
 
